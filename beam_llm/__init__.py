@@ -1,0 +1,37 @@
+"""beam-llm: LLM transforms for Apache Beam YAML.
+
+Register them in a pipeline with the inline python provider::
+
+    providers:
+      - type: python
+        config: {}
+        transforms:
+          RenderPrompt: beam_llm.RenderPrompt
+          GenerateText: beam_llm.GenerateText
+          ParseJSON: beam_llm.ParseJSON
+          FormatErrors: beam_llm.FormatErrors
+
+Transforms are imported on first use, so `import beam_llm` stays cheap.
+"""
+import importlib
+
+__version__ = '0.1.0'
+
+TRANSFORMS = {
+    'RenderPrompt': 'beam_llm.transforms.render_prompt',
+    'GenerateText': 'beam_llm.transforms.generate_text',
+    'ParseJSON': 'beam_llm.transforms.parse_json',
+    'FormatErrors': 'beam_llm.transforms.format_errors',
+}
+
+__all__ = sorted(TRANSFORMS)
+
+
+def __getattr__(name):
+  if name in TRANSFORMS:
+    return getattr(importlib.import_module(TRANSFORMS[name]), name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(list(globals()) + __all__)

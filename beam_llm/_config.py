@@ -1,0 +1,161 @@
+"""Config checks that run when the pipeline is built, before any model loads.
+
+A transform's (or backend's) signature is its config schema: these helpers check
+YAML-supplied options against it and raise one clear error naming the transform
+and the key, instead of a TypeError deep inside a worker.
+"""
+import collections.abc
+import difflib
+import os
+import inspect
+import typing
+from typing import Any, Callable, Literal, Mapping, Optional, Union
+
+from apache_beam.io.filesystems import FileSystems
+
+
+class ConfigError(ValueError):
+  """A pipeline option is missing, unknown or of the wrong type."""
+
+
+def fail(owner: str, key: str, problem: str) -> typing.NoReturn:
+  raise ConfigError(f'{owner}: option {key!r} {problem}')
+
+
+def check_call_options(
+    owner: str,
+    func: Callable,
+    options: Mapping[str, Any],
+    prefix: str = '',
+    exclude: tuple = ()) -> dict:
+  """Checks `options` against `func`'s keyword parameters and returns them.
+
+  Unknown keys (with a did-you-mean hint), missing required keys and values of
+  the wrong type each raise ConfigError naming `owner` and `prefix + key`.
+  """
+  if not isinstance(options, Mapping):
+    raise ConfigError(
+        f'{owner}: {prefix.rstrip(".") or "config"} must be a mapping, '
+        f'got {type(options).__name__}')
+  params = {
+      name: p
+      for name, p in inspect.signature(func).parameters.items()
+      if name != 'self' and name not in exclude and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+  }
+  hints = typing.get_type_hints(func)
+  for key in options:
+    if key not in params:
+      close = difflib.get_close_matches(str(key), params, n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ''
+      fail(
+          owner,
+          prefix + str(key),
+          f'is unknown{hint}; known options: {", ".join(sorted(params))}')
+  for name, param in params.items():
+    if name not in options:
+      if param.default is inspect.Parameter.empty:
+        fail(owner, prefix + name, 'is required')
+      continue
+    check_type(owner, prefix + name, options[name], hints.get(name, Any))
+  return dict(options)
+
+
+def check_type(owner: str, key: str, value: Any, hint: Any) -> None:
+  if not _matches(value, hint):
+    fail(
+        owner,
+        key,
+        f'must be {_describe(hint)}, got {type(value).__name__} {value!r}')
+
+
+def _matches(value: Any, hint: Any) -> bool:
+  if hint is Any:
+    return True
+  origin = typing.get_origin(hint)
+  args = typing.get_args(hint)
+  if origin is Union:
+    return any(_matches(value, a) for a in args)
+  if origin is Literal:
+    return value in args
+  if hint is type(None):
+    return value is None
+  if hint is bool:
+    return isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if hint is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if hint is str:
+    return isinstance(value, str)
+  if origin in (list, collections.abc.Sequence):
+    if not isinstance(value, (list, tuple)):
+      return False
+    return not args or all(_matches(v, args[0]) for v in value)
+  if origin in (dict, collections.abc.Mapping) or hint in (dict, Mapping):
+    return isinstance(value, Mapping)
+  if isinstance(hint, type):
+    return isinstance(value, hint)
+  return True
+
+
+def _describe(hint: Any) -> str:
+  origin = typing.get_origin(hint)
+  args = typing.get_args(hint)
+  if origin is Union:
+    return ' or '.join(
+        'null' if a is type(None) else _describe(a) for a in args)
+  if origin is Literal:
+    return 'one of ' + ', '.join(repr(a) for a in args)
+  if origin in (list, collections.abc.Sequence):
+    return f'a list of {_describe(args[0])}' if args else 'a list'
+  if origin in (dict, collections.abc.Mapping) or hint in (dict, Mapping):
+    return 'a mapping'
+  names = {
+      str: 'a string',
+      int: 'an integer',
+      float: 'a number',
+      bool: 'true or false'
+  }
+  return names.get(hint, getattr(hint, '__name__', str(hint)))
+
+
+def exactly_one(owner: str, **options: Any) -> str:
+  """Returns the name of the one option given; raises if none or several."""
+  given = [name for name, value in options.items() if value is not None]
+  if len(given) != 1:
+    names = ' or '.join(repr(n) for n in options)
+    raise ConfigError(
+        f'{owner}: give exactly one of {names}'
+        + (f' (got {", ".join(given)})' if given else ''))
+  return given[0]
+
+
+def read_text_file(owner: str, key: str, path: str) -> str:
+  """Reads a local or remote (gs://, s3://, ...) file at build time.
+
+  Relative paths are resolved against the current directory, as Beam YAML
+  does for its own file options.
+  """
+  try:
+    with FileSystems.open(path) as f:
+      return f.read().decode('utf-8')
+  except Exception as exn:  # FileSystems raises several types.
+    raise ConfigError(
+        f'{owner}: option {key!r}: cannot read {path!r} '
+        f'(relative paths are resolved from {os.getcwd()!r}): {exn}'
+    ) from None
+
+
+def error_output_name(owner: str, error_handling: Optional[Mapping]) -> Optional[str]:
+  """Returns the error output's name, checking Beam YAML's error_handling."""
+  if error_handling is None:
+    return None
+  if not isinstance(error_handling, Mapping) or not isinstance(
+      error_handling.get('output'), str):
+    raise ConfigError(
+        f"{owner}: option 'error_handling' must be a mapping like "
+        f"{{output: my_errors}}, got {error_handling!r}")
+  unknown = set(error_handling) - {'output'}
+  if unknown:
+    fail(owner, f'error_handling.{sorted(unknown)[0]}', 'is unknown; known options: output')
+  return error_handling['output']

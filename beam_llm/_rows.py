@@ -1,0 +1,98 @@
+"""Row schemas and Beam YAML error rows shared by every beam-llm transform.
+
+Every transform here follows one pattern: a DoFn emits good rows on the main
+output and `ErrorRow`s on the `errors` tag; `split_outputs` turns that into
+Beam YAML's `{good, <error output name>}` result, or fails the pipeline on the
+first error when the user set no `error_handling` (Beam YAML's convention).
+"""
+from typing import Any, Iterable, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.typehints import row_type
+from apache_beam.typehints.schemas import named_fields_from_element_type
+
+ERRORS_TAG = 'errors'
+
+
+def input_fields(pcoll) -> Optional[list]:
+  """The (name, type) fields of a schema'd PCollection, or None if untyped."""
+  try:
+    return list(named_fields_from_element_type(pcoll.element_type))
+  except (TypeError, ValueError):
+    return None
+
+
+def require_field(owner: str, key: str, field: str, fields: Optional[list]):
+  if fields is not None and field not in [name for name, _ in fields]:
+    from beam_llm._config import fail
+    fail(
+        owner,
+        key,
+        f'names field {field!r}, which the input does not have '
+        f'(input fields: {", ".join(name for name, _ in fields)})')
+
+
+def row_type_with(fields: Optional[list], extra: Sequence[tuple]) -> Any:
+  """The input row type with `extra` fields added (or replaced), or Any."""
+  if fields is None:
+    return Any
+  extra_names = {name for name, _ in extra}
+  kept = [(n, t) for n, t in fields if n not in extra_names]
+  return row_type.RowTypeConstraint.from_fields(kept + list(extra))
+
+
+def as_dict(row) -> dict:
+  if isinstance(row, dict):
+    return dict(row)
+  if hasattr(row, '_asdict'):
+    return row._asdict()
+  raise TypeError(f'expected a row, got {type(row).__name__}')
+
+
+def with_fields(row, **values) -> beam.Row:
+  return beam.Row(**{**as_dict(row), **values})
+
+
+def error_row(element, msg: str, error_type: str, stack: str = '') -> beam.Row:
+  return beam.Row(element=element, msg=msg, stack=stack, error_type=error_type)
+
+
+def error_row_type(element_type) -> Any:
+  return row_type.RowTypeConstraint.from_fields([('element', element_type),
+                                                 ('msg', str), ('stack', str),
+                                                 ('error_type', str)])
+
+
+def split_outputs(
+    pcoll,
+    label: str,
+    dofn: beam.DoFn,
+    main_type,
+    error_output: Optional[str],
+    element_type=None):
+  """Applies `dofn` (which tags bad rows ERRORS_TAG) and shapes the result.
+
+  `element_type` is the type of the rows inside error rows (defaults to the
+  type of `pcoll`'s elements).
+  """
+  results = pcoll | label >> beam.ParDo(dofn).with_outputs(
+      ERRORS_TAG, main='good')
+  good = results.good
+  good.element_type = main_type
+  errors = results[ERRORS_TAG]
+  errors.element_type = error_row_type(element_type or pcoll.element_type)
+  if error_output is None:
+    # No error output configured: a bad row fails the pipeline, loudly.
+    _ = errors | f'{label}/FailOnError' >> beam.Map(_raise_error)
+    return good
+  return {'good': good, error_output: errors}
+
+
+def _raise_error(error: beam.Row):
+  raise RuntimeError(
+      f'{error.msg}\n(set error_handling: {{output: ...}} on this transform '
+      f'to send such rows to an error output instead)\nrow: {error.element!r}')
+
+
+def tag_error(row: beam.Row) -> Iterable:
+  yield beam.pvalue.TaggedOutput(ERRORS_TAG, row)

@@ -1,0 +1,48 @@
+"""GenerateText backends, by the name used in `model_handler: {type: ...}`.
+
+Each backend lives in its own module, imported only when a pipeline uses it,
+so `import beam_llm` never pulls in torch, keras or a cloud client.
+"""
+import importlib
+from typing import Any, Mapping
+
+from beam_llm import _config
+
+# type name -> "module:class". Later backends register here.
+BACKENDS = {
+    'HuggingFace': 'beam_llm.handlers.huggingface:HuggingFaceHandler',
+}
+
+
+def backend_class(owner: str, name: Any):
+  if name not in BACKENDS:
+    _config.fail(
+        owner,
+        'model_handler.type',
+        f'names an unknown backend {name!r}; choose one of '
+        f'{", ".join(sorted(BACKENDS))}')
+  module, cls = BACKENDS[name].split(':')
+  return getattr(importlib.import_module(module), cls)
+
+
+def create_handler(
+    owner: str,
+    spec: Mapping[str, Any],
+    generation: Mapping[str, Any],
+    batching: Mapping[str, Any]):
+  """Builds the backend named by a YAML `model_handler: {type, config}`."""
+  if not isinstance(spec, Mapping):
+    _config.fail(owner, 'model_handler',
+                 'must be a mapping like {type: HuggingFace, config: {...}}')
+  unknown = set(spec) - {'type', 'config'}
+  if unknown:
+    _config.fail(owner, f'model_handler.{sorted(unknown)[0]}',
+                 'is unknown; model_handler takes type and config')
+  if 'type' not in spec:
+    _config.fail(owner, 'model_handler.type', 'is required')
+  cls = backend_class(owner, spec['type'])
+  config = spec.get('config') or {}
+  _config.check_call_options(
+      owner, cls.__init__, config, prefix='model_handler.config.',
+      exclude=('generation', 'batching'))
+  return cls(**config, generation=dict(generation), batching=dict(batching))

@@ -1,0 +1,141 @@
+"""What every GenerateText backend shares: batching, model sharing, per-row
+failures, metrics and progress logging, on top of Beam's ModelHandler.
+
+A backend implements `load_model` and `generate` (and optionally
+`check_at_build`); it never decides how a failure reaches the error output.
+"""
+import dataclasses
+import logging
+import time
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.ml.inference.base import PredictionResult
+
+_LOG = logging.getLogger('beam_llm.GenerateText')
+_PROGRESS_EVERY_SECS = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationFailure:
+  """Takes the place of a response for a row the model could not answer.
+
+  Plain strings only, so it pickles across process boundaries (large_model).
+  """
+  msg: str
+  error_type: str
+
+
+Response = Union[str, GenerationFailure]
+
+
+def prompt_problem(prompt: Any) -> Optional[str]:
+  """Why a prompt cannot be sent to any model, or None if it can."""
+  if isinstance(prompt, str):
+    return None if prompt.strip() else 'the prompt is empty'
+  if isinstance(prompt, (list, tuple)) and prompt:
+    for m in prompt:
+      role = m.get('role') if isinstance(m, Mapping) else getattr(m, 'role', None)
+      content = m.get('content') if isinstance(m, Mapping) else getattr(
+          m, 'content', None)
+      if not isinstance(role, str) or not isinstance(content, str):
+        return 'a chat message needs a string role and content'
+    return None
+  return (
+      'the prompt must be text or a list of {role, content} messages, '
+      f'got {type(prompt).__name__}')
+
+
+def as_messages(prompt: Sequence) -> list:
+  """Chat rows (beam.Row or dict) -> the [{role, content}] lists clients take."""
+  return [
+      dict(m) if isinstance(m, Mapping) else {
+          'role': m.role, 'content': m.content
+      } for m in prompt
+  ]
+
+
+class TextGenerationHandler(ModelHandler[Any, Response, Any]):
+  """Base ModelHandler for text generation.
+
+  `generate(model, prompts)` returns one response (text or
+  GenerationFailure) per prompt. If it raises for a whole batch, the rows are
+  retried one at a time so a single bad row cannot fail its batch-mates.
+  """
+  backend = 'base'
+
+  def __init__(self, generation: Mapping[str, Any], batching: Mapping[str, Any]):
+    super().__init__(**batching)
+    self._generation = dict(generation)
+    self._progress = None  # Set on the worker by the first batch.
+
+  # -- to implement -------------------------------------------------------
+  def check_at_build(self) -> None:
+    """Cheap checks at pipeline construction (no model load). Raise to fail."""
+
+  def describe(self) -> str:
+    return self.backend
+
+  def generate(self, model, prompts: list) -> list:
+    raise NotImplementedError
+
+  # -- shared -------------------------------------------------------------
+  def get_metrics_namespace(self) -> str:
+    return 'beam_llm.GenerateText'
+
+  def run_inference(
+      self,
+      batch: Sequence[Any],
+      model: Any,
+      inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
+    responses: list = [None] * len(batch)
+    todo = []
+    for i, prompt in enumerate(batch):
+      problem = prompt_problem(prompt)
+      if problem:
+        responses[i] = GenerationFailure(problem, 'bad_prompt')
+      else:
+        todo.append(i)
+    for i, response in zip(todo, self._generate_isolating_failures(
+        model, [batch[i] for i in todo])):
+      responses[i] = response
+    self._record(responses)
+    return [PredictionResult(p, r) for p, r in zip(batch, responses)]
+
+  def _generate_isolating_failures(self, model, prompts: list) -> list:
+    if not prompts:
+      return []
+    try:
+      responses = self.generate(model, prompts)
+      if len(responses) != len(prompts):
+        raise RuntimeError(
+            f'{self.backend} returned {len(responses)} responses for '
+            f'{len(prompts)} prompts')
+      return responses
+    except Exception as exn:  # pylint: disable=broad-except
+      if len(prompts) == 1:
+        return [GenerationFailure(f'{type(exn).__name__}: {exn}', 'generation')]
+      _LOG.warning(
+          'GenerateText: a batch of %d failed (%s); retrying row by row',
+          len(prompts), exn)
+      return [
+          self._generate_isolating_failures(model, [p])[0] for p in prompts
+      ]
+
+  def _record(self, responses: list) -> None:
+    failed = sum(isinstance(r, GenerationFailure) for r in responses)
+    namespace = self.get_metrics_namespace()
+    Metrics.counter(namespace, 'rows').inc(len(responses))
+    Metrics.counter(namespace, 'failed_rows').inc(failed)
+    now = time.monotonic()
+    if self._progress is None:
+      self._progress = [now, now, 0, 0]  # start, last log, rows, failed
+    p = self._progress
+    p[2] += len(responses)
+    p[3] += failed
+    if now - p[1] >= _PROGRESS_EVERY_SECS:
+      p[1] = now
+      _LOG.info(
+          'GenerateText [%s]: %d rows (%d failed) in %.0fs, %.2f rows/s',
+          self.describe(), p[2], p[3], now - p[0], p[2] / max(now - p[0], 1e-9))

@@ -1,0 +1,239 @@
+"""HuggingFace transformers backend: causal LMs and encoder-decoders (T5).
+
+torch and transformers are imported only on the worker, in load_model.
+"""
+import dataclasses
+import os
+import re
+from typing import Any, Literal, Optional
+
+from beam_llm.handlers.base import GenerationFailure
+from beam_llm.handlers.base import TextGenerationHandler
+from beam_llm.handlers.base import as_messages
+
+_OWNER = 'GenerateText'
+_HUB_ID = re.compile(r'^[\w.-]+(/[\w.-]+)?$')
+
+
+class ModelUnavailable(RuntimeError):
+  pass
+
+
+def _unavailable_message(model: str, why: str) -> str:
+  return (
+      f"HuggingFace model {model!r} is not available: {why}.\n"
+      "To run without the hub, point the pipeline at a local model directory "
+      "(one saved with save_pretrained, or fetched on a connected machine "
+      f"with `hf download {model} --local-dir DIR`), e.g.\n"
+      "  --jinja_variables='{\"model\": \"/path/to/DIR\"}'")
+
+
+@dataclasses.dataclass
+class _Loaded:
+  tokenizer: Any
+  model: Any
+  device: Any
+  seq2seq: bool
+  max_input_tokens: Optional[int]
+
+
+class HuggingFaceHandler(TextGenerationHandler):
+  """`model_handler: {type: HuggingFace, config: {...}}`.
+
+  Args:
+    model: A hub model id (e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local
+      directory holding a model saved with `save_pretrained`.
+    tokenizer: Hub id or directory of the tokenizer, if not the model's.
+    task: `causal` (AutoModelForCausalLM), `seq2seq` (AutoModelForSeq2SeqLM,
+      e.g. T5) or `auto` (read from the model's config). Defaults to auto.
+    device: `cpu`, `cuda` or `auto` (cuda when available). Defaults to auto.
+    dtype: `auto` (float32 on cpu, the checkpoint's dtype on cuda), `float32`,
+      `float16` or `bfloat16`.
+    use_chat_template: Format a text prompt with the tokenizer's chat template
+      as one user message. Chat prompts (RenderPrompt `messages`) always use
+      it. Defaults to false.
+    max_input_tokens: Prompts longer than this go to the error output instead
+      of being cut. Defaults to the model's context length.
+    revision: Hub revision (branch, tag or commit) to load.
+    trust_remote_code: Allow model code from the hub. Defaults to false.
+  """
+  backend = 'HuggingFace'
+
+  def __init__(
+      self,
+      *,
+      model: str,
+      tokenizer: Optional[str] = None,
+      task: Literal['auto', 'causal', 'seq2seq'] = 'auto',
+      device: Literal['auto', 'cpu', 'cuda'] = 'auto',
+      dtype: Literal['auto', 'float32', 'float16', 'bfloat16'] = 'auto',
+      use_chat_template: bool = False,
+      max_input_tokens: Optional[int] = None,
+      revision: Optional[str] = None,
+      trust_remote_code: bool = False,
+      generation: Optional[dict] = None,
+      batching: Optional[dict] = None):
+    super().__init__(generation or {}, batching or {})
+    self._model_id = model
+    self._tokenizer_id = tokenizer or model
+    self._task = task
+    self._device = device
+    self._dtype = dtype
+    self._use_chat_template = use_chat_template
+    self._max_input_tokens = max_input_tokens
+    self._revision = revision
+    self._trust_remote_code = trust_remote_code
+
+  def describe(self) -> str:
+    return f'HuggingFace {self._model_id}'
+
+  def check_at_build(self) -> None:
+    for name in {self._model_id, self._tokenizer_id}:
+      why = _why_unavailable(name, self._revision)
+      if why:
+        raise ModelUnavailable(f'{_OWNER}: ' + _unavailable_message(name, why))
+
+  def load_model(self) -> _Loaded:
+    import torch
+    import transformers
+    device = self._device
+    if device == 'auto':
+      device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    elif device == 'cuda' and not torch.cuda.is_available():
+      raise RuntimeError(f'{_OWNER}: device cuda was asked for, but torch '
+                         'sees no CUDA device on this worker')
+    common = dict(
+        revision=self._revision, trust_remote_code=self._trust_remote_code)
+    try:
+      config = transformers.AutoConfig.from_pretrained(self._model_id, **common)
+      tokenizer = transformers.AutoTokenizer.from_pretrained(
+          self._tokenizer_id, **common)
+      seq2seq = (
+          self._task == 'seq2seq' or
+          self._task == 'auto' and getattr(config, 'is_encoder_decoder', False))
+      cls = (
+          transformers.AutoModelForSeq2SeqLM
+          if seq2seq else transformers.AutoModelForCausalLM)
+      dtype = self._dtype
+      if dtype == 'auto':
+        dtype = torch.float32 if device == 'cpu' else 'auto'
+      else:
+        dtype = getattr(torch, dtype)
+      model = cls.from_pretrained(
+          self._model_id, config=config, dtype=dtype, **common)
+    except OSError as exn:
+      raise ModelUnavailable(
+          f'{_OWNER}: ' + _unavailable_message(self._model_id, str(exn))) from None
+    model.to(device).eval()
+    if not seq2seq:
+      tokenizer.padding_side = 'left'  # Generation continues from the right.
+    if tokenizer.pad_token is None:
+      tokenizer.pad_token = tokenizer.eos_token
+    return _Loaded(
+        tokenizer, model, device, seq2seq,
+        self._max_input_tokens or _context_length(config, tokenizer, seq2seq,
+                                                  self._max_new_tokens()))
+
+  def _max_new_tokens(self) -> int:
+    return int(self._generation.get('max_new_tokens') or 0)
+
+  def generate(self, loaded: _Loaded, prompts: list) -> list:
+    import torch
+    responses: list = [None] * len(prompts)
+    texts = []
+    for i, prompt in enumerate(prompts):
+      try:
+        texts.append((i, self._as_text(loaded.tokenizer, prompt)))
+      except Exception as exn:  # e.g. no chat template, bad message roles.
+        responses[i] = GenerationFailure(f'chat template: {exn}', 'bad_prompt')
+    lengths = [
+        len(ids) for ids in loaded.tokenizer([t for _, t in texts])['input_ids']
+    ]
+    ok = []
+    for (i, text), n in zip(texts, lengths):
+      if loaded.max_input_tokens and n > loaded.max_input_tokens:
+        responses[i] = GenerationFailure(
+            f'the prompt has {n} tokens, more than the {loaded.max_input_tokens} '
+            'this model takes (set max_input_tokens or shorten the prompt)',
+            'prompt_too_long')
+      else:
+        ok.append((i, text))
+    if ok:
+      enc = loaded.tokenizer([t for _, t in ok],
+                             return_tensors='pt',
+                             padding=True).to(loaded.device)
+      with torch.inference_mode():
+        out = loaded.model.generate(
+            **enc, **self._generate_kwargs(loaded.tokenizer))
+      if not loaded.seq2seq:
+        out = out[:, enc['input_ids'].shape[1]:]  # Drop the echoed prompt.
+      decoded = loaded.tokenizer.batch_decode(out, skip_special_tokens=True)
+      for (i, _), text in zip(ok, decoded):
+        responses[i] = text.strip()
+    return responses
+
+  def _as_text(self, tokenizer, prompt) -> str:
+    if isinstance(prompt, str):
+      if not self._use_chat_template:
+        return prompt
+      prompt = [{'role': 'user', 'content': prompt}]
+    return tokenizer.apply_chat_template(
+        as_messages(prompt), tokenize=False, add_generation_prompt=True)
+
+  def _generate_kwargs(self, tokenizer) -> dict:
+    g = dict(self._generation)
+    extra = g.pop('generation_config', None) or {}
+    kwargs = {k: v for k, v in g.items() if v is not None}
+    if kwargs.get('temperature') == 0:
+      kwargs.pop('temperature')
+      kwargs.setdefault('do_sample', False)
+    elif 'temperature' in kwargs or 'top_p' in kwargs or 'top_k' in kwargs:
+      kwargs.setdefault('do_sample', True)
+    kwargs.setdefault('do_sample', False)
+    kwargs['pad_token_id'] = tokenizer.pad_token_id
+    return {**kwargs, **extra}
+
+
+def _context_length(config, tokenizer, seq2seq: bool, max_new_tokens: int):
+  limit = getattr(config, 'max_position_embeddings', None)
+  if limit is None and seq2seq:
+    limit = tokenizer.model_max_length
+  if not limit or limit > 10**7:  # Tokenizers use a huge sentinel for "none".
+    return None
+  return limit if seq2seq else max(limit - max_new_tokens, 1)
+
+
+def _why_unavailable(model: str, revision: Optional[str]) -> Optional[str]:
+  """Build-time check: None if `model` can load here, else why not.
+
+  A hub id that is neither cached nor reachable fails now, in seconds, rather
+  than on a worker after a long download timeout.
+  """
+  if os.path.isdir(model):
+    if os.path.exists(os.path.join(model, 'config.json')) or os.path.exists(
+        os.path.join(model, 'tokenizer_config.json')):
+      return None
+    return f'directory {model!r} holds no config.json (not a saved model)'
+  if '://' in model:
+    return None  # Remote paths are read on the worker.
+  if not _HUB_ID.match(model) or model.startswith(('.', '/')):
+    return f'no such local directory {model!r}'
+  import huggingface_hub
+  cached = huggingface_hub.try_to_load_from_cache(
+      model, 'config.json', revision=revision)
+  if isinstance(cached, str):
+    return None
+  if huggingface_hub.constants.HF_HUB_OFFLINE:
+    return 'it is not in the local cache and HF_HUB_OFFLINE is set'
+  try:
+    huggingface_hub.model_info(model, revision=revision, timeout=10)
+  except Exception as exn:  # pylint: disable=broad-except
+    name = type(exn).__name__
+    if 'NotFound' in name:
+      return 'the hub has no such model (check the id)'
+    if 'Gated' in name:
+      return 'the model is gated: accept its licence and log in (hf auth login)'
+    return (
+        'it is not in the local cache and the HuggingFace hub could not be '
+        f'reached ({name})')
+  return None

@@ -1,0 +1,101 @@
+"""JSON Schema -> Beam field types, and JSON values -> typed field values.
+
+The mapping (documented in docs/json_schema.md):
+  integer -> int, number -> float, string -> str, boolean -> bool,
+  array of T -> list of T, object with properties -> nested Row,
+  anything else (object without properties, unions of types) -> str (JSON text).
+Properties not listed in `required` (or that allow null) become Optional.
+"""
+import json
+from typing import Any, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.typehints import row_type
+
+_SCALARS = {'integer': int, 'number': float, 'string': str, 'boolean': bool}
+
+
+def _types(schema: dict) -> list:
+  t = schema.get('type')
+  if t is None and 'enum' in schema:
+    kinds = {json_kind(v) for v in schema['enum']}
+    return sorted(kinds)
+  if t is None and 'const' in schema:
+    return [json_kind(schema['const'])]
+  return [t] if isinstance(t, str) else list(t or [])
+
+
+def json_kind(value) -> str:
+  if value is None:
+    return 'null'
+  if isinstance(value, bool):
+    return 'boolean'
+  if isinstance(value, int):
+    return 'integer'
+  if isinstance(value, float):
+    return 'number'
+  if isinstance(value, str):
+    return 'string'
+  return 'object' if isinstance(value, dict) else 'array'
+
+
+def beam_type(schema: dict) -> Any:
+  """The Beam type of one property (without Optional for null)."""
+  kinds = [k for k in _types(schema) if k != 'null']
+  if kinds == ['integer', 'number'] or kinds == ['number', 'integer']:
+    kinds = ['number']
+  if len(kinds) != 1:
+    return str
+  kind = kinds[0]
+  if kind in _SCALARS:
+    return _SCALARS[kind]
+  if kind == 'array':
+    items = schema.get('items')
+    return Sequence[beam_type(items)] if isinstance(items, dict) else Sequence[str]
+  if kind == 'object' and schema.get('properties'):
+    return row_type.RowTypeConstraint.from_fields(fields(schema))
+  return str
+
+
+def _nullable(schema: dict) -> bool:
+  return 'null' in _types(schema)
+
+
+def fields(schema: dict) -> list:
+  """(name, Beam type) for each property of an object schema."""
+  required = set(schema.get('required', ()))
+  out = []
+  for name, prop in schema.get('properties', {}).items():
+    t = beam_type(prop)
+    if name not in required or _nullable(prop):
+      t = Optional[t]
+    out.append((name, t))
+  return out
+
+
+def to_field_value(value: Any, schema: dict) -> Any:
+  """Converts a validated JSON value to the Python value of its Beam type."""
+  if value is None:
+    return None
+  t = beam_type(schema)
+  if t is str and not isinstance(value, str):
+    return json.dumps(value, ensure_ascii=False)
+  if t is float:
+    return float(value)
+  if t is int:
+    return int(value)  # Validated as integer: 3.0 is allowed, and exact.
+  if isinstance(t, row_type.RowTypeConstraint):
+    return to_row(value, schema)
+  if getattr(t, '__origin__', None) is not None and isinstance(value, list):
+    items = schema.get('items') if isinstance(schema.get('items'), dict) else {
+        'type': 'string'
+    }
+    return [to_field_value(v, items) for v in value]
+  return value
+
+
+def to_row(value: dict, schema: dict) -> beam.Row:
+  props = schema.get('properties', {})
+  return beam.Row(
+      **{name: to_field_value(value.get(name), props[name])
+         for name in props})

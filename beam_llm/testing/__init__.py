@@ -1,0 +1,1 @@
+"""Helpers for testing beam-llm pipelines offline (no model downloads)."""

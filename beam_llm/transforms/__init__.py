@@ -1,0 +1,1 @@
+"""One module per YAML transform; its signature is its config schema."""

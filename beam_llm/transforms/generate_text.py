@@ -1,0 +1,136 @@
+"""GenerateText: LLM inference on a prompt field, on Beam's RunInference."""
+from typing import Any, Mapping, Optional
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler
+from apache_beam.ml.inference.base import RunInference
+
+from beam_llm import _config
+from beam_llm import _rows
+from beam_llm import handlers
+from beam_llm.handlers.base import GenerationFailure
+
+_OWNER = 'GenerateText'
+
+
+class GenerateText(beam.PTransform):
+  """Runs an LLM on each row's prompt and adds the generated text.
+
+  Rows are batched (Beam's RunInference), the model is loaded once per worker
+  process (or once per machine with `large_model`), and only the newly
+  generated text goes into the output field, never the echoed prompt. A row
+  the model cannot answer (empty or over-long prompt, a failure of its own)
+  goes to the error output on its own: its batch-mates still come out.
+
+  Args:
+    model_handler: The backend, as `{type: <backend>, config: {...}}`.
+      Backends: `HuggingFace` (config: `model`, `tokenizer`, `task`, `device`,
+      `dtype`, `use_chat_template`, `max_input_tokens`, `revision`,
+      `trust_remote_code`; see the backend reference in docs/).
+    prompt: Input field holding the prompt: text, or a list of
+      `{role, content}` messages from RenderPrompt's chat form. Defaults to
+      `prompt`.
+    output: Name of the field that receives the generated text. Defaults to
+      `response`.
+    max_new_tokens: Most tokens to generate per row. Defaults to 256.
+    temperature: Sampling temperature; 0 (or unset) means greedy decoding.
+    top_p: Nucleus sampling probability mass.
+    top_k: Sample only from the k most likely tokens.
+    do_sample: Sample instead of greedy decoding. Defaults to true when
+      temperature, top_p or top_k is set, else false.
+    generation_config: Further generation options passed to the backend as
+      they are (e.g. `repetition_penalty`, `num_beams` for HuggingFace).
+    min_batch_size: Smallest batch RunInference forms.
+    max_batch_size: Largest batch RunInference forms.
+    max_batch_duration_secs: Longest a row waits for its batch to fill
+      (streaming).
+    large_model: Load one model per machine, shared by all worker processes,
+      instead of one per process.
+    model_copies: Exact number of model copies per machine (implies sharing).
+    error_handling: `{output: <name>}` sends rows that fail to generate to
+      that output as Beam YAML error rows (`element`, `msg`, `stack`,
+      `error_type`: `bad_prompt`, `prompt_too_long` or `generation`), instead
+      of failing the pipeline.
+  """
+  def __init__(
+      self,
+      model_handler: Mapping[str, Any],
+      prompt: str = 'prompt',
+      output: str = 'response',
+      max_new_tokens: int = 256,
+      temperature: Optional[float] = None,
+      top_p: Optional[float] = None,
+      top_k: Optional[int] = None,
+      do_sample: Optional[bool] = None,
+      generation_config: Optional[Mapping[str, Any]] = None,
+      min_batch_size: Optional[int] = None,
+      max_batch_size: Optional[int] = None,
+      max_batch_duration_secs: Optional[int] = None,
+      large_model: bool = False,
+      model_copies: Optional[int] = None,
+      error_handling: Optional[Mapping[str, Any]] = None):
+    super().__init__()
+    options = {
+        k: v
+        for k, v in locals().items() if k not in ('self', '__class__')
+    }
+    _config.check_call_options(_OWNER, GenerateText.__init__, options)
+    for key in ('max_new_tokens', 'min_batch_size', 'max_batch_size',
+                'model_copies'):
+      if options[key] is not None and options[key] < 1:
+        _config.fail(_OWNER, key, f'must be at least 1, got {options[key]}')
+    if (min_batch_size and max_batch_size and min_batch_size > max_batch_size):
+      _config.fail(_OWNER, 'min_batch_size',
+                   f'({min_batch_size}) exceeds max_batch_size ({max_batch_size})')
+    generation = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        do_sample=do_sample,
+        generation_config=dict(generation_config or {}))
+    batching = {
+        k: options[k]
+        for k in ('min_batch_size', 'max_batch_size', 'max_batch_duration_secs',
+                  'large_model', 'model_copies') if options[k] is not None
+    }
+    self._handler = handlers.create_handler(
+        _OWNER, model_handler, generation, batching)
+    self._prompt = prompt
+    self._output = output
+    self._error_output = _config.error_output_name(_OWNER, error_handling)
+
+  def expand(self, pcoll):
+    fields = _rows.input_fields(pcoll)
+    _rows.require_field(_OWNER, 'prompt', self._prompt, fields)
+    # Before any model loads: a hub model that cannot be fetched fails now.
+    self._handler.check_at_build()
+    prompt = self._prompt
+    results = (
+        pcoll
+        | 'KeyByRow' >> beam.Map(lambda row: (row, getattr(row, prompt, None)))
+        | 'RunInference' >> RunInference(KeyedModelHandler(self._handler)))
+    return _rows.split_outputs(
+        results,
+        'Collect',
+        _CollectDoFn(self._output),
+        _rows.row_type_with(fields, [(self._output, str)]),
+        self._error_output,
+        element_type=pcoll.element_type)
+
+
+class _CollectDoFn(beam.DoFn):
+  """(row, PredictionResult) -> the row with its response, or an error row."""
+  def __init__(self, output: str):
+    self._output = output
+
+  def process(self, keyed):
+    row, result = keyed
+    response = result.inference
+    if isinstance(response, GenerationFailure):
+      yield from _rows.tag_error(
+          _rows.error_row(
+              row, f'{_OWNER} ({response.error_type}): {response.msg}',
+              response.error_type))
+    else:
+      yield _rows.with_fields(row, **{self._output: response})

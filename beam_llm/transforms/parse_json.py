@@ -1,0 +1,148 @@
+"""ParseJSON: an LLM's text -> typed, schema-checked fields."""
+import json
+from typing import Any, Mapping, Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from beam_llm import _config
+from beam_llm import _rows
+from beam_llm import json_extract
+from beam_llm import json_schema_types
+
+_OWNER = 'ParseJSON'
+
+
+class ParseJSON(beam.PTransform):
+  """Parses JSON out of a text field and adds its properties as typed fields.
+
+  The text goes through a ladder: strict JSON, then JSON found inside
+  ```json fences, `<answer>`-style tags or surrounding prose, then (if
+  `repair` is on) repair of common breakage such as single quotes or trailing
+  commas. The first candidate that validates against the schema wins. Output
+  that was cut off mid-object is never "repaired" into a shorter answer: it
+  goes to the error output with `error_type: truncated`.
+
+  The schema's properties become fields of the output row, typed from the
+  schema (integer -> int, number -> float, string -> str, boolean -> bool,
+  array -> list, object -> row; properties that are not required are
+  nullable), so `Filter`, `MapToFields` and `Sql` can use them. The input
+  fields are kept; a property with the same name as an input field replaces
+  it.
+
+  Args:
+    field: Name of the input field holding the text to parse, e.g. `response`.
+    schema: The JSON Schema (inline) of the expected object. Its top level must
+      be an object with `properties`. Give exactly one of `schema` and
+      `schema_file`.
+    schema_file: Path of a JSON file holding the schema (local or any Beam
+      filesystem; relative paths are resolved from the current directory).
+    repair: Whether to repair broken JSON (single quotes, trailing commas,
+      comments, Python literals, ...) with json_repair. Defaults to true.
+    error_handling: `{output: <name>}` sends rows that cannot be parsed or do
+      not validate to that output as Beam YAML error rows (`element`, `msg`,
+      `stack`, `error_type`: one of `empty`, `truncated`, `invalid_json`,
+      `schema`, `not_text`), instead of failing the pipeline.
+  """
+  def __init__(
+      self,
+      field: str,
+      schema: Optional[Mapping[str, Any]] = None,
+      schema_file: Optional[str] = None,
+      repair: bool = True,
+      error_handling: Optional[Mapping[str, Any]] = None):
+    super().__init__()
+    _config.check_call_options(
+        _OWNER,
+        ParseJSON.__init__,
+        dict(
+            field=field,
+            schema=schema,
+            schema_file=schema_file,
+            repair=repair,
+            error_handling=error_handling))
+    if _config.exactly_one(_OWNER, schema=schema,
+                           schema_file=schema_file) == 'schema_file':
+      text = _config.read_text_file(_OWNER, 'schema_file', schema_file)
+      try:
+        schema = json.loads(text)
+      except ValueError as exn:
+        _config.fail(_OWNER, 'schema_file', f'{schema_file!r} is not JSON: {exn}')
+    self._schema = _checked_schema(dict(schema))
+    self._field = field
+    self._repair = repair
+    self._error_output = _config.error_output_name(_OWNER, error_handling)
+
+  def expand(self, pcoll):
+    fields = _rows.input_fields(pcoll)
+    _rows.require_field(_OWNER, 'field', self._field, fields)
+    return _rows.split_outputs(
+        pcoll,
+        'Parse',
+        _ParseDoFn(self._field, self._schema, self._repair),
+        _rows.row_type_with(fields, json_schema_types.fields(self._schema)),
+        self._error_output)
+
+
+def _checked_schema(schema: dict) -> dict:
+  import jsonschema
+  try:
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+  except jsonschema.SchemaError as exn:
+    _config.fail(_OWNER, 'schema', f'is not a valid JSON Schema: {exn.message}')
+  if schema.get('type') != 'object' or not schema.get('properties'):
+    _config.fail(
+        _OWNER,
+        'schema',
+        'must describe an object with properties '
+        '(its properties become the output fields)')
+  return schema
+
+
+class _ParseDoFn(beam.DoFn):
+  def __init__(self, field: str, schema: dict, repair: bool):
+    self._field = field
+    self._schema = schema
+    self._repair = repair
+    self._parsed = Metrics.counter('beam_llm.ParseJSON', 'parsed')
+    self._repaired = Metrics.counter('beam_llm.ParseJSON', 'repaired')
+    self._failed = Metrics.counter('beam_llm.ParseJSON', 'failed')
+
+  def setup(self):
+    import jsonschema
+    cls = jsonschema.validators.validator_for(self._schema)
+    self._validator = cls(self._schema, format_checker=cls.FORMAT_CHECKER)
+
+  def _validate(self, value) -> Optional[str]:
+    if not isinstance(value, dict):
+      return f'expected a JSON object, got {json_schema_types.json_kind(value)}'
+    import jsonschema
+    error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+    if error is None:
+      return None
+    where = '/'.join(str(p) for p in error.absolute_path) or '(root)'
+    return f'{where}: {error.message}'
+
+  def process(self, row):
+    text = getattr(row, self._field, None)
+    if text is not None and not isinstance(text, str):
+      yield from self._error(
+          row, 'not_text', f'field {self._field!r} is a '
+          f'{type(text).__name__}, not text')
+      return
+    try:
+      value, rung = json_extract.parse(text, self._validate, self._repair)
+    except json_extract.ParseFailure as failure:
+      yield from self._error(row, failure.rung, failure.reason)
+      return
+    self._parsed.inc()
+    if rung == 'repair':
+      self._repaired.inc()
+    parsed = json_schema_types.to_row(value, self._schema)
+    yield _rows.with_fields(row, **parsed._asdict())
+
+  def _error(self, row, error_type: str, reason: str):
+    self._failed.inc()
+    yield from _rows.tag_error(
+        _rows.error_row(
+            row, f'{_OWNER} ({error_type}): {reason}', error_type))

@@ -1,0 +1,178 @@
+"""RenderPrompt: one Jinja2 prompt (or chat) per row."""
+from typing import Any, Mapping, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.typehints import row_type
+
+from beam_llm import _config
+from beam_llm import _rows
+
+_OWNER = 'RenderPrompt'
+_MESSAGE_KEYS = {'role', 'content', 'content_file'}
+
+Message = row_type.RowTypeConstraint.from_fields([('role', str),
+                                                  ('content', str)])
+
+
+def _environment():
+  # Sandboxed so a template cannot reach Python internals; StrictUndefined so
+  # a misspelt variable is an error rather than an empty string.
+  import jinja2
+  from jinja2 import sandbox
+  return sandbox.ImmutableSandboxedEnvironment(
+      undefined=jinja2.StrictUndefined,
+      autoescape=False,
+      keep_trailing_newline=False)
+
+
+class RenderPrompt(beam.PTransform):
+  """Renders a Jinja2 prompt template for each row.
+
+  Every input field is a template variable. Field values are inserted as
+  data: a `{{ ... }}` inside a chat history is never evaluated. Templates run
+  in Jinja's sandbox and an undefined variable is an error.
+
+  Beam YAML renders the whole pipeline file with Jinja before it is parsed, so
+  wrap an inline template in `{% raw %}...{% endraw %}` (or use
+  `template_file`) to keep its `{{ field }}` markers for RenderPrompt.
+
+  Args:
+    template: The prompt template, inline. Give exactly one of `template`,
+      `template_file` and `messages`.
+    template_file: Path of a file holding the template (local, or any
+      filesystem Beam knows: gs://, s3://, ...). Relative paths are resolved
+      from the current directory.
+    messages: Chat form for instruct models: a list of
+      `{role: ..., content: <template>}` (or `content_file: <path>`) entries.
+      The output field is then a list of `{role, content}` rows that
+      GenerateText turns into the model's chat format.
+    output: Name of the field that receives the rendered prompt. Defaults to
+      `prompt`.
+    error_handling: `{output: <name>}` sends rows whose template fails to
+      render to that output, as Beam YAML error rows (`element`, `msg`,
+      `stack`, `error_type`), instead of failing the pipeline.
+  """
+  def __init__(
+      self,
+      template: Optional[str] = None,
+      template_file: Optional[str] = None,
+      messages: Optional[Sequence[Mapping[str, str]]] = None,
+      output: str = 'prompt',
+      error_handling: Optional[Mapping[str, Any]] = None):
+    super().__init__()
+    _config.check_call_options(
+        _OWNER,
+        RenderPrompt.__init__,
+        dict(
+            template=template,
+            template_file=template_file,
+            messages=messages,
+            output=output,
+            error_handling=error_handling))
+    given = _config.exactly_one(
+        _OWNER,
+        template=template,
+        template_file=template_file,
+        messages=messages)
+    if given == 'template_file':
+      template = _config.read_text_file(_OWNER, 'template_file', template_file)
+    # Sources only (strings pickle; compiled Jinja templates do not).
+    self._sources = (
+        _chat_sources(messages) if given == 'messages' else [(None, template)])
+    self._is_chat = given == 'messages'
+    self._output = output
+    self._error_output = _config.error_output_name(_OWNER, error_handling)
+    self._variables = _parse_and_collect_variables(self._sources)
+
+  def expand(self, pcoll):
+    fields = _rows.input_fields(pcoll)
+    if fields is not None:
+      names = {name for name, _ in fields}
+      missing = sorted(self._variables - names)
+      if missing:
+        _config.fail(
+            _OWNER,
+            'template',
+            f'uses variable(s) {", ".join(missing)} that are not fields of the '
+            f'input (input fields: {", ".join(sorted(names))})')
+    out_type = Sequence[Message] if self._is_chat else str
+    return _rows.split_outputs(
+        pcoll,
+        'Render',
+        _RenderDoFn(self._sources, self._is_chat, self._output),
+        _rows.row_type_with(fields, [(self._output, out_type)]),
+        self._error_output)
+
+
+def _chat_sources(messages) -> list:
+  sources = []
+  for i, message in enumerate(messages):
+    key = f'messages[{i}]'
+    if not isinstance(message, Mapping) or 'role' not in message:
+      _config.fail(
+          _OWNER, key, 'must be a mapping with a role and a content template')
+    unknown = set(message) - _MESSAGE_KEYS
+    if unknown:
+      _config.fail(
+          _OWNER,
+          f'{key}.{sorted(unknown)[0]}',
+          f'is unknown; known options: {", ".join(sorted(_MESSAGE_KEYS))}')
+    for k in message:
+      _config.check_type(_OWNER, f'{key}.{k}', message[k], str)
+    which = _config.exactly_one(
+        f'{_OWNER} {key}',
+        content=message.get('content'),
+        content_file=message.get('content_file'))
+    content = message[which] if which == 'content' else _config.read_text_file(
+        _OWNER, f'{key}.content_file', message['content_file'])
+    sources.append((message['role'], content))
+  return sources
+
+
+def _parse_and_collect_variables(sources) -> set:
+  """Checks template syntax at build time; returns the variables used."""
+  import jinja2
+  from jinja2 import meta
+  env = _environment()
+  variables = set()
+  for role, source in sources:
+    try:
+      variables |= meta.find_undeclared_variables(env.parse(source))
+    except jinja2.TemplateSyntaxError as exn:
+      where = f' (message with role {role!r})' if role else ''
+      raise _config.ConfigError(
+          f'{_OWNER}: template syntax error{where} at line {exn.lineno}: '
+          f'{exn.message}') from None
+  return variables
+
+
+class _RenderDoFn(beam.DoFn):
+  def __init__(self, sources, is_chat: bool, output: str):
+    self._sources = sources
+    self._is_chat = is_chat
+    self._output = output
+    self._rendered = Metrics.counter('beam_llm.RenderPrompt', 'rendered')
+    self._failed = Metrics.counter('beam_llm.RenderPrompt', 'failed')
+
+  def setup(self):
+    env = _environment()
+    self._templates = [(role, env.from_string(source))
+                       for role, source in self._sources]
+
+  def process(self, row):
+    try:
+      variables = _rows.as_dict(row)
+      rendered = [(role, template.render(**variables))
+                  for role, template in self._templates]
+    except Exception as exn:  # Any template failure belongs to this row.
+      self._failed.inc()
+      yield from _rows.tag_error(
+          _rows.error_row(row, f'{_OWNER}: {exn}', 'render'))
+      return
+    self._rendered.inc()
+    if self._is_chat:
+      value = [beam.Row(role=role, content=text) for role, text in rendered]
+    else:
+      value = rendered[0][1]
+    yield _rows.with_fields(row, **{self._output: value})
