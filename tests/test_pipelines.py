@@ -1,0 +1,101 @@
+"""Every pipeline in pipelines/, run for real through
+`python -m apache_beam.yaml.main` on tiny local models, and under --tests."""
+import glob
+import os
+
+import pytest
+
+from tests.conftest import ROOT, read_json_lines, run_yaml
+
+PIPELINES = sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'pipelines', '*.yaml')))
+
+# pipeline -> the output files (suffixes of `output`) that together hold every chat.
+OUTPUTS = {
+    'pipelines/chat_sentiment.yaml': ['', '-errors'],
+    'pipelines/summarize.yaml': ['', '-errors'],
+    'pipelines/apology.yaml': ['', '-not_needed', '-errors'],
+}
+
+
+def test_every_pipeline_is_covered():
+  assert sorted(OUTPUTS) == PIPELINES
+
+
+def assert_every_chat_exactly_once(prefix, suffixes, chats):
+  seen = []
+  for suffix in suffixes:
+    seen += [row['chat_id'] for row in read_json_lines(prefix + suffix)]
+  assert sorted(seen) == sorted(c['chat_id'] for c in chats)
+
+
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
+    pipeline, tiny_causal_lm, tmp_path, chats):
+  prefix = str(tmp_path / 'out')
+  result = run_yaml(
+      pipeline,
+      jinja_variables={'model': tiny_causal_lm, 'output': prefix, 'max_new_tokens': 8})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert_every_chat_exactly_once(prefix, OUTPUTS[pipeline], chats)
+  errors = read_json_lines(prefix + '-errors')
+  for error in errors:  # Error rows a person can read: why, and which chat.
+    assert error['msg'] and error['error_type'] and '"chat_id"' in error['element']
+
+
+@pytest.mark.parametrize('pipeline', PIPELINES)
+def test_pipeline_tests_block_passes(pipeline):
+  result = run_yaml(pipeline, '--tests')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'OK' in result.stderr
+
+
+def test_summaries_from_a_t5_model_with_other_input(tiny_seq2seq_lm, tmp_path, chats):
+  data = tmp_path / 'two.jsonl'
+  lines = open(os.path.join(ROOT, 'pipelines', 'data', 'chats.jsonl')).readlines()[:2]
+  data.write_text(''.join(lines))
+  prefix = str(tmp_path / 'sum')
+  result = run_yaml(
+      'pipelines/summarize.yaml',
+      jinja_variables={'model': tiny_seq2seq_lm, 'input': str(data), 'output': prefix,
+                       'use_chat_template': False, 'max_new_tokens': 5})
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = read_json_lines(prefix)
+  assert sorted(r['chat_id'] for r in rows) == [c['chat_id'] for c in chats[:2]]
+  assert all(isinstance(r['summary'], str) for r in rows)
+
+
+def test_unreachable_default_model_fails_fast_with_guidance(tmp_path):
+  # No cache and a hub that refuses connections: the build must stop at once
+  # and say how to use a local model, before anything runs.
+  result = run_yaml(
+      'pipelines/chat_sentiment.yaml',
+      jinja_variables={'output': str(tmp_path / 'out')},
+      env={'HF_HOME': str(tmp_path / 'hf'), 'HF_ENDPOINT': 'http://127.0.0.1:9',
+           'HF_HUB_OFFLINE': '0'},
+      timeout=180)
+  assert result.returncode != 0
+  assert "HuggingFace model 'Qwen/Qwen2.5-0.5B-Instruct' is not available" in result.stderr
+  assert '--jinja_variables=\'{"model": "/path/to/DIR"}\'' in result.stderr
+  assert 'Running pipeline' not in result.stdout
+
+
+def test_one_line_providers_include(tiny_causal_lm, tmp_path):
+  pipeline = tmp_path / 'p.yaml'
+  pipeline.write_text('''
+pipeline:
+  transforms:
+    - type: Create
+      config: {elements: [{q: "hello"}]}
+    - type: RenderPrompt
+      input: Create
+      config: {template: "{% raw %}Q: {{ q }}{% endraw %}"}
+    - type: WriteToJson
+      input: RenderPrompt
+      config: {path: "''' + str(tmp_path / 'out') + '''"}
+providers:
+{% include 'beam_llm/provider/providers.yaml' %}
+''')
+  result = run_yaml(str(pipeline))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert read_json_lines(str(tmp_path / 'out')) == [{'q': 'hello', 'prompt': 'Q: hello'}]
