@@ -159,3 +159,28 @@ def error_output_name(owner: str, error_handling: Optional[Mapping]) -> Optional
   if unknown:
     fail(owner, f'error_handling.{sorted(unknown)[0]}', 'is unknown; known options: output')
   return error_handling['output']
+
+
+def load_json_schema(
+    owner: str,
+    schema: Optional[Mapping],
+    schema_file: Optional[str],
+    key: str = 'schema') -> dict:
+  """The JSON Schema given inline (`key`) or in a file (`key`_file), checked."""
+  import json
+
+  import jsonschema
+  file_key = f'{key}_file'
+  if exactly_one(owner, **{key: schema, file_key: schema_file}) == file_key:
+    text = read_text_file(owner, file_key, schema_file)
+    try:
+      schema = json.loads(text)
+    except ValueError as exn:
+      fail(owner, file_key, f'{schema_file!r} is not JSON: {exn}')
+    key = file_key
+  schema = dict(schema)
+  try:
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+  except jsonschema.SchemaError as exn:
+    fail(owner, key, f'is not a valid JSON Schema: {exn.message}')
+  return schema

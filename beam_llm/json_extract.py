@@ -80,19 +80,24 @@ def candidates(text: str) -> Iterator[Tuple[str, str]]:
 def parse(
     text: Optional[str],
     validate: Callable[[Any], Optional[str]],
-    repair: bool = True) -> Tuple[Any, str]:
+    repair: bool = True,
+    prepare: Callable[[Any], Any] = lambda value: value) -> Tuple[Any, str]:
   """Returns (value, rung) for the first candidate that `validate` accepts.
 
+  `prepare(value)` runs before validation (ParseJSON's lossless coercion);
   `validate(value)` returns None when valid, else a reason. Raises
   ParseFailure with the rung that failed: empty, truncated, invalid_json or
   schema.
   """
   if text is None or not text.strip():
     raise ParseFailure('empty', 'the model returned no text')
+  text = text.strip()
+  if _answer_is_cut_off(text):
+    raise ParseFailure('truncated', _TRUNCATED)
   schema_reason = None
   truncated = False
   seen = set()
-  for rung, candidate in candidates(text.strip()):
+  for rung, candidate in candidates(text):
     candidate = candidate.strip()
     if not candidate or candidate in seen:
       continue
@@ -103,6 +108,7 @@ def parse(
       continue
     if how is None:
       continue
+    value = prepare(value)
     reason = validate(value)
     if reason is None:
       return value, how
@@ -110,11 +116,23 @@ def parse(
   if schema_reason:
     raise ParseFailure('schema', schema_reason)
   if truncated:
-    raise ParseFailure(
-        'truncated',
-        'the JSON was cut off before it was complete '
-        '(raise max_new_tokens?)')
+    raise ParseFailure('truncated', _TRUNCATED)
   raise ParseFailure('invalid_json', 'no JSON value found in the text')
+
+
+_TRUNCATED = ('the JSON was cut off before it was complete '
+              '(raise max_new_tokens?)')
+_LEADING_WRAPPER = re.compile(r'^(?:```[ \t]*[A-Za-z0-9_-]*[ \t]*\n?|<[A-Za-z_][\w-]*>)\s*')
+
+
+def _answer_is_cut_off(text: str) -> bool:
+  """Whether the answer itself (after a leading fence or tag) is unclosed.
+
+  Checked first, so a complete-looking object quoted *inside* the cut-off
+  answer's strings can never be taken for the answer.
+  """
+  body = _LEADING_WRAPPER.sub('', text, count=1)
+  return bool(body) and body[0] in _OPENERS and _is_unclosed(body)
 
 
 def _load(candidate: str, rung: str, repair: bool):

@@ -7,6 +7,8 @@ The mapping (documented in docs/json_schema.md):
 Properties not listed in `required` (or that allow null) become Optional.
 """
 import json
+import math
+import re
 from typing import Any, Optional, Sequence
 
 import apache_beam as beam
@@ -99,3 +101,29 @@ def to_row(value: dict, schema: dict) -> beam.Row:
   return beam.Row(
       **{name: to_field_value(value.get(name), props[name])
          for name in props})
+
+
+_INTEGER_TEXT = re.compile(r'\s*[+-]?\d+\s*')
+_NUMBER_TEXT = re.compile(r'\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*')
+
+
+def coerce_numbers(value: Any, schema: dict) -> Any:
+  """Numbers the model wrote as text ("-1") -> numbers, where the schema wants
+  a number and nothing is lost ("1.5" never becomes an integer)."""
+  kinds = _types(schema)
+  if isinstance(value, str) and 'string' not in kinds:
+    if 'integer' in kinds and _INTEGER_TEXT.fullmatch(value):
+      return int(value)
+    if 'number' in kinds and _NUMBER_TEXT.fullmatch(value):
+      number = float(value)
+      return number if math.isfinite(number) else value
+    return value
+  if isinstance(value, dict):
+    props = schema.get('properties', {})
+    return {
+        k: coerce_numbers(v, props[k]) if isinstance(props.get(k), dict) else v
+        for k, v in value.items()
+    }
+  if isinstance(value, list) and isinstance(schema.get('items'), dict):
+    return [coerce_numbers(v, schema['items']) for v in value]
+  return value

@@ -41,6 +41,9 @@ def create_handler(
   if 'type' not in spec:
     _config.fail(owner, 'model_handler.type', 'is required')
   cls = backend_class(owner, spec['type'])
+  if generation.get('response_schema') and not cls.supports_response_schema:
+    _config.fail(owner, 'response_schema',
+                 f'is not supported by the {spec["type"]} backend')
   config = spec.get('config') or {}
   _config.check_call_options(
       owner, cls.__init__, config, prefix='model_handler.config.',

@@ -64,6 +64,8 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
   retried one at a time so a single bad row cannot fail its batch-mates.
   """
   backend = 'base'
+  # Whether generation can be constrained to GenerateText's response_schema.
+  supports_response_schema = False
 
   def __init__(self, generation: Mapping[str, Any], batching: Mapping[str, Any]):
     super().__init__(**batching)

@@ -35,6 +35,7 @@ class _Loaded:
   device: Any
   seq2seq: bool
   max_input_tokens: Optional[int]
+  grammar: Any = None  # xgrammar CompiledGrammar when a response_schema is set.
 
 
 class HuggingFaceHandler(TextGenerationHandler):
@@ -58,6 +59,7 @@ class HuggingFaceHandler(TextGenerationHandler):
     trust_remote_code: Allow model code from the hub. Defaults to false.
   """
   backend = 'HuggingFace'
+  supports_response_schema = True
 
   def __init__(
       self,
@@ -132,7 +134,9 @@ class HuggingFaceHandler(TextGenerationHandler):
     return _Loaded(
         tokenizer, model, device, seq2seq,
         self._max_input_tokens or _context_length(config, tokenizer, seq2seq,
-                                                  self._max_new_tokens()))
+                                                  self._max_new_tokens()),
+        _compile_schema(self._generation.get('response_schema'), tokenizer,
+                        config))
 
   def _max_new_tokens(self) -> int:
     return int(self._generation.get('max_new_tokens') or 0)
@@ -162,9 +166,13 @@ class HuggingFaceHandler(TextGenerationHandler):
       enc = loaded.tokenizer([t for _, t in ok],
                              return_tensors='pt',
                              padding=True).to(loaded.device)
+      kwargs = self._generate_kwargs(loaded.tokenizer)
+      if loaded.grammar is not None:
+        # One processor per generate call: it keeps per-row matcher state.
+        from xgrammar.contrib.hf import LogitsProcessor
+        kwargs['logits_processor'] = [LogitsProcessor(loaded.grammar)]
       with torch.inference_mode():
-        out = loaded.model.generate(
-            **enc, **self._generate_kwargs(loaded.tokenizer))
+        out = loaded.model.generate(**enc, **kwargs)
       if not loaded.seq2seq:
         out = out[:, enc['input_ids'].shape[1]:]  # Drop the echoed prompt.
       decoded = loaded.tokenizer.batch_decode(out, skip_special_tokens=True)
@@ -183,6 +191,7 @@ class HuggingFaceHandler(TextGenerationHandler):
   def _generate_kwargs(self, tokenizer) -> dict:
     g = dict(self._generation)
     extra = g.pop('generation_config', None) or {}
+    g.pop('response_schema', None)
     kwargs = {k: v for k, v in g.items() if v is not None}
     if kwargs.get('temperature') == 0:
       kwargs.pop('temperature')
@@ -192,6 +201,24 @@ class HuggingFaceHandler(TextGenerationHandler):
     kwargs.setdefault('do_sample', False)
     kwargs['pad_token_id'] = tokenizer.pad_token_id
     return {**kwargs, **extra}
+
+
+def _compile_schema(schema: Optional[dict], tokenizer, config):
+  """The schema as an xgrammar grammar over this tokenizer's vocabulary.
+
+  xgrammar (not a home-made token filter): it compiles JSON Schema to a
+  token-level grammar once, and masks each step's logits in C++, which keeps
+  constrained decoding cheap on CPU (see bench/RESULTS.md).
+  """
+  if not schema:
+    return None
+  import json
+
+  import xgrammar
+  info = xgrammar.TokenizerInfo.from_huggingface(
+      tokenizer, vocab_size=getattr(config, 'vocab_size', None))
+  return xgrammar.GrammarCompiler(info).compile_json_schema(
+      json.dumps(schema), any_whitespace=False)
 
 
 def _context_length(config, tokenizer, seq2seq: bool, max_new_tokens: int):

@@ -46,7 +46,7 @@ def _tokenizer(vocab_size: int):
   return fast
 
 
-def build_causal_lm(path: str, seed: int = 0, max_positions: int = 512) -> str:
+def build_causal_lm(path: str, seed: int = 0, max_positions: int = 2048) -> str:
   """Saves a 2-layer Llama with a trained byte-level BPE tokenizer to `path`."""
   import torch
   from transformers import LlamaConfig, LlamaForCausalLM

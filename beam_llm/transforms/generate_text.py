@@ -40,6 +40,12 @@ class GenerateText(beam.PTransform):
       temperature, top_p or top_k is set, else false.
     generation_config: Further generation options passed to the backend as
       they are (e.g. `repetition_penalty`, `num_beams` for HuggingFace).
+    response_schema: A JSON Schema the answer must follow. Generation is
+      constrained to it (HuggingFace: token masking with xgrammar), so the
+      output always parses and validates, unless `max_new_tokens` cuts it
+      off, which ParseJSON reports as `truncated`. Give at most one of
+      `response_schema` and `response_schema_file`.
+    response_schema_file: Path of a JSON file holding that schema.
     min_batch_size: Smallest batch RunInference forms.
     max_batch_size: Largest batch RunInference forms.
     max_batch_duration_secs: Longest a row waits for its batch to fill
@@ -63,6 +69,8 @@ class GenerateText(beam.PTransform):
       top_k: Optional[int] = None,
       do_sample: Optional[bool] = None,
       generation_config: Optional[Mapping[str, Any]] = None,
+      response_schema: Optional[Mapping[str, Any]] = None,
+      response_schema_file: Optional[str] = None,
       min_batch_size: Optional[int] = None,
       max_batch_size: Optional[int] = None,
       max_batch_duration_secs: Optional[int] = None,
@@ -88,7 +96,11 @@ class GenerateText(beam.PTransform):
         top_p=top_p,
         top_k=top_k,
         do_sample=do_sample,
-        generation_config=dict(generation_config or {}))
+        generation_config=dict(generation_config or {}),
+        response_schema=None)
+    if response_schema is not None or response_schema_file is not None:
+      generation['response_schema'] = _config.load_json_schema(
+          _OWNER, response_schema, response_schema_file, key='response_schema')
     batching = {
         k: options[k]
         for k in ('min_batch_size', 'max_batch_size', 'max_batch_duration_secs',

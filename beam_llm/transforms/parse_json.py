@@ -1,5 +1,4 @@
 """ParseJSON: an LLM's text -> typed, schema-checked fields."""
-import json
 from typing import Any, Mapping, Optional
 
 import apache_beam as beam
@@ -37,8 +36,12 @@ class ParseJSON(beam.PTransform):
       `schema_file`.
     schema_file: Path of a JSON file holding the schema (local or any Beam
       filesystem; relative paths are resolved from the current directory).
-    repair: Whether to repair broken JSON (single quotes, trailing commas,
-      comments, Python literals, ...) with json_repair. Defaults to true.
+    repair: Whether to repair broken JSON (single quotes, smart quotes,
+      trailing commas, comments, unquoted keys, Python literals such as True
+      and None) with json_repair. Defaults to true.
+    coerce: Whether to turn numbers written as text ("-1") into numbers where
+      the schema asks for an integer or number and nothing is lost ("1.5" is
+      never made an integer). Defaults to true.
     error_handling: `{output: <name>}` sends rows that cannot be parsed or do
       not validate to that output as Beam YAML error rows (`element`, `msg`,
       `stack`, `error_type`: one of `empty`, `truncated`, `invalid_json`,
@@ -50,6 +53,7 @@ class ParseJSON(beam.PTransform):
       schema: Optional[Mapping[str, Any]] = None,
       schema_file: Optional[str] = None,
       repair: bool = True,
+      coerce: bool = True,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
     _config.check_call_options(
@@ -60,17 +64,13 @@ class ParseJSON(beam.PTransform):
             schema=schema,
             schema_file=schema_file,
             repair=repair,
+            coerce=coerce,
             error_handling=error_handling))
-    if _config.exactly_one(_OWNER, schema=schema,
-                           schema_file=schema_file) == 'schema_file':
-      text = _config.read_text_file(_OWNER, 'schema_file', schema_file)
-      try:
-        schema = json.loads(text)
-      except ValueError as exn:
-        _config.fail(_OWNER, 'schema_file', f'{schema_file!r} is not JSON: {exn}')
-    self._schema = _checked_schema(dict(schema))
+    self._schema = _object_schema(
+        _config.load_json_schema(_OWNER, schema, schema_file))
     self._field = field
     self._repair = repair
+    self._coerce = coerce
     self._error_output = _config.error_output_name(_OWNER, error_handling)
 
   def expand(self, pcoll):
@@ -79,17 +79,12 @@ class ParseJSON(beam.PTransform):
     return _rows.split_outputs(
         pcoll,
         'Parse',
-        _ParseDoFn(self._field, self._schema, self._repair),
+        _ParseDoFn(self._field, self._schema, self._repair, self._coerce),
         _rows.row_type_with(fields, json_schema_types.fields(self._schema)),
         self._error_output)
 
 
-def _checked_schema(schema: dict) -> dict:
-  import jsonschema
-  try:
-    jsonschema.validators.validator_for(schema).check_schema(schema)
-  except jsonschema.SchemaError as exn:
-    _config.fail(_OWNER, 'schema', f'is not a valid JSON Schema: {exn.message}')
+def _object_schema(schema: dict) -> dict:
   if schema.get('type') != 'object' or not schema.get('properties'):
     _config.fail(
         _OWNER,
@@ -100,10 +95,11 @@ def _checked_schema(schema: dict) -> dict:
 
 
 class _ParseDoFn(beam.DoFn):
-  def __init__(self, field: str, schema: dict, repair: bool):
+  def __init__(self, field: str, schema: dict, repair: bool, coerce: bool):
     self._field = field
     self._schema = schema
     self._repair = repair
+    self._coerce = coerce
     self._parsed = Metrics.counter('beam_llm.ParseJSON', 'parsed')
     self._repaired = Metrics.counter('beam_llm.ParseJSON', 'repaired')
     self._failed = Metrics.counter('beam_llm.ParseJSON', 'failed')
@@ -123,6 +119,11 @@ class _ParseDoFn(beam.DoFn):
     where = '/'.join(str(p) for p in error.absolute_path) or '(root)'
     return f'{where}: {error.message}'
 
+  def _prepare(self, value):
+    if not self._coerce:
+      return value
+    return json_schema_types.coerce_numbers(value, self._schema)
+
   def process(self, row):
     text = getattr(row, self._field, None)
     if text is not None and not isinstance(text, str):
@@ -131,7 +132,8 @@ class _ParseDoFn(beam.DoFn):
           f'{type(text).__name__}, not text')
       return
     try:
-      value, rung = json_extract.parse(text, self._validate, self._repair)
+      value, rung = json_extract.parse(
+          text, self._validate, self._repair, self._prepare)
     except json_extract.ParseFailure as failure:
       yield from self._error(row, failure.rung, failure.reason)
       return
