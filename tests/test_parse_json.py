@@ -41,9 +41,57 @@ GOOD = {'sentiment': -1, 'summary': 'Cold pizza.'}
     ("{'sentiment': -1, 'summary': 'Cold pizza.'}", 'repair'),
     ('{"sentiment": -1, "summary": "Cold pizza.",}', 'repair'),
     ('Result: {"sentiment": -1, // unhappy\n "summary": "Cold pizza."}', 'repair'),
+    ('{sentiment: -1, summary: "Cold pizza."}', 'repair'),
+    ('\u201csentiment\u201d'.join(['{', ': -1, "summary": "Cold pizza."}']), 'repair'),
+    ('{"sentiment": "-1", "summary": "Cold pizza."}', 'strict'),
+    ('<json>\n{"sentiment": -1, "summary": "Cold pizza."}\n</json>', 'extract'),
+    ('```JSON {"sentiment": -1, "summary": "Cold pizza."}```', 'extract'),
 ])
 def test_ladder_recovers_the_object(text, rung):
-  assert json_extract.parse(text, _validator()) == (GOOD, rung)
+  assert json_extract.parse(text, _validator(), prepare=_coerce) == (GOOD, rung)
+
+
+def _coerce(value):
+  from beam_llm.json_schema_types import coerce_numbers
+  return coerce_numbers(value, SCHEMA)
+
+
+def test_python_literals_are_repaired():
+  schema = {'type': 'object', 'properties': {'ok': {'type': 'boolean'},
+                                             'note': {'type': ['string', 'null']}}}
+  value, rung = json_extract.parse("{'ok': True, 'note': None}", _validator(schema))
+  assert (value, rung) == ({'ok': True, 'note': None}, 'repair')
+
+
+@pytest.mark.parametrize('text, expected', [
+    ('{"sentiment": "1", "summary": "x"}', 1),
+    ('{"sentiment": " -1 ", "summary": "x"}', -1),
+])
+def test_numbers_as_text_are_coerced_when_lossless(text, expected):
+  value, _ = json_extract.parse(text, _validator(), prepare=_coerce)
+  assert value['sentiment'] == expected and isinstance(value['sentiment'], int)
+
+
+@pytest.mark.parametrize('text', [
+    '{"sentiment": "0.5", "summary": "x"}',  # Not an integer: never rounded.
+    '{"sentiment": "one", "summary": "x"}',
+])
+def test_lossy_or_non_numeric_text_is_a_schema_error(text):
+  with pytest.raises(json_extract.ParseFailure) as info:
+    json_extract.parse(text, _validator(), prepare=_coerce)
+  assert info.value.rung == 'schema'
+
+
+def test_coercion_can_be_turned_off():
+  out, _ = run_transform(
+      ParseJSON(field='response', schema=SCHEMA, coerce=False,
+                error_handling={'output': 'e'}),
+      [{'response': '{"sentiment": "1", "summary": "x"}'}])
+  assert out['good'] == [] and out['e'][0].error_type == 'schema'
+  out, _ = run_transform(
+      ParseJSON(field='response', schema=SCHEMA),
+      [{'response': '{"sentiment": "1", "summary": "x"}'}])
+  assert out['good'][0].sentiment == 1
 
 
 def test_braces_inside_strings_do_not_end_the_object():
@@ -57,6 +105,7 @@ def test_braces_inside_strings_do_not_end_the_object():
     '```json\n{"sentiment": -1, "summary": "Cold',
     'Here: {"sentiment": -1, "summary": ["a", "b"',
     '{"sentiment": -1, "summary": "done"',
+    '<answer>{"sentiment": -1, "summary": "see {\\"sentiment\\": 1, \\"summary\\": \\"x\\"}',
 ])
 def test_cut_off_output_is_truncated_never_repaired(text):
   with pytest.raises(json_extract.ParseFailure) as info:
@@ -72,6 +121,8 @@ def test_cut_off_output_is_truncated_never_repaired(text):
     ('{"sentiment": 5, "summary": "x"}', 'schema'),
     ('{"sentiment": -1}', 'schema'),
     ('[{"sentiment": -1, "summary": "x"}]', 'schema'),
+    ('{"sentiment": -1, "summary": "x", "extra": 1}', 'schema'),
+    ('{"sentiment": -1, "summary": ""}', 'schema'),
     ('{"sentiment": -1, "summary": "' + 'x' * 513 + '"}', 'schema'),
 ])
 def test_unusable_output_fails_with_the_rung(text, rung):

@@ -71,6 +71,7 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
     super().__init__(**batching)
     self._generation = dict(generation)
     self._progress = None  # Set on the worker by the first batch.
+    self.usage = {'input_tokens': 0, 'output_tokens': 0}
 
   # -- to implement -------------------------------------------------------
   def check_at_build(self) -> None:
@@ -83,6 +84,14 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
     raise NotImplementedError
 
   # -- shared -------------------------------------------------------------
+  def record_usage(self, input_tokens: int, output_tokens: int) -> None:
+    """Counts tokens (Beam metrics, and `usage` for benchmarks)."""
+    self.usage['input_tokens'] += input_tokens
+    self.usage['output_tokens'] += output_tokens
+    namespace = self.get_metrics_namespace()
+    Metrics.counter(namespace, 'input_tokens').inc(input_tokens)
+    Metrics.counter(namespace, 'output_tokens').inc(output_tokens)
+
   def get_metrics_namespace(self) -> str:
     return 'beam_llm.GenerateText'
 

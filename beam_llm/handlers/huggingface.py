@@ -175,6 +175,9 @@ class HuggingFaceHandler(TextGenerationHandler):
         out = loaded.model.generate(**enc, **kwargs)
       if not loaded.seq2seq:
         out = out[:, enc['input_ids'].shape[1]:]  # Drop the echoed prompt.
+      self.record_usage(
+          input_tokens=int(enc['attention_mask'].sum()),
+          output_tokens=int((out != loaded.tokenizer.pad_token_id).sum()))
       decoded = loaded.tokenizer.batch_decode(out, skip_special_tokens=True)
       for (i, _), text in zip(ok, decoded):
         responses[i] = text.strip()
