@@ -102,7 +102,7 @@ def test_dtype_and_device_are_honoured(tiny_causal_lm):
   model = _handler(tiny_causal_lm, dtype='bfloat16', device='cpu').load_model()
   assert next(model.model.parameters()).dtype == torch.bfloat16
   assert str(model.device) == 'cpu'
-  [r] = _handler(tiny_causal_lm, dtype='bfloat16').run_inference(['Hi'], model)
+  [r] = _handler(tiny_causal_lm).run_inference(['Hi'], model)
   assert isinstance(r.inference, str)
 
 
@@ -112,8 +112,9 @@ def test_sampling_parameters_reach_generate(tiny_causal_lm):
   model = handler.load_model()
   torch.manual_seed(0)
   sampled = {handler.run_inference(['Hi'], model)[0].inference for _ in range(5)}
-  greedy = {_handler(tiny_causal_lm).run_inference(['Hi'], model)[0].inference
-            for _ in range(3)}
+  plain = _handler(tiny_causal_lm)
+  plain_model = plain.load_model()
+  greedy = {plain.run_inference(['Hi'], plain_model)[0].inference for _ in range(3)}
   assert len(greedy) == 1  # Greedy by default: deterministic.
   assert len(sampled) > 1  # Temperature turns sampling on.
 

@@ -11,6 +11,7 @@ from beam_llm import _config
 # type name -> "module:class". Later backends register here.
 BACKENDS = {
     'HuggingFace': 'beam_llm.handlers.huggingface:HuggingFaceHandler',
+    'KerasNLP': 'beam_llm.handlers.keras_nlp:KerasNLPHandler',
 }
 
 

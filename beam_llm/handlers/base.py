@@ -150,3 +150,19 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
       _LOG.info(
           'GenerateText [%s]: %d rows (%d failed) in %.0fs, %.2f rows/s',
           self.describe(), p[2], p[3], now - p[0], p[2] / max(now - p[0], 1e-9))
+
+
+class LocalModelHandler(TextGenerationHandler):
+  """Base for backends whose model runs on the worker (HuggingFace, Keras).
+
+  `load_model` returns an object with one method,
+  `generate_batch(prompts) -> (responses, usage)`. With `large_model` or
+  `model_copies`, Beam serves that object from one process per machine and
+  calls it through a proxy, so only plain prompts, strings, GenerationFailures
+  and counts cross the process boundary: never a model or a tensor.
+  """
+  def generate(self, model, prompts: list) -> list:
+    prompts = [p if isinstance(p, str) else as_messages(p) for p in prompts]
+    responses, usage = model.generate_batch(prompts)
+    self.record_usage(**usage)
+    return responses

@@ -2,14 +2,12 @@
 
 torch and transformers are imported only on the worker, in load_model.
 """
-import dataclasses
 import os
 import re
-from typing import Any, Literal, Optional
+from typing import Literal, Optional, Tuple
 
 from beam_llm.handlers.base import GenerationFailure
-from beam_llm.handlers.base import TextGenerationHandler
-from beam_llm.handlers.base import as_messages
+from beam_llm.handlers.base import LocalModelHandler
 
 _OWNER = 'GenerateText'
 _HUB_ID = re.compile(r'^[\w.-]+(/[\w.-]+)?$')
@@ -28,17 +26,7 @@ def _unavailable_message(model: str, why: str) -> str:
       "  --jinja_variables='{\"model\": \"/path/to/DIR\"}'")
 
 
-@dataclasses.dataclass
-class _Loaded:
-  tokenizer: Any
-  model: Any
-  device: Any
-  seq2seq: bool
-  max_input_tokens: Optional[int]
-  grammar: Any = None  # xgrammar CompiledGrammar when a response_schema is set.
-
-
-class HuggingFaceHandler(TextGenerationHandler):
+class HuggingFaceHandler(LocalModelHandler):
   """`model_handler: {type: HuggingFace, config: {...}}`.
 
   Args:
@@ -95,9 +83,11 @@ class HuggingFaceHandler(TextGenerationHandler):
       if why:
         raise ModelUnavailable(f'{_OWNER}: ' + _unavailable_message(name, why))
 
-  def load_model(self) -> _Loaded:
+  def load_model(self) -> 'HuggingFaceModel':
     import torch
     import transformers
+
+    from beam_llm import staging
     device = self._device
     if device == 'auto':
       device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -107,9 +97,13 @@ class HuggingFaceHandler(TextGenerationHandler):
     common = dict(
         revision=self._revision, trust_remote_code=self._trust_remote_code)
     try:
-      config = transformers.AutoConfig.from_pretrained(self._model_id, **common)
+      model_path = staging.local_copy(self._model_id)
+      tokenizer_path = (
+          model_path if self._tokenizer_id == self._model_id else
+          staging.local_copy(self._tokenizer_id))
+      config = transformers.AutoConfig.from_pretrained(model_path, **common)
       tokenizer = transformers.AutoTokenizer.from_pretrained(
-          self._tokenizer_id, **common)
+          tokenizer_path, **common)
       seq2seq = (
           self._task == 'seq2seq' or
           self._task == 'auto' and getattr(config, 'is_encoder_decoder', False))
@@ -122,7 +116,7 @@ class HuggingFaceHandler(TextGenerationHandler):
       else:
         dtype = getattr(torch, dtype)
       model = cls.from_pretrained(
-          self._model_id, config=config, dtype=dtype, **common)
+          model_path, config=config, dtype=dtype, **common)
     except OSError as exn:
       raise ModelUnavailable(
           f'{_OWNER}: ' + _unavailable_message(self._model_id, str(exn))) from None
@@ -131,65 +125,20 @@ class HuggingFaceHandler(TextGenerationHandler):
       tokenizer.padding_side = 'left'  # Generation continues from the right.
     if tokenizer.pad_token is None:
       tokenizer.pad_token = tokenizer.eos_token
-    return _Loaded(
-        tokenizer, model, device, seq2seq,
-        self._max_input_tokens or _context_length(config, tokenizer, seq2seq,
-                                                  self._max_new_tokens()),
-        _compile_schema(self._generation.get('response_schema'), tokenizer,
-                        config))
+    return HuggingFaceModel(
+        tokenizer=tokenizer,
+        model=model,
+        device=device,
+        seq2seq=seq2seq,
+        max_input_tokens=self._max_input_tokens or _context_length(
+            config, tokenizer, seq2seq, self._max_new_tokens()),
+        grammar=_compile_schema(
+            self._generation.get('response_schema'), tokenizer, config),
+        use_chat_template=self._use_chat_template,
+        generate_kwargs=self._generate_kwargs(tokenizer))
 
   def _max_new_tokens(self) -> int:
     return int(self._generation.get('max_new_tokens') or 0)
-
-  def generate(self, loaded: _Loaded, prompts: list) -> list:
-    import torch
-    responses: list = [None] * len(prompts)
-    texts = []
-    for i, prompt in enumerate(prompts):
-      try:
-        texts.append((i, self._as_text(loaded.tokenizer, prompt)))
-      except Exception as exn:  # e.g. no chat template, bad message roles.
-        responses[i] = GenerationFailure(f'chat template: {exn}', 'bad_prompt')
-    lengths = [
-        len(ids) for ids in loaded.tokenizer([t for _, t in texts])['input_ids']
-    ]
-    ok = []
-    for (i, text), n in zip(texts, lengths):
-      if loaded.max_input_tokens and n > loaded.max_input_tokens:
-        responses[i] = GenerationFailure(
-            f'the prompt has {n} tokens, more than the {loaded.max_input_tokens} '
-            'this model takes (set max_input_tokens or shorten the prompt)',
-            'prompt_too_long')
-      else:
-        ok.append((i, text))
-    if ok:
-      enc = loaded.tokenizer([t for _, t in ok],
-                             return_tensors='pt',
-                             padding=True).to(loaded.device)
-      kwargs = self._generate_kwargs(loaded.tokenizer)
-      if loaded.grammar is not None:
-        # One processor per generate call: it keeps per-row matcher state.
-        from xgrammar.contrib.hf import LogitsProcessor
-        kwargs['logits_processor'] = [LogitsProcessor(loaded.grammar)]
-      with torch.inference_mode():
-        out = loaded.model.generate(**enc, **kwargs)
-      if not loaded.seq2seq:
-        out = out[:, enc['input_ids'].shape[1]:]  # Drop the echoed prompt.
-      self.record_usage(
-          input_tokens=int(enc['attention_mask'].sum()),
-          output_tokens=int((out != loaded.tokenizer.pad_token_id).sum()))
-      decoded = loaded.tokenizer.batch_decode(out, skip_special_tokens=True)
-      for (i, _), text in zip(ok, decoded):
-        responses[i] = text.strip()
-    return responses
-
-  def _as_text(self, tokenizer, prompt) -> str:
-    if isinstance(prompt, str):
-      if not self._use_chat_template:
-        return prompt
-      prompt = [{'role': 'user', 'content': prompt}]
-    return tokenizer.apply_chat_template(
-        as_messages(prompt), tokenize=False, add_generation_prompt=True)
 
   def _generate_kwargs(self, tokenizer) -> dict:
     g = dict(self._generation)
@@ -204,6 +153,72 @@ class HuggingFaceHandler(TextGenerationHandler):
     kwargs.setdefault('do_sample', False)
     kwargs['pad_token_id'] = tokenizer.pad_token_id
     return {**kwargs, **extra}
+
+
+class HuggingFaceModel:
+  """A loaded transformers model behind `generate_batch` (see
+  LocalModelHandler for why everything goes through that one method)."""
+  def __init__(self, *, tokenizer, model, device, seq2seq: bool,
+               max_input_tokens: Optional[int], grammar, use_chat_template: bool,
+               generate_kwargs: dict):
+    self.tokenizer = tokenizer
+    self.model = model
+    self.device = device
+    self.seq2seq = seq2seq
+    self.max_input_tokens = max_input_tokens
+    self.grammar = grammar  # xgrammar CompiledGrammar for response_schema.
+    self.use_chat_template = use_chat_template
+    self.generate_kwargs = generate_kwargs
+
+  def generate_batch(self, prompts: list) -> Tuple[list, dict]:
+    import torch
+    responses: list = [None] * len(prompts)
+    texts = []
+    for i, prompt in enumerate(prompts):
+      try:
+        texts.append((i, self._as_text(prompt)))
+      except Exception as exn:  # e.g. no chat template, bad message roles.
+        responses[i] = GenerationFailure(f'chat template: {exn}', 'bad_prompt')
+    lengths = [len(ids) for ids in self.tokenizer([t for _, t in texts])['input_ids']]
+    ok = []
+    for (i, text), n in zip(texts, lengths):
+      if self.max_input_tokens and n > self.max_input_tokens:
+        responses[i] = GenerationFailure(
+            f'the prompt has {n} tokens, more than the {self.max_input_tokens} '
+            'this model takes (set max_input_tokens or shorten the prompt)',
+            'prompt_too_long')
+      else:
+        ok.append((i, text))
+    usage = {'input_tokens': 0, 'output_tokens': 0}
+    if not ok:
+      return responses, usage
+    enc = self.tokenizer([t for _, t in ok], return_tensors='pt',
+                         padding=True).to(self.device)
+    kwargs = dict(self.generate_kwargs)
+    if self.grammar is not None:
+      # One processor per generate call: it keeps per-row matcher state.
+      from xgrammar.contrib.hf import LogitsProcessor
+      kwargs['logits_processor'] = [LogitsProcessor(self.grammar)]
+    with torch.inference_mode():
+      out = self.model.generate(**enc, **kwargs)
+    if not self.seq2seq:
+      out = out[:, enc['input_ids'].shape[1]:]  # Drop the echoed prompt.
+    usage = {
+        'input_tokens': int(enc['attention_mask'].sum()),
+        'output_tokens': int((out != self.tokenizer.pad_token_id).sum()),
+    }
+    decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+    for (i, _), text in zip(ok, decoded):
+      responses[i] = text.strip()
+    return responses, usage
+
+  def _as_text(self, prompt) -> str:
+    if isinstance(prompt, str):
+      if not self.use_chat_template:
+        return prompt
+      prompt = [{'role': 'user', 'content': prompt}]
+    return self.tokenizer.apply_chat_template(
+        prompt, tokenize=False, add_generation_prompt=True)
 
 
 def _compile_schema(schema: Optional[dict], tokenizer, config):

@@ -5,6 +5,7 @@ on a directory), but their weights are random: their text is gibberish.
 
     python -m beam_llm.testing.tiny_models /tmp/tiny-llm           # causal LM
     python -m beam_llm.testing.tiny_models /tmp/tiny-t5 --seq2seq  # T5-style
+    python -m beam_llm.testing.tiny_models /tmp/tiny-gemma --gemma # keras-hub
 """
 import argparse
 import os
@@ -90,13 +91,51 @@ def build_seq2seq_lm(path: str, seed: int = 0) -> str:
   return path
 
 
+def build_gemma(path: str, seed: int = 0) -> str:
+  """Saves a 2-layer keras-hub Gemma with an in-memory SentencePiece word
+  model to `path` (a preset directory for GemmaCausalLM.from_preset).
+
+  Uses the Keras backend already chosen (KERAS_BACKEND, default torch).
+  """
+  import io
+  os.environ.setdefault('KERAS_BACKEND', 'torch')
+  import keras
+  import keras_hub
+  import sentencepiece
+  keras.utils.set_random_seed(seed)
+  words = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter([s.lower() for s in _CORPUS]),
+      model_writer=words,
+      vocab_size=64,
+      model_type='word',
+      pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+      pad_piece='<pad>', bos_piece='<bos>', eos_piece='<eos>', unk_piece='<unk>',
+      user_defined_symbols=['<start_of_turn>', '<end_of_turn>'],
+      hard_vocab_limit=False)
+  tokenizer = keras_hub.models.GemmaTokenizer(proto=words.getvalue())
+  backbone = keras_hub.models.GemmaBackbone(
+      vocabulary_size=tokenizer.vocabulary_size(),
+      num_layers=2, num_query_heads=2, num_key_value_heads=1,
+      hidden_dim=16, intermediate_dim=32, head_dim=8)
+  preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(
+      tokenizer, sequence_length=256)
+  keras_hub.models.GemmaCausalLM(
+      backbone=backbone, preprocessor=preprocessor).save_to_preset(path)
+  return path
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('path', help='directory to save the model in')
-  parser.add_argument('--seq2seq', action='store_true', help='T5-style model')
+  kind = parser.add_mutually_exclusive_group()
+  kind.add_argument('--seq2seq', action='store_true', help='T5-style model')
+  kind.add_argument('--gemma', action='store_true', help='keras-hub Gemma preset')
   args = parser.parse_args(argv)
   os.makedirs(args.path, exist_ok=True)
-  (build_seq2seq_lm if args.seq2seq else build_causal_lm)(args.path)
+  build = (build_seq2seq_lm if args.seq2seq else
+           build_gemma if args.gemma else build_causal_lm)
+  build(args.path)
   print(f'Saved a tiny RANDOM-WEIGHT model (its output is gibberish) to '
         f'{args.path}')
 

@@ -1,0 +1,202 @@
+"""keras-nlp / keras-hub backend: Gemma and other keras-hub causal LMs.
+
+Keras reads its backend (torch / jax / tensorflow) once, at import, from
+KERAS_BACKEND; so keras is imported only on the worker, in load_model, after
+the backend has been chosen.
+"""
+import os
+import sys
+from typing import Literal, Optional, Tuple
+
+from beam_llm import staging
+from beam_llm.handlers.base import GenerationFailure
+from beam_llm.handlers.base import LocalModelHandler
+
+_OWNER = 'GenerateText'
+
+# Gemma's turn format. Gemma has no system role: a system message is put at
+# the top of the first user turn, as Google's own template does.
+GEMMA_CHAT_TEMPLATE = (
+    "{% set ns = namespace(system='', used=false) %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\n\n' %}"
+    "{% else %}"
+    "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if not ns.used %}{{ ns.system }}{% set ns.used = true %}{% endif %}"
+    "{{ m['content'] }}<end_of_turn>\n"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+class KerasNLPHandler(LocalModelHandler):
+  """`model_handler: {type: KerasNLP, config: {...}}`.
+
+  Args:
+    preset: A keras-hub preset name (e.g. gemma2_instruct_2b_en; Kaggle
+      presets need KAGGLE_USERNAME / KAGGLE_KEY), a `kaggle://` or `hf://`
+      handle, a local preset directory (from `save_to_preset`), or a preset
+      directory on any Beam filesystem (gs://, s3://, ...), copied once per
+      worker machine.
+    model_class: The keras-hub causal LM class. Defaults to GemmaCausalLM.
+    keras_backend: `torch`, `jax` or `tensorflow`. Every KerasNLP transform in
+      one pipeline must use the same one (Keras picks it once per process).
+      Defaults to torch.
+    device: `auto`, `cpu` or `cuda` (torch and jax backends). Defaults to
+      auto.
+    dtype: Weights dtype, e.g. `bfloat16` or `float32`. Defaults to the
+      preset's.
+    sampler: keras-hub sampler name (`greedy`, `top_k`, `top_p`, `random`,
+      `beam`, `contrastive`). Defaults to greedy, or to the sampler that
+      GenerateText's temperature / top_k / top_p imply.
+    max_length: Longest sequence (prompt plus generated tokens) per row.
+      Prompts that leave no room for new tokens go to the error output.
+      Defaults to the model's sequence length. keras-hub generates a batch to
+      one length (the longest prompt plus max_new_tokens), so a row with a
+      shorter prompt may get a few more new tokens than max_new_tokens.
+    use_chat_template: Format a text prompt as one user turn of
+      `chat_template`. Chat prompts (RenderPrompt `messages`) always use it.
+      Defaults to false.
+    chat_template: Jinja template turning `messages` into the model's prompt
+      text. Defaults to Gemma's turn format.
+  """
+  backend = 'KerasNLP'
+
+  def __init__(
+      self,
+      *,
+      preset: str,
+      model_class: str = 'GemmaCausalLM',
+      keras_backend: Literal['torch', 'jax', 'tensorflow'] = 'torch',
+      device: Literal['auto', 'cpu', 'cuda'] = 'auto',
+      dtype: Optional[str] = None,
+      sampler: Optional[str] = None,
+      max_length: Optional[int] = None,
+      use_chat_template: bool = False,
+      chat_template: str = GEMMA_CHAT_TEMPLATE,
+      generation: Optional[dict] = None,
+      batching: Optional[dict] = None):
+    super().__init__(generation or {}, batching or {})
+    self._preset = preset
+    self._model_class = model_class
+    self._keras_backend = keras_backend
+    self._device = device
+    self._dtype = dtype
+    self._sampler = sampler
+    self._max_length = max_length
+    self._use_chat_template = use_chat_template
+    self._chat_template = chat_template
+
+  def describe(self) -> str:
+    return f'KerasNLP {self._preset}'
+
+  def check_at_build(self) -> None:
+    looks_local = self._preset.startswith(('/', '.')) or os.sep in self._preset
+    if looks_local and '://' not in self._preset and not os.path.isfile(
+        os.path.join(self._preset, 'config.json')):
+      raise FileNotFoundError(
+          f'{_OWNER}: KerasNLP preset directory {self._preset!r} does not '
+          'exist or holds no config.json (save one with save_to_preset)')
+
+  def load_model(self) -> 'KerasModel':
+    _choose_keras_backend(self._keras_backend, self._device)
+    import keras_hub
+    cls = getattr(keras_hub.models, self._model_class, None)
+    if cls is None:
+      raise ValueError(f'{_OWNER}: keras_hub.models has no {self._model_class}')
+    kwargs = {'dtype': self._dtype} if self._dtype else {}
+    lm = cls.from_preset(staging.local_copy(self._preset), **kwargs)
+    lm.compile(sampler=self._make_sampler(keras_hub))
+    return KerasModel(lm, self._generation.get('max_new_tokens') or 256,
+                      self._max_length, self._use_chat_template,
+                      self._chat_template)
+
+  def _make_sampler(self, keras_hub):
+    g = self._generation
+    temperature = g.get('temperature') or 1.0
+    if self._sampler:
+      return self._sampler
+    if g.get('do_sample') is False or g.get('temperature') == 0:
+      return keras_hub.samplers.GreedySampler()
+    if g.get('top_k'):
+      return keras_hub.samplers.TopKSampler(k=g['top_k'], temperature=temperature)
+    if g.get('top_p'):
+      return keras_hub.samplers.TopPSampler(p=g['top_p'], temperature=temperature)
+    if g.get('do_sample') or g.get('temperature'):
+      return keras_hub.samplers.RandomSampler(temperature=temperature)
+    return keras_hub.samplers.GreedySampler()
+
+
+def _choose_keras_backend(backend: str, device: str) -> None:
+  if 'keras' in sys.modules:
+    import keras
+    if keras.config.backend() != backend:
+      raise RuntimeError(
+          f'{_OWNER}: keras is already loaded with the '
+          f'{keras.config.backend()!r} backend in this worker; every KerasNLP '
+          f'transform in a pipeline must use the same keras_backend (got '
+          f'{backend!r})')
+    return
+  os.environ['KERAS_BACKEND'] = backend
+  if device != 'auto':
+    if backend == 'torch':
+      os.environ['KERAS_TORCH_DEVICE'] = device
+    elif backend == 'jax':
+      os.environ['JAX_PLATFORMS'] = 'cpu' if device == 'cpu' else 'cuda'
+    else:
+      raise ValueError(
+          f'{_OWNER}: device {device!r} is only supported on the torch and jax '
+          'Keras backends; leave it at auto for tensorflow')
+
+
+class KerasModel:
+  """A loaded keras-hub causal LM behind `generate_batch` (see
+  LocalModelHandler for why everything goes through that one method)."""
+  def __init__(self, lm, max_new_tokens: int, max_length: Optional[int],
+               use_chat_template: bool, chat_template: str):
+    self.lm = lm
+    self.max_new_tokens = max_new_tokens
+    self.max_length = max_length or lm.preprocessor.sequence_length
+    self.use_chat_template = use_chat_template
+    self._chat = _compile_chat_template(chat_template)
+
+  def generate_batch(self, prompts: list) -> Tuple[list, dict]:
+    responses: list = [None] * len(prompts)
+    texts = []
+    for i, prompt in enumerate(prompts):
+      if isinstance(prompt, str) and not self.use_chat_template:
+        texts.append((i, prompt))
+        continue
+      messages = [{'role': 'user', 'content': prompt}] if isinstance(
+          prompt, str) else prompt
+      try:
+        texts.append((i, self._chat.render(
+            messages=messages, add_generation_prompt=True)))
+      except Exception as exn:  # A template error belongs to its row.
+        responses[i] = GenerationFailure(f'chat template: {exn}', 'bad_prompt')
+    tokenizer = self.lm.preprocessor.tokenizer
+    # +1: the preprocessor adds a start token.
+    lengths = [len(tokenizer(t)) + 1 for _, t in texts]
+    ok = []
+    for (i, text), n in zip(texts, lengths):
+      if n >= self.max_length:
+        responses[i] = GenerationFailure(
+            f'the prompt has {n} tokens, which leaves no room to generate '
+            f'within max_length {self.max_length}', 'prompt_too_long')
+      else:
+        ok.append((i, text, n))
+    usage = {'input_tokens': sum(n for _, _, n in ok), 'output_tokens': 0}
+    if not ok:
+      return responses, usage
+    # Room for max_new_tokens after the longest prompt, within max_length.
+    length = min(max(n for _, _, n in ok) + self.max_new_tokens, self.max_length)
+    outputs = self.lm.generate([t for _, t, _ in ok], max_length=length,
+                               strip_prompt=True)
+    for (i, _, _), text in zip(ok, outputs):
+      responses[i] = str(text).strip()
+      usage['output_tokens'] += len(tokenizer(responses[i]))
+    return responses, usage
+
+
+def _compile_chat_template(source: str):
+  from jinja2 import sandbox
+  return sandbox.ImmutableSandboxedEnvironment().from_string(source)
