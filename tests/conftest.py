@@ -28,6 +28,12 @@ def tiny_seq2seq_lm(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def tiny_gemma(tmp_path_factory):
+  from beam_llm.testing.tiny_models import build_gemma
+  return build_gemma(str(tmp_path_factory.mktemp('tiny-gemma')))
+
+
+@pytest.fixture(scope='session')
 def chats():
   with open(CHATS) as f:
     return [json.loads(line) for line in f]

@@ -13,6 +13,7 @@ PIPELINES = sorted(
 # pipeline -> the output files (suffixes of `output`) that together hold every chat.
 OUTPUTS = {
     'pipelines/chat_sentiment.yaml': ['', '-errors'],
+    'pipelines/chat_sentiment_gemma.yaml': ['', '-errors'],
     'pipelines/summarize.yaml': ['', '-errors'],
     'pipelines/apology.yaml': ['', '-not_needed', '-errors'],
 }
@@ -31,11 +32,12 @@ def assert_every_chat_exactly_once(prefix, suffixes, chats):
 
 @pytest.mark.parametrize('pipeline', PIPELINES)
 def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
-    pipeline, tiny_causal_lm, tmp_path, chats):
+    pipeline, tiny_causal_lm, tiny_gemma, tmp_path, chats):
   prefix = str(tmp_path / 'out')
   result = run_yaml(
       pipeline,
-      jinja_variables={'model': tiny_causal_lm, 'output': prefix, 'max_new_tokens': 8})
+      jinja_variables={'model': tiny_causal_lm, 'preset': tiny_gemma,
+                       'output': prefix, 'max_new_tokens': 8})
   assert result.returncode == 0, result.stderr[-3000:]
   assert_every_chat_exactly_once(prefix, OUTPUTS[pipeline], chats)
   errors = read_json_lines(prefix + '-errors')
