@@ -6,6 +6,7 @@ A backend implements `load_model` and `generate` (and optionally
 """
 import dataclasses
 import logging
+import os
 import time
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
@@ -161,6 +162,19 @@ class LocalModelHandler(TextGenerationHandler):
   calls it through a proxy, so only plain prompts, strings, GenerationFailures
   and counts cross the process boundary: never a model or a tensor.
   """
+  def load_model(self):
+    start = time.monotonic()
+    model = self._load()
+    # One line per load, with the process: shows at a glance whether
+    # large_model really loaded one copy per machine.
+    _LOG.info('GenerateText [%s]: model loaded in %.1fs (pid %d)',
+              self.describe(), time.monotonic() - start, os.getpid())
+    return model
+
+  def _load(self):
+    """Loads the model; returns an object with `generate_batch`."""
+    raise NotImplementedError
+
   def generate(self, model, prompts: list) -> list:
     prompts = [p if isinstance(p, str) else as_messages(p) for p in prompts]
     responses, usage = model.generate_batch(prompts)

@@ -83,7 +83,7 @@ class HuggingFaceHandler(LocalModelHandler):
       if why:
         raise ModelUnavailable(f'{_OWNER}: ' + _unavailable_message(name, why))
 
-  def load_model(self) -> 'HuggingFaceModel':
+  def _load(self) -> 'HuggingFaceModel':
     import torch
     import transformers
 

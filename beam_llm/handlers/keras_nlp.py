@@ -97,7 +97,7 @@ class KerasNLPHandler(LocalModelHandler):
           f'{_OWNER}: KerasNLP preset directory {self._preset!r} does not '
           'exist or holds no config.json (save one with save_to_preset)')
 
-  def load_model(self) -> 'KerasModel':
+  def _load(self) -> 'KerasModel':
     _choose_keras_backend(self._keras_backend, self._device)
     import keras_hub
     cls = getattr(keras_hub.models, self._model_class, None)

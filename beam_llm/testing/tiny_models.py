@@ -9,6 +9,7 @@ on a directory), but their weights are random: their text is gibberish.
 """
 import argparse
 import os
+from typing import Optional
 
 # A byte-level tokenizer never meets an unknown character (French, emoji).
 _CORPUS = [
@@ -47,19 +48,28 @@ def _tokenizer(vocab_size: int):
   return fast
 
 
-def build_causal_lm(path: str, seed: int = 0, max_positions: int = 2048) -> str:
-  """Saves a 2-layer Llama with a trained byte-level BPE tokenizer to `path`."""
+def build_causal_lm(
+    path: str,
+    seed: int = 0,
+    max_positions: int = 2048,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    vocab_size: Optional[int] = None) -> str:
+  """Saves a random Llama (2 layers, hidden 32 unless told otherwise) with a
+  trained byte-level BPE tokenizer to `path`. `vocab_size` pads the model's
+  vocabulary beyond the tokenizer's, for real-model-sized output layers."""
   import torch
   from transformers import LlamaConfig, LlamaForCausalLM
   torch.manual_seed(seed)
   tokenizer = _tokenizer(400)
+  heads = max(hidden_size // 64, 4)
   config = LlamaConfig(
-      vocab_size=len(tokenizer),
-      hidden_size=32,
-      intermediate_size=64,
-      num_hidden_layers=2,
-      num_attention_heads=4,
-      num_key_value_heads=2,
+      vocab_size=max(vocab_size or 0, len(tokenizer)),
+      hidden_size=hidden_size,
+      intermediate_size=hidden_size * 2 if hidden_size <= 32 else hidden_size * 8 // 3,
+      num_hidden_layers=num_layers,
+      num_attention_heads=heads,
+      num_key_value_heads=heads // 2 if hidden_size <= 32 else heads,
       max_position_embeddings=max_positions,
       bos_token_id=tokenizer.bos_token_id,
       eos_token_id=tokenizer.eos_token_id,
