@@ -24,9 +24,9 @@ class GenerateText(beam.PTransform):
 
   Args:
     model_handler: The backend, as `{type: <backend>, config: {...}}`.
-      Backends: `HuggingFace` (config: `model`, `tokenizer`, `task`, `device`,
-      `dtype`, `use_chat_template`, `max_input_tokens`, `revision`,
-      `trust_remote_code`; see the backend reference in docs/).
+      Backends: `HuggingFace` (transformers causal LMs and T5-style
+      seq2seq) and `KerasNLP` (keras-hub causal LMs such as Gemma); each
+      backend's config options are in the reference (docs/transforms.md).
     prompt: Input field holding the prompt: text, or a list of
       `{role, content}` messages from RenderPrompt's chat form. Defaults to
       `prompt`.
