@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
@@ -151,6 +151,37 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
       _LOG.info(
           'GenerateText [%s]: %d rows (%d failed) in %.0fs, %.2f rows/s',
           self.describe(), p[2], p[3], now - p[0], p[2] / max(now - p[0], 1e-9))
+
+
+def fit_prompts(
+    prompts: list,
+    to_text: Callable[[Any], str],
+    count_tokens: Callable[[List[str]], List[int]],
+    max_tokens: Optional[int]) -> Tuple[list, list]:
+  """Turns prompts into model text and keeps those that fit the model.
+
+  Returns (responses, ok): `responses` holds a GenerationFailure for each
+  prompt that could not be formatted (`bad_prompt`) or is longer than
+  `max_tokens` (`prompt_too_long`) and None elsewhere; `ok` lists
+  (index, text, token count) for the prompts to generate.
+  """
+  responses: list = [None] * len(prompts)
+  texts = []
+  for i, prompt in enumerate(prompts):
+    try:
+      texts.append((i, to_text(prompt)))
+    except Exception as exn:  # e.g. no chat template: this row's problem.
+      responses[i] = GenerationFailure(f'chat template: {exn}', 'bad_prompt')
+  ok = []
+  for (i, text), n in zip(texts, count_tokens([t for _, t in texts])):
+    if max_tokens and n > max_tokens:
+      responses[i] = GenerationFailure(
+          f'the prompt has {n} tokens, more than the {max_tokens} this model '
+          'takes here (shorten the prompt, or raise max_input_tokens / '
+          'max_length)', 'prompt_too_long')
+    else:
+      ok.append((i, text, n))
+  return responses, ok
 
 
 class LocalModelHandler(TextGenerationHandler):

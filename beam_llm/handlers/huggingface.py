@@ -6,7 +6,7 @@ import os
 import re
 from typing import Literal, Optional, Tuple
 
-from beam_llm.handlers.base import GenerationFailure
+from beam_llm.handlers.base import fit_prompts
 from beam_llm.handlers.base import LocalModelHandler
 
 _OWNER = 'GenerateText'
@@ -172,27 +172,14 @@ class HuggingFaceModel:
 
   def generate_batch(self, prompts: list) -> Tuple[list, dict]:
     import torch
-    responses: list = [None] * len(prompts)
-    texts = []
-    for i, prompt in enumerate(prompts):
-      try:
-        texts.append((i, self._as_text(prompt)))
-      except Exception as exn:  # e.g. no chat template, bad message roles.
-        responses[i] = GenerationFailure(f'chat template: {exn}', 'bad_prompt')
-    lengths = [len(ids) for ids in self.tokenizer([t for _, t in texts])['input_ids']]
-    ok = []
-    for (i, text), n in zip(texts, lengths):
-      if self.max_input_tokens and n > self.max_input_tokens:
-        responses[i] = GenerationFailure(
-            f'the prompt has {n} tokens, more than the {self.max_input_tokens} '
-            'this model takes (set max_input_tokens or shorten the prompt)',
-            'prompt_too_long')
-      else:
-        ok.append((i, text))
+    responses, ok = fit_prompts(
+        prompts, self._as_text,
+        lambda texts: [len(ids) for ids in self.tokenizer(texts)['input_ids']],
+        self.max_input_tokens)
     usage = {'input_tokens': 0, 'output_tokens': 0}
     if not ok:
       return responses, usage
-    enc = self.tokenizer([t for _, t in ok], return_tensors='pt',
+    enc = self.tokenizer([t for _, t, _ in ok], return_tensors='pt',
                          padding=True).to(self.device)
     kwargs = dict(self.generate_kwargs)
     if self.grammar is not None:
@@ -208,7 +195,7 @@ class HuggingFaceModel:
         'output_tokens': int((out != self.tokenizer.pad_token_id).sum()),
     }
     decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-    for (i, _), text in zip(ok, decoded):
+    for (i, _, _), text in zip(ok, decoded):
       responses[i] = text.strip()
     return responses, usage
 

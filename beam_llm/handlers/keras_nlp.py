@@ -9,7 +9,7 @@ import sys
 from typing import Literal, Optional, Tuple
 
 from beam_llm import staging
-from beam_llm.handlers.base import GenerationFailure
+from beam_llm.handlers.base import fit_prompts
 from beam_llm.handlers.base import LocalModelHandler
 
 _OWNER = 'GenerateText'
@@ -159,31 +159,20 @@ class KerasModel:
     self.use_chat_template = use_chat_template
     self._chat = _compile_chat_template(chat_template)
 
+  def _as_text(self, prompt) -> str:
+    if isinstance(prompt, str) and not self.use_chat_template:
+      return prompt
+    messages = [{'role': 'user', 'content': prompt}] if isinstance(
+        prompt, str) else prompt
+    return self._chat.render(messages=messages, add_generation_prompt=True)
+
   def generate_batch(self, prompts: list) -> Tuple[list, dict]:
-    responses: list = [None] * len(prompts)
-    texts = []
-    for i, prompt in enumerate(prompts):
-      if isinstance(prompt, str) and not self.use_chat_template:
-        texts.append((i, prompt))
-        continue
-      messages = [{'role': 'user', 'content': prompt}] if isinstance(
-          prompt, str) else prompt
-      try:
-        texts.append((i, self._chat.render(
-            messages=messages, add_generation_prompt=True)))
-      except Exception as exn:  # A template error belongs to its row.
-        responses[i] = GenerationFailure(f'chat template: {exn}', 'bad_prompt')
     tokenizer = self.lm.preprocessor.tokenizer
-    # +1: the preprocessor adds a start token.
-    lengths = [len(tokenizer(t)) + 1 for _, t in texts]
-    ok = []
-    for (i, text), n in zip(texts, lengths):
-      if n >= self.max_length:
-        responses[i] = GenerationFailure(
-            f'the prompt has {n} tokens, which leaves no room to generate '
-            f'within max_length {self.max_length}', 'prompt_too_long')
-      else:
-        ok.append((i, text, n))
+    # +1: the preprocessor adds a start token; and keep room for one new one.
+    responses, ok = fit_prompts(
+        prompts, self._as_text,
+        lambda texts: [len(tokenizer(t)) + 1 for t in texts],
+        self.max_length - 1)
     usage = {'input_tokens': sum(n for _, _, n in ok), 'output_tokens': 0}
     if not ok:
       return responses, usage
