@@ -12,6 +12,7 @@ own start-up and shutdown, so this is the end-to-end price of the pipeline.
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 
@@ -76,29 +77,29 @@ def main():
   parser.add_argument('--repeats', type=int, default=4)
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--max_new_tokens', type=int, default=64)
+  parser.add_argument('--pairs', type=int, default=3)
   args = parser.parse_args()
   texts = prompts(args.repeats)
   with tempfile.TemporaryDirectory() as d:
     build_causal_lm(d, hidden_size=args.hidden, num_layers=args.layers, vocab_size=32000)
     plain_loop(d, texts[:args.batch_size], args.batch_size, 4)  # Warm caches.
     rows = []
-    for name, fn in (('plain model.generate loop', plain_loop),
-                     ('GenerateText pipeline', pipeline),
-                     ('plain model.generate loop', plain_loop),
-                     ('GenerateText pipeline', pipeline)):
-      tokens, seconds = fn(d, texts, args.batch_size, args.max_new_tokens)
-      rows.append((name, tokens, seconds))
+    for _ in range(args.pairs):  # Alternate, so drift hits both alike.
+      for name, fn in (('plain model.generate loop', plain_loop),
+                       ('GenerateText pipeline', pipeline)):
+        tokens, seconds = fn(d, texts, args.batch_size, args.max_new_tokens)
+        rows.append((name, tokens, seconds))
   print(f'{len(texts)} prompts, batch {args.batch_size}, {args.max_new_tokens} new '
         f'tokens, Llama hidden {args.hidden} x {args.layers} layers, vocab 32000')
-  print('| run | tokens | seconds | tokens/s |')
+  print('| pair | plain loop tokens/s | pipeline tokens/s | pipeline / plain |')
   print('|---|---|---|---|')
-  for name, tokens, seconds in rows:
-    print(f'| {name} | {tokens} | {seconds:.1f} | {tokens / seconds:.0f} |')
-  plain = sum(t for n, t, _ in rows if n.startswith('plain')) / sum(
-      s for n, _, s in rows if n.startswith('plain'))
-  piped = sum(t for n, t, _ in rows if n.startswith('Gen')) / sum(
-      s for n, _, s in rows if n.startswith('Gen'))
-  print(f'\npipeline / plain tokens per second: {piped / plain:.2f}')
+  ratios = []
+  for k in range(args.pairs):
+    (_, t1, s1), (_, t2, s2) = rows[2 * k], rows[2 * k + 1]
+    ratios.append((t2 / s2) / (t1 / s1))
+    print(f'| {k + 1} | {t1 / s1:.1f} ({t1} tokens, {s1:.1f}s) | '
+          f'{t2 / s2:.1f} ({t2} tokens, {s2:.1f}s) | {ratios[-1]:.2f} |')
+  print(f'\nmedian pipeline / plain tokens per second: {statistics.median(ratios):.2f}')
 
 
 if __name__ == '__main__':
