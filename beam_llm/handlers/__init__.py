@@ -11,6 +11,10 @@ from beam_llm import _config
 # type name -> "module:class". Later backends register here.
 BACKENDS = {
     'HuggingFace': 'beam_llm.handlers.huggingface:HuggingFaceHandler',
+    'OpenAICompatible':
+        'beam_llm.handlers.openai_compatible:OpenAICompatibleHandler',
+    'VertexAI': 'beam_llm.handlers.vertex_ai:VertexAIHandler',
+    'Gemini': 'beam_llm.handlers.gemini:GeminiHandler',
 }
 
 
