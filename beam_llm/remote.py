@@ -154,6 +154,10 @@ _CONNECTION_NAMES = frozenset({
     'RemoteDisconnected', 'IncompleteRead'})
 
 
+_BAD_RESPONSE_NAMES = frozenset({
+    'ParseError', 'DecodeError', 'JSONDecodeError', 'ValidationError'})
+
+
 def generic_failure(exn: BaseException) -> Failure:
   """Classifies exceptions that are not a client's own HTTP status errors."""
   names = {c.__name__ for c in type(exn).__mro__}
@@ -162,9 +166,10 @@ def generic_failure(exn: BaseException) -> Failure:
     return Failure(TIMEOUT, msg, retryable=True)
   if names & _CONNECTION_NAMES:
     return Failure(CONNECTION_ERROR, msg, retryable=True)
-  if isinstance(exn, (ValueError, KeyError, TypeError, AttributeError, IndexError)):
-    # Malformed JSON or an answer of the wrong shape: the service answered,
-    # and asking again is not what the issue list of retryable errors allows.
+  if names & _BAD_RESPONSE_NAMES or isinstance(
+      exn, (ValueError, KeyError, TypeError, AttributeError, IndexError)):
+    # Malformed JSON or an answer of the wrong shape. Not retried: the
+    # service did answer, and only transport and overload errors are.
     return Failure(BAD_RESPONSE, msg)
   return Failure(CLIENT_ERROR, msg)
 

@@ -32,8 +32,6 @@ import threading
 import time
 from typing import Callable, List, Optional
 
-FAULTS = ('ok', '429', '500', '503', 'timeout', 'drop', 'malformed')
-
 
 @dataclasses.dataclass
 class Faults:
@@ -43,11 +41,13 @@ class Faults:
   timeout: float = 0.0  # answers only after slow_secs
   drop: float = 0.0  # closes the connection without answering
   malformed: float = 0.0  # 200 with a body cut off mid-JSON
-  # Retry-After sent with 429s: None (no header), seconds (int or float), or
-  # 'date:N' for an HTTP date N seconds ahead.
+  # The wait asked for with 429s: None (none), seconds (int or float) as a
+  # Retry-After header, 'date:N' for a Retry-After HTTP date N seconds
+  # ahead, or 'info:N' for a google.rpc.RetryInfo of N seconds in the body.
   retry_after: Optional[object] = None
   slow_secs: float = 2.0
-  # Faults to hand out first, in order ('ok', '429', ...), before drawing.
+  # Faults to hand out first, in order, before drawing: 'ok', 'timeout',
+  # 'drop', 'malformed', or any HTTP status code ('429', '503', '400', ...).
   script: List[str] = dataclasses.field(default_factory=list)
   # Put the request's auth headers into error bodies (tests redaction).
   leak_auth_in_errors: bool = False
@@ -58,6 +58,8 @@ class LoggedRequest:
   arrived: float
   path: str
   prompt: str
+  body: dict = dataclasses.field(default_factory=dict)
+  auth: str = ''  # The Authorization or x-goog-api-key header it carried.
   fault: str = ''
   status: int = 0
 
@@ -76,6 +78,7 @@ class FakeLLMServer:
       reply: Callable[[str], str] = default_reply,
       endpoints=('1234',),
       private_endpoints=('5678',),
+      undeployed_endpoints=('4321',),
       seed: int = 0,
       port: int = 0):
     self.faults = faults or Faults()
@@ -83,6 +86,7 @@ class FakeLLMServer:
     self.reply = reply
     self.endpoints = set(endpoints)
     self.private_endpoints = set(private_endpoints)
+    self.undeployed_endpoints = set(undeployed_endpoints)
     self.log: List[LoggedRequest] = []
     self.retry_after_windows: List[tuple] = []  # (sent at, in force until)
     self.max_in_flight = 0
@@ -184,7 +188,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return self._error(404, 'NOT_FOUND', f'no route {path}')
     project, location, endpoint = m.groups()
     name = f'projects/{project}/locations/{location}/endpoints/{endpoint}'
-    if endpoint not in self.fake.endpoints | self.fake.private_endpoints:
+    if endpoint not in (self.fake.endpoints | self.fake.private_endpoints
+                        | self.fake.undeployed_endpoints):
       return self._error(404, 'NOT_FOUND', f'Endpoint `{name}` not found.')
     deployed = {'id': '42', 'model': f'projects/{project}/locations/{location}/models/7'}
     resource = {'name': name, 'displayName': 'fake', 'createTime': '2024-01-01T00:00:00Z'}
@@ -192,7 +197,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       deployed['privateEndpoints'] = {
           'predictHttpUri': f'{self.fake.url}/private/{endpoint}:predict'}
       resource['network'] = 'projects/1/global/networks/fake'
-    resource['deployedModels'] = [deployed]
+    if endpoint not in self.fake.undeployed_endpoints:
+      resource['deployedModels'] = [deployed]
     self._json(200, resource)
 
   def do_POST(self):
@@ -205,7 +211,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     except ValueError:
       body = {}
     path = self.path.split('?')[0]
-    entry = LoggedRequest(arrived, path, _prompt_of(path, body))
+    entry = LoggedRequest(
+        arrived, path, _prompt_of(path, body), body,
+        self.headers.get('Authorization') or self.headers.get('x-goog-api-key')
+        or '')
     with fake._lock:
       fake.log.append(entry)
     if fake._slots:
@@ -237,13 +246,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       time.sleep(fake.faults.slow_secs)
       fault = 'ok'  # The client has given up by now; answer anyway.
     if fault == '429':
-      headers = {}
+      headers, details = {}, None
       ra = fake.faults.retry_after
       if ra is not None:
         if isinstance(ra, str) and ra.startswith('date:'):
+          # HTTP dates have whole seconds: the wait in force is up to the
+          # second named, not `secs` from now.
+          target = int(time.time() + float(ra[5:]))
+          headers['Retry-After'] = email.utils.formatdate(target, usegmt=True)
+          secs = target - time.time()
+        elif isinstance(ra, str) and ra.startswith('info:'):
           secs = float(ra[5:])
-          headers['Retry-After'] = email.utils.formatdate(
-              time.time() + secs, usegmt=True)
+          details = [{'@type': 'type.googleapis.com/google.rpc.RetryInfo',
+                      'retryDelay': f'{secs}s'}]
         else:
           secs = float(ra)
           headers['Retry-After'] = str(ra)
@@ -251,10 +266,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with fake._lock:
           fake.retry_after_windows.append((now, now + secs))
       entry.status = 429
-      return self._error(429, 'RESOURCE_EXHAUSTED', 'Too many requests', headers)
-    if fault in ('500', '503'):
+      return self._error(429, 'RESOURCE_EXHAUSTED', 'Too many requests',
+                         headers, details)
+    if fault.isdigit():
       entry.status = int(fault)
-      return self._error(entry.status, 'UNAVAILABLE', 'Server error')
+      return self._error(entry.status, 'UNAVAILABLE' if entry.status >= 500
+                         else 'INVALID_ARGUMENT', f'Error {fault}')
     if fault == 'malformed':
       entry.status = 200
       return self._send(200, b'{"choices": [{"message": {"role": "assist',
@@ -281,13 +298,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return _predict if endpoint in known else None
     return None
 
-  def _error(self, code, status, message, headers=None):
+  def _error(self, code, status, message, headers=None, details=None):
     if self.fake.faults.leak_auth_in_errors:
       message += (f' (authorization: {self.headers.get("Authorization")}, '
                   f'x-goog-api-key: {self.headers.get("x-goog-api-key")})')
-    self._json(code, {'error': {'code': code, 'message': message,
-                                'status': status, 'type': status.lower()}},
-               headers)
+    error = {'code': code, 'message': message, 'status': status,
+             'type': status.lower()}
+    if details:
+      error['details'] = details
+    self._json(code, {'error': error}, headers)
 
   def _json(self, code, obj, headers=None):
     self._send(code, json.dumps(obj).encode(), 'application/json', headers)
