@@ -220,7 +220,8 @@ class _Throttler:
   makes a healthy service look like one that accepts nothing, and the first
   burst throttles itself. Requests delayed locally count as requests (not
   accepts), as the SRE formula has it, so shedding lasts while the service
-  keeps refusing.
+  keeps refusing (each held-back attempt counts once, however many times it
+  is checked again).
   """
   def __init__(self, window_secs: float, overload_ratio: float,
                rng: random.Random):
@@ -245,12 +246,17 @@ class _Throttler:
       self._buckets.popleft()
     return (sum(b[1] for b in self._buckets), sum(b[2] for b in self._buckets))
 
-  def should_delay(self) -> bool:
+  def should_delay(self, count: bool = True) -> bool:
+    """Whether to hold a request back now; `count` it as a request if so.
+
+    A held-back request is checked again after a delay: only its first
+    check counts, or one wait would inflate `requests` with every check.
+    """
     with self._lock:
       requests, accepts = self._totals()
       p = max(0.0, (requests - self._k * accepts) / (requests + 1))
       delay = self._random.random() < p
-      if delay:
+      if delay and count:
         self._add(1, 0)
       return delay
 
@@ -291,7 +297,10 @@ class RemoteCaller:
     out = Outcome()
     deadline = time.monotonic() + p.deadline_secs
     while True:
-      if not self._wait_until_allowed(out, deadline):
+      stop = self._wait_until_allowed(out, deadline)
+      if stop is not None:
+        # Keep the service's last word if there was one: it says more.
+        out.failure = out.failure or stop
         break
       timeout = min(p.timeout_secs, deadline - time.monotonic())
       started = time.monotonic()
@@ -318,25 +327,37 @@ class RemoteCaller:
       self._sleep(out, wait)
     return self._finish(out)
 
-  def _wait_until_allowed(self, out: Outcome, deadline: float) -> bool:
-    """Waits out any Retry-After and local throttling; False past deadline."""
+  def _wait_until_allowed(self, out: Outcome, deadline: float) -> Optional[Failure]:
+    """Waits out any Retry-After and local throttling.
+
+    Returns why the row must stop instead, if waiting would pass its deadline.
+    """
+    counted = False  # Whether the throttler has counted this attempt.
     while True:
       until = self._gate.until
       now = time.monotonic()
       if until > now:
         if until >= deadline:
-          return False
+          return Failure(
+              RATE_LIMITED, f'the service asked to wait {until - now:.1f}s more '
+              f'(Retry-After), past deadline_secs={self.policy.deadline_secs}')
         # A little jitter so that the waiting requests do not all start in
         # the same millisecond when the Retry-After ends.
         self._sleep(out, until - now + self._random.uniform(0, 0.05))
         continue
-      if self._throttler.should_delay():
+      if self._throttler.should_delay(count=not counted):
+        counted = True
         delay = self.policy.initial_backoff_secs * self._random.uniform(0.5, 1.5)
         if now + delay >= deadline:
-          return False
+          return Failure(
+              DEADLINE, 'throttled on this worker (the service refused most '
+              f'recent requests) until deadline_secs={self.policy.deadline_secs}'
+              ' ran out')
         self._sleep(out, delay)
         continue
-      return now < deadline
+      if now >= deadline:
+        return Failure(DEADLINE, f'deadline_secs={self.policy.deadline_secs} ran out')
+      return None
 
   def _backoff(self, attempts: int) -> float:
     """Exponential backoff with "equal jitter": half fixed, half random."""
@@ -354,10 +375,7 @@ class RemoteCaller:
     """Turns the last failure into the row's failure, saying why we stopped."""
     p = self.policy
     last = out.failure
-    if last is None:  # The deadline passed before any attempt answered.
-      out.failure = Failure(
-          DEADLINE, f'no answer within deadline_secs={p.deadline_secs} '
-          '(waiting on Retry-After or throttling)')
+    if out.attempts == 0:  # Stopped before any attempt (Retry-After, throttling).
       return out
     if not last.retryable:
       why = ''

@@ -158,12 +158,13 @@ class RemoteHandler(TextGenerationHandler):
       except PromptError as exn:
         responses[i] = GenerationFailure(str(exn), 'bad_prompt')
         continue
+      if loaded.cache is None:  # cache: false: every row is its own request.
+        owned[i] = (None, request, [i])
+        continue
       key = cache_key(self.backend, self.target(), request)
       if key in owned:
         owned[key][2].append(i)
-        continue
-      if loaded.cache is None:
-        owned[key] = (None, request, [i])
+        hits += 1
         continue
       value, future, owner = loaded.cache.claim(key)
       if value is not None:

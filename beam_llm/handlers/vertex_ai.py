@@ -24,6 +24,9 @@ _DEFAULT_PARAMETERS = {
     'max_tokens': '${max_new_tokens}', 'temperature': '${temperature}',
     'top_p': '${top_p}', 'top_k': '${top_k}'}
 _TEXT_FIELDS = ('content', 'text', 'generated_text', 'output', 'outputs')
+# Longest the load-time endpoint lookup keeps retrying a service that does
+# not answer (also bounded by deadline_secs).
+_LOOKUP_SECS = 60.0
 # aiplatform.init sets process-wide defaults; connect one handler at a time.
 _INIT_LOCK = threading.Lock()
 
@@ -132,6 +135,7 @@ class VertexAIHandler(remote_base.RemoteHandler):
 
   def connect(self, redactor):
     from google.api_core import exceptions
+    from google.api_core import retry
     from google.cloud import aiplatform
     credentials = None
     if self._api_endpoint and self._api_endpoint.startswith('http://'):
@@ -146,9 +150,20 @@ class VertexAIHandler(remote_base.RemoteHandler):
       where = (f'endpoint {self._endpoint!r} (project {self._project or "default"}'
                f', location {self._location})')
       try:
+        # GetEndpoint now (Endpoint() is lazy), with a bounded retry: the
+        # client's own default retries an unreachable service for 2 minutes.
+        lookup = aiplatform.Endpoint(
+            endpoint_name=self._endpoint, project=self._project,
+            location=self._location, credentials=credentials)
+        lookup.api_client.get_endpoint(
+            name=self._resource_name(), timeout=self.policy.timeout_secs,
+            retry=retry.Retry(
+                initial=self.policy.initial_backoff_secs,
+                maximum=self.policy.max_backoff_secs,
+                timeout=min(self.policy.deadline_secs, _LOOKUP_SECS)))
         endpoint = cls(endpoint_name=self._endpoint, project=self._project,
                        location=self._location, credentials=credentials)
-        deployed = endpoint.list_models()  # GetEndpoint, now, not lazily.
+        deployed = endpoint.list_models()
       except exceptions.NotFound:
         raise remote_base.RemoteUnavailable(
             f'{_OWNER} [VertexAI]: {where} does not exist (GetEndpoint '
@@ -170,6 +185,13 @@ class VertexAIHandler(remote_base.RemoteHandler):
           'can answer predictions; deploy a model to it first')
     self._tune_transport(endpoint)
     return endpoint
+
+  def _resource_name(self) -> str:
+    if '/' in self._endpoint:
+      return self._endpoint
+    from google.cloud.aiplatform import initializer
+    project = self._project or initializer.global_config.project
+    return f'projects/{project}/locations/{self._location}/endpoints/{self._endpoint}'
 
   def _tune_transport(self, endpoint) -> None:
     """Connection pools as wide as max_concurrency; no client-side retries.
