@@ -28,6 +28,7 @@ import json
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from typing import Callable, List, Optional
@@ -146,6 +147,11 @@ class FakeLLMServer:
 class _Server(http.server.ThreadingHTTPServer):
   daemon_threads = True
   request_queue_size = 1024  # listen() backlog: clients open many at once.
+
+  def handle_error(self, request, client_address):
+    # Clients hang up after their own timeouts: expected here, not news.
+    if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+      super().handle_error(request, client_address)
 
 
 def _prompt_of(path: str, body: dict) -> str:
