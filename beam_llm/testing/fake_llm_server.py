@@ -91,6 +91,8 @@ class FakeLLMServer:
     self.log: List[LoggedRequest] = []
     self.retry_after_windows: List[tuple] = []  # (sent at, in force until)
     self.max_in_flight = 0
+    self.first_arrival = None  # time.monotonic() of the first POST
+    self.last_done = None  # ... and of the end of the last answer
     self._in_flight = 0
     self._lock = threading.Lock()
     self._random = random.Random(seed)
@@ -189,6 +191,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
   def do_GET(self):
     path = self.path.split('?')[0]
+    if path == '/_stats':  # For benchmarks that run the server elsewhere.
+      fake = self.fake
+      with fake._lock:
+        stats = {
+            'requests': len(fake.log), 'max_in_flight': fake.max_in_flight,
+            'busy_secs': (fake.last_done - fake.first_arrival
+                          if fake.log and fake.last_done else 0.0)}
+      return self._json(200, stats)
     m = re.fullmatch(r'/v1(?:beta1)?/projects/([^/]+)/locations/([^/]+)/endpoints/([^/:]+)', path)
     if not m:
       return self._error(404, 'NOT_FOUND', f'no route {path}')
@@ -223,6 +233,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         or '')
     with fake._lock:
       fake.log.append(entry)
+      if fake.first_arrival is None:
+        fake.first_arrival = arrived
     if fake._slots:
       fake._slots.acquire()
     with fake._lock:
@@ -236,6 +248,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     finally:
       with fake._lock:
         fake._in_flight -= 1
+        fake.last_done = time.monotonic()
       if fake._slots:
         fake._slots.release()
 
@@ -390,8 +403,10 @@ def main(argv=None):
 
 
 def sentiment_reply(prompt: str) -> str:
-  """A schemas/sentiment_summary.json answer, neutral, quoting the prompt."""
-  return json.dumps({'sentiment': 0, 'summary': prompt[-80:].strip()})
+  """A schemas/sentiment_summary.json answer: neutral, quoting the chat."""
+  chat = re.search(r'<chat>(.*?)</chat>', prompt, re.S)
+  text = ' '.join((chat.group(1) if chat else prompt).split())
+  return json.dumps({'sentiment': 0, 'summary': text[:80]})
 
 
 if __name__ == '__main__':
