@@ -30,6 +30,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import email.utils
+import functools
 import random
 import threading
 import time
@@ -183,6 +184,7 @@ class Outcome:
   rate_limited: int = 0  # 429 responses among the attempts.
   waited_secs: float = 0.0  # Backoff, Retry-After and throttling waits.
   latencies: List[float] = dataclasses.field(default_factory=list)
+  from_cache: bool = False  # Read from cache_dir: nothing was sent.
 
   @property
   def retries(self) -> int:
@@ -285,7 +287,12 @@ class RemoteCaller:
       self,
       sends: List[Callable[[float], Any]],
       classify: Callable[[BaseException], Failure]) -> List[Outcome]:
-    futures = [self._pool.submit(self.call, send, classify) for send in sends]
+    return self.run_all([
+        functools.partial(self.call, send, classify) for send in sends])
+
+  def run_all(self, tasks: List[Callable[[], Any]]) -> list:
+    """Runs zero-argument tasks (each may `call`) on the pool, in order."""
+    futures = [self._pool.submit(task) for task in tasks]
     return [f.result() for f in futures]
 
   def call(

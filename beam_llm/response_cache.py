@@ -25,7 +25,7 @@ from typing import Any, Optional, Tuple
 _LOG = logging.getLogger('beam_llm.GenerateText')
 
 # Per-process bound on the in-memory cache; past it the oldest entries go.
-_MAX_MEMORY_ENTRIES = 100_000
+_MAX_MEMORY_ENTRIES = 20_000
 
 
 def cache_key(*parts: Any) -> str:
@@ -42,32 +42,25 @@ class ResponseCache:
     self._warned = False
 
   def claim(self, key: str) -> Tuple[Any, Optional[concurrent.futures.Future], bool]:
-    """Looks `key` up: (value, None, False) on a hit.
+    """Looks `key` up in memory: (value, None, False) on a hit.
 
     On a miss, (None, future, owner). The first caller to miss owns `future`
-    and must `settle` it once its request ends; later callers get the same
-    future (owner False) and wait on it: `future.result()` is (value, ok).
+    and must `settle` it once its request ends (after trying `read` and, on
+    success, `write`: file I/O is left to the caller so that it can run on
+    the request threads, not the DoFn's). Later callers get the same future
+    (owner False) and wait on it: `future.result()` is (value, ok).
     """
     with self._lock:
       if key in self._memory:
         return self._memory[key], None, False
       if key in self._in_flight:
         return None, self._in_flight[key], False
-    value = self._read(key)
-    with self._lock:
-      if value is not None:
-        self._remember(key, value)
-        return value, None, False
-      if key in self._in_flight:  # Another thread claimed it meanwhile.
-        return None, self._in_flight[key], False
       future = concurrent.futures.Future()
       self._in_flight[key] = future
       return None, future, True
 
   def settle(self, key: str, future, value: Any, ok: bool) -> None:
-    """Publishes the owner's result; caches `value` if `ok`."""
-    if ok:
-      self._write(key, value)
+    """Publishes the owner's result; remembers `value` if `ok`."""
     with self._lock:
       if ok:
         self._remember(key, value)
@@ -83,7 +76,8 @@ class ResponseCache:
     from apache_beam.io.filesystems import FileSystems
     return FileSystems.join(self._dir, key[:2], key + '.json')
 
-  def _read(self, key: str) -> Any:
+  def read(self, key: str) -> Any:
+    """The answer kept in cache_dir for `key`, or None."""
     if not self._dir:
       return None
     from apache_beam.io.filesystems import FileSystems
@@ -93,7 +87,8 @@ class ResponseCache:
     except Exception:  # pylint: disable=broad-except
       return None  # Missing, half-written by a crashed run, unreadable.
 
-  def _write(self, key: str, value: Any) -> None:
+  def write(self, key: str, value: Any) -> None:
+    """Keeps an answer in cache_dir (if set); never raises."""
     if not self._dir:
       return
     from apache_beam.io.filesystems import FileSystems

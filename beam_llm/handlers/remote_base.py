@@ -175,13 +175,13 @@ class RemoteHandler(TextGenerationHandler):
       else:
         waiting.append((i, future))
     classify = functools.partial(self._classify_redacted, loaded.redactor)
-    sends = [
-        functools.partial(self.send, loaded.client, request)
-        for _, request, _ in owned.values()
+    tasks = [
+        functools.partial(self._request_task, loaded, classify, key, request)
+        for key, (_, request, _) in owned.items()
     ]
     outcomes = []
     try:
-      outcomes = loaded.caller.call_all(sends, classify)
+      outcomes = loaded.caller.run_all(tasks)
     finally:
       # Settle every future this batch owns, even on an unexpected error, so
       # identical requests waiting elsewhere are never stuck.
@@ -202,6 +202,18 @@ class RemoteHandler(TextGenerationHandler):
     self._record_calls(outcomes, hits, loaded.redactor)
     return responses
 
+  def _request_task(self, loaded: _Remote, classify, key, request):
+    """One request on a pool thread: cache_dir first, then the service."""
+    if loaded.cache is not None:
+      kept = loaded.cache.read(key)
+      if kept is not None:
+        return remote.Outcome(value=Generation(**kept), from_cache=True)
+    send = functools.partial(self.send, loaded.client, request)
+    outcome = loaded.caller.call(send, classify)
+    if loaded.cache is not None and outcome.failure is None:
+      loaded.cache.write(key, dataclasses.asdict(outcome.value))
+    return outcome
+
   def _classify_redacted(self, redactor: Redactor, exn: BaseException):
     if isinstance(exn, remote.BadResponse):
       failure = remote.Failure(remote.BAD_RESPONSE, str(exn))
@@ -217,6 +229,9 @@ class RemoteHandler(TextGenerationHandler):
     requests = retries = limited = 0
     waited = 0.0
     for out in outcomes:
+      if out.from_cache:
+        hits += 1
+        continue
       requests += out.attempts
       retries += out.retries
       limited += out.rate_limited
