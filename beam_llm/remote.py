@@ -231,6 +231,7 @@ class _Throttler:
     self._bucket = max(window_secs / 60, 0.01)
     self._k = overload_ratio
     self._buckets = collections.deque()  # [bucket start, requests, accepts]
+    self._requests = self._accepts = 0  # Sums over the buckets.
     self._lock = threading.Lock()
     self._random = rng
 
@@ -241,12 +242,16 @@ class _Throttler:
       self._buckets.append([start, 0, 0])
     self._buckets[-1][1] += requests
     self._buckets[-1][2] += accepts
+    self._requests += requests
+    self._accepts += accepts
 
   def _totals(self):
     horizon = time.monotonic() - self._window
     while self._buckets and self._buckets[0][0] < horizon:
-      self._buckets.popleft()
-    return (sum(b[1] for b in self._buckets), sum(b[2] for b in self._buckets))
+      _, requests, accepts = self._buckets.popleft()
+      self._requests -= requests
+      self._accepts -= accepts
+    return self._requests, self._accepts
 
   def should_delay(self, count: bool = True) -> bool:
     """Whether to hold a request back now; `count` it as a request if so.

@@ -249,7 +249,7 @@ def test_large_model_makes_no_sense_for_a_remote_backend():
 def test_remote_batches_are_sized_to_keep_requests_in_flight():
   h = create_handler('GenerateText', {'type': 'Gemini', 'config': {
       'model': 'g', 'max_concurrency': 32}}, {}, {})
-  assert h.batch_elements_kwargs() == {'min_batch_size': 32, 'max_batch_size': 128}
+  assert h.batch_elements_kwargs() == {'min_batch_size': 128, 'max_batch_size': 512}
   h = create_handler('GenerateText', {'type': 'Gemini', 'config': {
       'model': 'g', 'max_concurrency': 32}}, {}, {'max_batch_size': 8})
   assert h.batch_elements_kwargs() == {'min_batch_size': 8, 'max_batch_size': 8}

@@ -129,6 +129,15 @@ def test_throttler_follows_the_sre_formula():
   assert delayed > 40
 
 
+def test_throttling_ends_when_the_refusals_leave_the_window():
+  throttler = remote._Throttler(0.2, 2.0, __import__('random').Random(0))
+  for _ in range(50):
+    throttler.record(accepted=False)
+  assert sum(throttler.should_delay() for _ in range(20)) > 10
+  time.sleep(0.25)
+  assert not any(throttler.should_delay() for _ in range(20))
+
+
 def test_a_refusing_service_sees_less_traffic(llm_server):
   # Every request gets a 429 and no Retry-After. Without throttling, 8
   # threads retrying every ~10 ms would send ~1000 requests in 1.5 s.

@@ -98,13 +98,14 @@ class RemoteHandler(TextGenerationHandler):
         _config.fail(
             _OWNER, key, f'is for models on the worker; the {self.backend} '
             'backend shares one client per worker process already')
-    # Batches big enough to keep max_concurrency requests busy: RunInference
-    # hands a batch over and waits for all of it.
+    # Big batches: RunInference hands a batch over and waits for all of it,
+    # so the end of each batch, when fewer than max_concurrency requests are
+    # left in flight, is time lost. A batch of 4 x max_concurrency rows
+    # loses at most ~1/4 of a request's latency to that, 16 x ~1/16.
+    n = policy.max_concurrency
     most = batching.get('max_batch_size')
-    least = min(policy.max_concurrency, most or policy.max_concurrency)
-    batching.setdefault('min_batch_size', least)
-    batching.setdefault(
-        'max_batch_size', max(4 * policy.max_concurrency, batching['min_batch_size']))
+    batching.setdefault('min_batch_size', min(4 * n, most or 4 * n))
+    batching.setdefault('max_batch_size', max(16 * n, batching['min_batch_size']))
     super().__init__(generation, batching)
     self.policy = policy
     self._cache = cache
