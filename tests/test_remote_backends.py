@@ -170,9 +170,10 @@ def test_vertex_unknown_template_variable_is_a_config_error():
 
 def gemini(server, **config):
   generation = config.pop('generation', {'max_new_tokens': 16})
+  config = {'api_version': 'v1beta', **FAST, **config}
   return GeminiHandler(model='gemini-test', api_key_env='GEMINI_TEST_KEY',
-                       base_url=server.url, api_version='v1beta',
-                       generation=generation, batching={}, **{**FAST, **config})
+                       base_url=server.url, generation=generation, batching={},
+                       **config)
 
 
 def test_gemini_sends_one_request_per_row_and_pairs_each_answer(llm_server, monkeypatch):

@@ -196,3 +196,21 @@ def test_a_rerun_with_cache_dir_pays_only_for_what_failed(llm_server, tmp_path):
     path.write_text('{"text": "trunc')
   third = run(handler(server, cache_dir=str(tmp_path)), ['a'])
   assert third[0].text == 'echo: a' and len(server.log) == 5
+
+
+def test_redactor_removes_keys_by_value_and_credentials_by_shape():
+  from beam_llm.redaction import Redactor
+  r = Redactor(['sk-live-123456789', 'EMPTY'])
+  cases = {
+      'Error code: 401 - bad key sk-live-123456789': 'sk-live-123456789',
+      'authorization: Bearer abc.def-ghi': 'abc.def-ghi',
+      "{'x-goog-api-key': 'AIzaSyQWERTY'}": 'AIzaSyQWERTY',
+      'GET https://x.googleapis.com/v1/m?key=AIzaZZZ&alt=json': 'AIzaZZZ',
+      'api_key=supersecret1 rejected': 'supersecret1',
+      'token ya29.a0AfH6SMBx-abc was refused': 'ya29.a0AfH6SMBx-abc',
+  }
+  for text, secret in cases.items():
+    redacted = r.redact(text)
+    assert secret not in redacted and '[REDACTED]' in redacted, redacted
+  # Short placeholders are not secrets; ordinary text is left alone.
+  assert r.redact('model EMPTY answered 200 OK') == 'model EMPTY answered 200 OK'
