@@ -79,19 +79,21 @@ def test_retryable_faults_then_an_answer(llm_server):
   assert h.stats['retries'] == 5 and h.stats['responses_429'] == 1
 
 
-@pytest.mark.parametrize('retry_after', [0.6, 'date:2'], ids=['seconds', 'http-date'])
+@pytest.mark.parametrize('retry_after', [1, 'date:2'], ids=['seconds', 'http-date'])
 def test_no_request_arrives_while_a_retry_after_is_in_force(llm_server, retry_after):
   # Two 429s with Retry-After while 8 requests are in flight at a time.
+  # Without the gate, the other rows would go on arriving for ~0.6 s.
   script = ['429'] + ['ok'] * 12 + ['429']
   server = llm_server(faults=Faults(script=script, retry_after=retry_after),
-                      latency_secs=0.02)
+                      latency_secs=0.05)
   responses = run(handler(server, max_retries=5, deadline_secs=30), [
-      f'row {i}' for i in range(40)])
+      f'row {i}' for i in range(96)])
   assert all(isinstance(r, Generation) for r in responses)
   assert len(server.retry_after_windows) == 2
   # Requests already on the wire when the 429 left may still land just
-  # after it; nothing may arrive later inside the window.
-  tolerance = 0.1
+  # after it (on a loaded 2-core machine, a little later); nothing may
+  # arrive later inside the window.
+  tolerance = 0.2
   for sent, until in server.retry_after_windows:
     early = [r.arrived - sent for r in server.log
              if sent + tolerance < r.arrived < until]
