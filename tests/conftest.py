@@ -63,3 +63,19 @@ def read_json_lines(prefix):
     with open(path) as f:
       rows += [json.loads(line) for line in f if line.strip()]
   return rows
+
+
+@pytest.fixture
+def llm_server():
+  """Starts FakeLLMServers on 127.0.0.1: `llm_server(faults=..., ...)`."""
+  from beam_llm.testing.fake_llm_server import FakeLLMServer
+  servers = []
+
+  def start(**kwargs):
+    server = FakeLLMServer(**kwargs).start()
+    servers.append(server)
+    return server
+
+  yield start
+  for server in servers:
+    server.stop()

@@ -63,7 +63,7 @@ BAD = [
      r"option 'model_handler.config.devise' is unknown \(did you mean 'device'\?\)"),
     ('unknown backend', 'GenerateText',
      {'generate': {'model_handler': {'type': 'HugginFace', 'config': {}}}},
-     r"option 'model_handler.type' names an unknown backend 'HugginFace'; choose one of HuggingFace"),
+     r"option 'model_handler.type' names an unknown backend 'HugginFace'; choose one of .*HuggingFace"),
     ('wrong type', 'GenerateText',
      {'generate': {**GOOD['generate'], 'max_new_tokens': 'lots'}},
      r"option 'max_new_tokens' must be an integer, got str 'lots'"),

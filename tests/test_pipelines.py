@@ -16,7 +16,10 @@ OUTPUTS = {
     'pipelines/chat_sentiment_gemma.yaml': ['', '-errors'],
     'pipelines/summarize.yaml': ['', '-errors'],
     'pipelines/apology.yaml': ['', '-not_needed', '-errors'],
+    'pipelines/chat_sentiment_remote.yaml': ['', '-errors'],
 }
+# Pipelines on a remote backend run against a local fake server instead.
+REMOTE = {'pipelines/chat_sentiment_remote.yaml'}
 
 
 def test_every_pipeline_is_covered():
@@ -32,15 +35,25 @@ def assert_every_chat_exactly_once(prefix, suffixes, chats):
 
 @pytest.mark.parametrize('pipeline', PIPELINES)
 def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
-    pipeline, tiny_causal_lm, tiny_gemma, tmp_path, chats):
+    pipeline, tiny_causal_lm, tiny_gemma, tmp_path, chats, request):
   prefix = str(tmp_path / 'out')
-  result = run_yaml(
-      pipeline,
-      jinja_variables={'model': tiny_causal_lm, 'preset': tiny_gemma,
-                       'output': prefix, 'max_new_tokens': 8})
+  variables = {'model': tiny_causal_lm, 'preset': tiny_gemma, 'output': prefix,
+               'max_new_tokens': 8}
+  if pipeline in REMOTE:
+    # A server that answers with sentiment JSON, after a 429, a 503 and one
+    # answer it garbles (that chat must land in the errors file).
+    from beam_llm.testing.fake_llm_server import Faults, sentiment_reply
+    server = request.getfixturevalue('llm_server')(
+        faults=Faults(script=['429', '503', 'malformed'], retry_after=0.2),
+        reply=sentiment_reply)
+    variables.update(base_url=server.url + '/v1', max_new_tokens=256)
+  result = run_yaml(pipeline, jinja_variables=variables)
   assert result.returncode == 0, result.stderr[-3000:]
   assert_every_chat_exactly_once(prefix, OUTPUTS[pipeline], chats)
   errors = read_json_lines(prefix + '-errors')
+  if pipeline in REMOTE:
+    assert [e['error_type'] for e in errors] == ['bad_response']
+    assert len(read_json_lines(prefix)) == len(chats) - 1
   for error in errors:  # Error rows a person can read: why, and which chat.
     assert error['msg'] and error['error_type'] and '"chat_id"' in error['element']
 
@@ -101,3 +114,20 @@ providers:
   result = run_yaml(str(pipeline))
   assert result.returncode == 0, result.stderr[-3000:]
   assert read_json_lines(str(tmp_path / 'out')) == [{'q': 'hello', 'prompt': 'Q: hello'}]
+
+
+def test_remote_pipeline_rerun_with_cache_dir_sends_nothing_again(
+    llm_server, tmp_path, chats):
+  from beam_llm.testing.fake_llm_server import sentiment_reply
+  server = llm_server(reply=sentiment_reply)
+  variables = {'base_url': server.url + '/v1', 'cache_dir': str(tmp_path / 'cache'),
+               'api_key_env': 'FAKE_SERVER_KEY'}
+  for run in ('first', 'again'):
+    variables['output'] = str(tmp_path / run)
+    result = run_yaml('pipelines/chat_sentiment_remote.yaml',
+                      jinja_variables=variables, env={'FAKE_SERVER_KEY': 'sk-fake-1234'})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(read_json_lines(str(tmp_path / run))) == len(chats)
+  # Another process, the same answers, no new requests.
+  assert len(server.log) == len(chats)
+  assert {r.auth for r in server.log} == {'Bearer sk-fake-1234'}

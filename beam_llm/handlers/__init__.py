@@ -12,6 +12,10 @@ from beam_llm import _config
 BACKENDS = {
     'HuggingFace': 'beam_llm.handlers.huggingface:HuggingFaceHandler',
     'KerasNLP': 'beam_llm.handlers.keras_nlp:KerasNLPHandler',
+    'OpenAICompatible':
+        'beam_llm.handlers.openai_compatible:OpenAICompatibleHandler',
+    'VertexAI': 'beam_llm.handlers.vertex_ai:VertexAIHandler',
+    'Gemini': 'beam_llm.handlers.gemini:GeminiHandler',
 }
 
 

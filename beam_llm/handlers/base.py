@@ -28,7 +28,19 @@ class GenerationFailure:
   error_type: str
 
 
-Response = Union[str, GenerationFailure]
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """A response with the token usage the service reported for it.
+
+  Backends may return this instead of a plain str; the counts are None when
+  unknown. GenerateText's `usage_fields` puts them on the output row.
+  """
+  text: str
+  input_tokens: Optional[int] = None
+  output_tokens: Optional[int] = None
+
+
+Response = Union[str, Generation, GenerationFailure]
 
 
 def prompt_problem(prompt: Any) -> Optional[str]:
@@ -60,7 +72,7 @@ def as_messages(prompt: Sequence) -> list:
 class TextGenerationHandler(ModelHandler[Any, Response, Any]):
   """Base ModelHandler for text generation.
 
-  `generate(model, prompts)` returns one response (text or
+  `generate(model, prompts)` returns one response (text, Generation or
   GenerationFailure) per prompt. If it raises for a whole batch, the rows are
   retried one at a time so a single bad row cannot fail its batch-mates.
   """

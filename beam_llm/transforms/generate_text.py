@@ -8,6 +8,7 @@ from apache_beam.ml.inference.base import RunInference
 from beam_llm import _config
 from beam_llm import _rows
 from beam_llm import handlers
+from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import GenerationFailure
 
 _OWNER = 'GenerateText'
@@ -24,9 +25,11 @@ class GenerateText(beam.PTransform):
 
   Args:
     model_handler: The backend, as `{type: <backend>, config: {...}}`.
-      Backends: `HuggingFace` (transformers causal LMs and T5-style
-      seq2seq) and `KerasNLP` (keras-hub causal LMs such as Gemma); each
-      backend's config options are in the reference (docs/transforms.md).
+      On the worker: `HuggingFace` (transformers causal LMs and T5-style
+      seq2seq) and `KerasNLP` (keras-hub causal LMs such as Gemma). Remote,
+      with retries, throttling, concurrency and a response cache
+      (docs/remote.md): `OpenAICompatible`, `VertexAI`, `Gemini`. Every
+      option of every backend: docs/transforms.md.
     prompt: Input field holding the prompt: text, or a list of
       `{role, content}` messages from RenderPrompt's chat form. Defaults to
       `prompt`.
@@ -53,10 +56,16 @@ class GenerateText(beam.PTransform):
     large_model: Load one model per machine, shared by all worker processes,
       instead of one per process.
     model_copies: Exact number of model copies per machine (implies sharing).
+    usage_fields: Add the token counts the backend reports for each row as
+      fields `input_tokens` and `output_tokens` (null when the backend does
+      not report them). Defaults to false.
     error_handling: `{output: <name>}` sends rows that fail to generate to
       that output as Beam YAML error rows (`element`, `msg`, `stack`,
-      `error_type`: `bad_prompt`, `prompt_too_long` or `generation`), instead
-      of failing the pipeline.
+      `error_type`), instead of failing the pipeline. Error types:
+      `bad_prompt`, `prompt_too_long`, `generation`, and for remote
+      backends, once retries are exhausted, `rate_limited`, `timeout`,
+      `server_error`, `connection_error`, `deadline_exceeded`, and, never
+      retried, `bad_response` and `client_error`.
   """
   def __init__(
       self,
@@ -76,6 +85,7 @@ class GenerateText(beam.PTransform):
       max_batch_duration_secs: Optional[int] = None,
       large_model: bool = False,
       model_copies: Optional[int] = None,
+      usage_fields: bool = False,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
     options = {
@@ -110,6 +120,7 @@ class GenerateText(beam.PTransform):
         _OWNER, model_handler, generation, batching)
     self._prompt = prompt
     self._output = output
+    self._usage_fields = usage_fields
     self._error_output = _config.error_output_name(_OWNER, error_handling)
 
   def expand(self, pcoll):
@@ -125,16 +136,19 @@ class GenerateText(beam.PTransform):
     return _rows.split_outputs(
         results,
         'Collect',
-        _CollectDoFn(self._output),
-        _rows.row_type_with(fields, [(self._output, str)]),
+        _CollectDoFn(self._output, self._usage_fields),
+        _rows.row_type_with(fields, [(self._output, str)] + (
+            [('input_tokens', Optional[int]), ('output_tokens', Optional[int])]
+            if self._usage_fields else [])),
         self._error_output,
         element_type=pcoll.element_type)
 
 
 class _CollectDoFn(beam.DoFn):
   """(row, PredictionResult) -> the row with its response, or an error row."""
-  def __init__(self, output: str):
+  def __init__(self, output: str, usage_fields: bool):
     self._output = output
+    self._usage_fields = usage_fields
 
   def process(self, keyed):
     row, result = keyed
@@ -145,4 +159,12 @@ class _CollectDoFn(beam.DoFn):
               row, f'{_OWNER} ({response.error_type}): {response.msg}',
               response.error_type))
     else:
-      yield _rows.with_fields(row, **{self._output: response})
+      usage = {}
+      if isinstance(response, Generation):
+        if self._usage_fields:
+          usage = {'input_tokens': response.input_tokens,
+                   'output_tokens': response.output_tokens}
+        response = response.text
+      elif self._usage_fields:
+        usage = {'input_tokens': None, 'output_tokens': None}
+      yield _rows.with_fields(row, **{self._output: response}, **usage)

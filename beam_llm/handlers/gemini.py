@@ -1,0 +1,222 @@
+"""Gemini on `google-genai`: one generateContent request per row, always.
+
+Beam's own Gemini handler sends a whole batch as one request and pairs the
+N rows with the one answer, so rows are dropped or get another row's answer.
+Here every row is its own request and gets its own answer (or its own
+error). The client is imported on the worker only.
+"""
+import os
+import re
+from typing import Optional
+
+from beam_llm import remote
+from beam_llm.handlers import remote_base
+from beam_llm.handlers.base import Generation
+from beam_llm.handlers.base import as_messages
+
+_OWNER = 'GenerateText'
+_ROLES = {'user': 'user', 'assistant': 'model', 'model': 'model'}
+
+
+@remote_base.documented
+class GeminiHandler(remote_base.RemoteHandler):
+  """`model_handler: {type: Gemini, config: {...}}`.
+
+  Gemini through `google-genai`, on the Gemini Developer API (an API key)
+  or on Vertex AI (`vertexai: true`, Application Default Credentials). One
+  generateContent request per row, so each row gets its own answer. The
+  client's own retries stay off: the remote-call policy below owns them, and
+  reads the wait a 429 asks for from Retry-After or the error's RetryInfo.
+  GenerateText's parameters map to the request's config: `max_new_tokens` is
+  `max_output_tokens`; `temperature` (0 when unset and `do_sample` is not
+  true), `top_p`, `top_k`; `response_schema` is sent as the JSON response
+  schema (`response_json_schema`, with `response_mime_type:
+  application/json`); `generation_config` entries are further
+  GenerateContentConfig fields (e.g. `seed`, `stop_sequences`,
+  `thinking_config`). Chat prompts: `system` messages become the system
+  instruction, `assistant` turns the model's. Token usage comes from the
+  answer's usage metadata.
+
+  Args:
+    model: The model, e.g. `gemini-2.5-flash`.
+    api_key_env: Name of the environment variable that holds the Gemini API
+      key, read on the worker when the model loads (the key itself never
+      goes in the YAML). Not used with `vertexai`. Defaults to
+      GEMINI_API_KEY.
+    vertexai: Use Gemini on Vertex AI (Application Default Credentials,
+      `project`, `location`) instead of the Gemini Developer API. Defaults
+      to false.
+    project: Project for `vertexai`. Defaults to the environment's.
+    location: Region for `vertexai`. Defaults to us-central1.
+    base_url: Root URL of the service, to go through a proxy or to a local
+      test server (e.g. `http://127.0.0.1:8000`). Defaults to Google's.
+    api_version: API version in request paths, e.g. `v1beta` or `v1`.
+      Defaults to the client's.
+  """
+  backend = 'Gemini'
+  supports_response_schema = True
+
+  def __init__(
+      self,
+      *,
+      model: str,
+      api_key_env: str = 'GEMINI_API_KEY',
+      vertexai: bool = False,
+      project: Optional[str] = None,
+      location: str = 'us-central1',
+      base_url: Optional[str] = None,
+      api_version: Optional[str] = None,
+      max_concurrency: int = 16,
+      max_retries: int = 5,
+      timeout_secs: float = 60.0,
+      deadline_secs: float = 600.0,
+      initial_backoff_secs: float = 1.0,
+      max_backoff_secs: float = 60.0,
+      cache: bool = True,
+      cache_dir: Optional[str] = None,
+      generation: Optional[dict] = None,
+      batching: Optional[dict] = None):
+    super().__init__(
+        generation or {}, batching or {},
+        remote.RemotePolicy(
+            max_concurrency=max_concurrency, max_retries=max_retries,
+            timeout_secs=timeout_secs, deadline_secs=deadline_secs,
+            initial_backoff_secs=initial_backoff_secs,
+            max_backoff_secs=max_backoff_secs),
+        cache=cache, cache_dir=cache_dir)
+    self._model = model
+    self._api_key_env = api_key_env
+    self._vertexai = vertexai
+    self._project = project
+    self._location = location
+    self._base_url = base_url
+    self._api_version = api_version
+
+  def describe(self) -> str:
+    return f'Gemini {self._model}'
+
+  def target(self) -> str:
+    where = (f'vertexai|{self._project}|{self._location}'
+             if self._vertexai else 'gemini-api')
+    return f'{where}|{self._base_url}|{self._api_version}'
+
+  def connect(self, redactor):
+    import httpx
+    from google import genai
+    from google.genai import types
+    n = self.policy.max_concurrency
+    http_options = types.HttpOptions(
+        base_url=self._base_url, api_version=self._api_version,
+        timeout=int(self.policy.timeout_secs * 1000),
+        # retry_options unset: the client does not retry (remote.py does).
+        client_args={'limits': httpx.Limits(
+            max_connections=max(n, 100), max_keepalive_connections=n)})
+    if self._vertexai:
+      client = genai.Client(vertexai=True, project=self._project,
+                            location=self._location, http_options=http_options)
+    else:
+      key = os.environ.get(self._api_key_env, '')
+      if not key:
+        raise remote_base.RemoteUnavailable(
+            f'{_OWNER} [{self.describe()}]: the environment variable '
+            f'{self._api_key_env!r} (api_key_env) is not set where the model '
+            'loads; set it on the workers, or use vertexai: true')
+      redactor.add(key)
+      client = genai.Client(api_key=key, http_options=http_options)
+    # Fail at load, not on every row, if generation_config has a typo.
+    self._config(types, self._base_config(), self.policy.timeout_secs)
+    return client
+
+  def _base_config(self) -> dict:
+    g = self._generation
+    config = {}
+    if g.get('max_new_tokens'):
+      config['max_output_tokens'] = g['max_new_tokens']
+    if g.get('temperature') is not None:
+      config['temperature'] = g['temperature']
+    elif not g.get('do_sample'):
+      config['temperature'] = 0
+    for key in ('top_p', 'top_k'):
+      if g.get(key) is not None:
+        config[key] = g[key]
+    if g.get('response_schema'):
+      config['response_mime_type'] = 'application/json'
+      config['response_json_schema'] = g['response_schema']
+    config.update(g.get('generation_config') or {})
+    return config
+
+  @staticmethod
+  def _config(types, config: dict, timeout_secs: float):
+    return types.GenerateContentConfig(
+        **config,
+        http_options=types.HttpOptions(timeout=max(1, int(timeout_secs * 1000))))
+
+  def build_request(self, prompt) -> dict:
+    config = self._base_config()
+    if isinstance(prompt, str):
+      contents = [{'role': 'user', 'parts': [{'text': prompt}]}]
+    else:
+      contents, system = [], []
+      for m in as_messages(prompt):
+        if m['role'] == 'system':
+          system.append(m['content'])
+        elif m['role'] in _ROLES:
+          contents.append({'role': _ROLES[m['role']],
+                           'parts': [{'text': m['content']}]})
+        else:
+          raise remote_base.PromptError(
+              f'Gemini takes system, user and assistant messages, not '
+              f'{m["role"]!r}')
+      if system:
+        config['system_instruction'] = '\n\n'.join(system)
+      if not contents:
+        raise remote_base.PromptError('the chat has only system messages')
+    return {'model': self._model, 'contents': contents, 'config': config}
+
+  def send(self, client, request: dict, timeout_secs: float) -> Generation:
+    from google.genai import types
+    answer = client.models.generate_content(
+        model=request['model'], contents=request['contents'],
+        config=self._config(types, request['config'], timeout_secs))
+    candidates = answer.candidates or []
+    if not candidates:
+      feedback = getattr(answer, 'prompt_feedback', None)
+      raise remote.BadResponse(
+          f'no answer (prompt feedback: {feedback})' if feedback else
+          'the answer has no candidates')
+    parts = getattr(candidates[0].content, 'parts', None) or []
+    texts = [p.text for p in parts if getattr(p, 'text', None) is not None
+             and not getattr(p, 'thought', False)]
+    if not texts:
+      raise remote.BadResponse(
+          f'the answer has no text (finish_reason: '
+          f'{candidates[0].finish_reason})')
+    usage = answer.usage_metadata
+    return Generation(
+        ''.join(texts).strip(),
+        getattr(usage, 'prompt_token_count', None),
+        getattr(usage, 'candidates_token_count', None))
+
+  def classify(self, exn: BaseException) -> remote.Failure:
+    from google.genai import errors
+    if isinstance(exn, errors.APIError):
+      response = getattr(exn, 'response', None)
+      retry_after = remote.retry_after_from_headers(
+          getattr(response, 'headers', None))
+      if retry_after is None:
+        retry_after = _retry_info_delay(exn.details)
+      return remote.classify_status(exn.code, str(exn), retry_after)
+    return remote.generic_failure(exn)
+
+
+def _retry_info_delay(details) -> Optional[float]:
+  """The `retryDelay` of a google.rpc.RetryInfo in an error body ("37s")."""
+  try:
+    for d in details.get('error', {}).get('details', []):
+      if str(d.get('@type', '')).endswith('google.rpc.RetryInfo'):
+        m = re.fullmatch(r'([\d.]+)s', str(d.get('retryDelay', '')))
+        if m:
+          return float(m.group(1))
+  except AttributeError:
+    pass
+  return None

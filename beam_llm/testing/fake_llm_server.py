@@ -1,0 +1,413 @@
+"""A local stand-in for remote LLM services, with switches to inject faults.
+
+It speaks just enough of three protocols for the real client libraries:
+
+- OpenAI: `POST /v1/chat/completions` and `POST /v1/completions`.
+- Vertex AI: `GET /v1/projects/P/locations/L/endpoints/E` (GetEndpoint) and
+  `POST .../endpoints/E:predict`; `POST /private/E:predict` plays a private
+  (PSA) endpoint's predict URI.
+- Gemini: `POST /v1beta/models/M:generateContent`.
+
+Faults are drawn per request (every attempt, retries included) from seeded
+probabilities, or taken in order from `script` first. The server can also be
+made slow (`latency_secs`) and narrow (`slots`: at most that many requests are
+served at once; the rest queue), which is how the benchmark gives it a known
+capacity of slots / latency requests per second.
+
+Every request is logged (arrival time, path, the prompt it carried, the fault
+it got), and every Retry-After it sends is logged as a window, so tests can
+check what a client did, not what it says it did.
+
+    python -m beam_llm.testing.fake_llm_server --port 8000 --latency_secs 0.1 --slots 32
+"""
+import argparse
+import dataclasses
+import email.utils
+import http.server
+import json
+import random
+import re
+import socket
+import sys
+import threading
+import time
+from typing import Callable, List, Optional
+
+
+@dataclasses.dataclass
+class Faults:
+  """What goes wrong, per request. Probabilities are drawn in this order."""
+  rate_limited: float = 0.0  # 429
+  server_error: float = 0.0  # 500 or 503, half each
+  timeout: float = 0.0  # answers only after slow_secs
+  drop: float = 0.0  # closes the connection without answering
+  malformed: float = 0.0  # 200 with a body cut off mid-JSON
+  # The wait asked for with 429s: None (none), seconds (int or float) as a
+  # Retry-After header, 'date:N' for a Retry-After HTTP date N seconds
+  # ahead, or 'info:N' for a google.rpc.RetryInfo of N seconds in the body.
+  retry_after: Optional[object] = None
+  slow_secs: float = 2.0
+  # Faults to hand out first, in order, before drawing: 'ok', 'timeout',
+  # 'drop', 'malformed', or any HTTP status code ('429', '503', '400', ...).
+  script: List[str] = dataclasses.field(default_factory=list)
+  # Put the request's auth headers into error bodies (tests redaction).
+  leak_auth_in_errors: bool = False
+
+
+@dataclasses.dataclass
+class LoggedRequest:
+  arrived: float
+  path: str
+  prompt: str
+  body: dict = dataclasses.field(default_factory=dict)
+  auth: str = ''  # The Authorization or x-goog-api-key header it carried.
+  fault: str = ''
+  status: int = 0
+
+
+def default_reply(prompt: str) -> str:
+  return f'echo: {prompt}'
+
+
+class FakeLLMServer:
+  """Start with `with FakeLLMServer(...) as server:`; `server.url` is its root."""
+  def __init__(
+      self,
+      faults: Optional[Faults] = None,
+      latency_secs: float = 0.0,
+      slots: Optional[int] = None,
+      reply: Callable[[str], str] = default_reply,
+      endpoints=('1234',),
+      private_endpoints=('5678',),
+      undeployed_endpoints=('4321',),
+      seed: int = 0,
+      port: int = 0):
+    self.faults = faults or Faults()
+    self.latency_secs = latency_secs
+    self.reply = reply
+    self.endpoints = set(endpoints)
+    self.private_endpoints = set(private_endpoints)
+    self.undeployed_endpoints = set(undeployed_endpoints)
+    self.log: List[LoggedRequest] = []
+    self.retry_after_windows: List[tuple] = []  # (sent at, in force until)
+    self.max_in_flight = 0
+    self.first_arrival = None  # time.monotonic() of the first POST
+    self.last_done = None  # ... and of the end of the last answer
+    self._in_flight = 0
+    self._lock = threading.Lock()
+    self._random = random.Random(seed)
+    self._slots = threading.BoundedSemaphore(slots) if slots else None
+    self._httpd = _Server(('127.0.0.1', port), _Handler)
+    self._httpd.fake = self
+    self._thread = None
+
+  @property
+  def port(self) -> int:
+    return self._httpd.server_address[1]
+
+  @property
+  def url(self) -> str:
+    return f'http://127.0.0.1:{self.port}'
+
+  def start(self) -> 'FakeLLMServer':
+    self._thread = threading.Thread(
+        target=self._httpd.serve_forever, kwargs={'poll_interval': 0.05},
+        daemon=True)
+    self._thread.start()
+    return self
+
+  def stop(self) -> None:
+    self._httpd.shutdown()
+    self._httpd.server_close()
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.stop()
+
+  def prompts_answered(self) -> List[str]:
+    return [r.prompt for r in self.log if r.status == 200 and r.fault == 'ok']
+
+  def _choose_fault(self) -> str:
+    f = self.faults
+    with self._lock:
+      if f.script:
+        return f.script.pop(0)
+      x = self._random.random()
+    for name, p in (('429', f.rate_limited), ('5xx', f.server_error),
+                    ('timeout', f.timeout), ('drop', f.drop),
+                    ('malformed', f.malformed)):
+      if x < p:
+        if name == '5xx':
+          return '500' if self._random.random() < 0.5 else '503'
+        return name
+      x -= p
+    return 'ok'
+
+
+class _Server(http.server.ThreadingHTTPServer):
+  daemon_threads = True
+  request_queue_size = 1024  # listen() backlog: clients open many at once.
+
+  def handle_error(self, request, client_address):
+    # Clients hang up after their own timeouts: expected here, not news.
+    if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+      super().handle_error(request, client_address)
+
+
+def _prompt_of(path: str, body: dict) -> str:
+  """The text a request asks about, for logs and echo replies."""
+  if 'messages' in body:
+    return '\n'.join(str(m.get('content')) for m in body['messages'])
+  if 'prompt' in body:
+    return str(body['prompt'])
+  if 'instances' in body:
+    inst = body['instances'][0] if body['instances'] else {}
+    if isinstance(inst, dict):
+      if 'prompt' in inst:
+        return str(inst['prompt'])
+      if 'messages' in inst:
+        return '\n'.join(str(m.get('content')) for m in inst['messages'])
+    return json.dumps(inst, sort_keys=True)
+  if 'contents' in body:
+    return '\n'.join(
+        p.get('text', '') for c in body['contents'] for p in c.get('parts', []))
+  return ''
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+  protocol_version = 'HTTP/1.1'  # Keep-alive, as real services do.
+  # Headers and body go out in one write with Nagle off: otherwise Nagle and
+  # delayed ACKs add ~40 ms to every answer, more than the latency we model.
+  disable_nagle_algorithm = True
+
+  def log_message(self, *args):  # Quiet: tests read `server.log` instead.
+    pass
+
+  @property
+  def fake(self) -> FakeLLMServer:
+    return self.server.fake
+
+  def do_GET(self):
+    path = self.path.split('?')[0]
+    if path == '/_stats':  # For benchmarks that run the server elsewhere.
+      fake = self.fake
+      with fake._lock:
+        stats = {
+            'requests': len(fake.log), 'max_in_flight': fake.max_in_flight,
+            'busy_secs': (fake.last_done - fake.first_arrival
+                          if fake.log and fake.last_done else 0.0)}
+      return self._json(200, stats)
+    m = re.fullmatch(r'/v1(?:beta1)?/projects/([^/]+)/locations/([^/]+)/endpoints/([^/:]+)', path)
+    if not m:
+      return self._error(404, 'NOT_FOUND', f'no route {path}')
+    project, location, endpoint = m.groups()
+    name = f'projects/{project}/locations/{location}/endpoints/{endpoint}'
+    if endpoint not in (self.fake.endpoints | self.fake.private_endpoints
+                        | self.fake.undeployed_endpoints):
+      return self._error(404, 'NOT_FOUND', f'Endpoint `{name}` not found.')
+    deployed = {'id': '42', 'model': f'projects/{project}/locations/{location}/models/7'}
+    resource = {'name': name, 'displayName': 'fake', 'createTime': '2024-01-01T00:00:00Z'}
+    if endpoint in self.fake.private_endpoints:
+      deployed['privateEndpoints'] = {
+          'predictHttpUri': f'{self.fake.url}/private/{endpoint}:predict'}
+      resource['network'] = 'projects/1/global/networks/fake'
+    if endpoint not in self.fake.undeployed_endpoints:
+      resource['deployedModels'] = [deployed]
+    self._json(200, resource)
+
+  def do_POST(self):
+    fake = self.fake
+    arrived = time.monotonic()
+    length = int(self.headers.get('Content-Length') or 0)
+    raw = self.rfile.read(length)
+    try:
+      body = json.loads(raw or b'{}')
+    except ValueError:
+      body = {}
+    path = self.path.split('?')[0]
+    entry = LoggedRequest(
+        arrived, path, _prompt_of(path, body), body,
+        self.headers.get('Authorization') or self.headers.get('x-goog-api-key')
+        or '')
+    with fake._lock:
+      fake.log.append(entry)
+      if fake.first_arrival is None:
+        fake.first_arrival = arrived
+    if fake._slots:
+      fake._slots.acquire()
+    with fake._lock:
+      fake._in_flight += 1
+      fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
+    try:
+      if fake.latency_secs:
+        time.sleep(fake.latency_secs)
+      entry.fault = fake._choose_fault()
+      self._answer(entry, path, body)
+    finally:
+      with fake._lock:
+        fake._in_flight -= 1
+        fake.last_done = time.monotonic()
+      if fake._slots:
+        fake._slots.release()
+
+  def _answer(self, entry: LoggedRequest, path: str, body: dict):
+    fake, fault = self.fake, entry.fault
+    if fault == 'drop':
+      self.close_connection = True
+      try:
+        self.connection.shutdown(socket.SHUT_RDWR)
+      except OSError:
+        pass
+      return
+    if fault == 'timeout':
+      time.sleep(fake.faults.slow_secs)
+      fault = 'ok'  # The client has given up by now; answer anyway.
+    if fault == '429':
+      headers, details = {}, None
+      ra = fake.faults.retry_after
+      if ra is not None:
+        if isinstance(ra, str) and ra.startswith('date:'):
+          # HTTP dates have whole seconds: the wait in force is up to the
+          # second named, not `secs` from now.
+          target = int(time.time() + float(ra[5:]))
+          headers['Retry-After'] = email.utils.formatdate(target, usegmt=True)
+          secs = target - time.time()
+        elif isinstance(ra, str) and ra.startswith('info:'):
+          secs = float(ra[5:])
+          details = [{'@type': 'type.googleapis.com/google.rpc.RetryInfo',
+                      'retryDelay': f'{secs}s'}]
+        else:
+          secs = float(ra)
+          headers['Retry-After'] = str(ra)
+        now = time.monotonic()
+        with fake._lock:
+          fake.retry_after_windows.append((now, now + secs))
+      entry.status = 429
+      return self._error(429, 'RESOURCE_EXHAUSTED', 'Too many requests',
+                         headers, details)
+    if fault.isdigit():
+      entry.status = int(fault)
+      return self._error(entry.status, 'UNAVAILABLE' if entry.status >= 500
+                         else 'INVALID_ARGUMENT', f'Error {fault}')
+    if fault == 'malformed':
+      entry.status = 200
+      return self._send(200, b'{"choices": [{"message": {"role": "assist',
+                        'application/json')
+    route = self._route(path)
+    if route is None:
+      entry.status = 404
+      return self._error(404, 'NOT_FOUND', f'no route {path}')
+    text = fake.reply(entry.prompt)
+    entry.status = 200
+    self._json(200, route(body, entry.prompt, text))
+
+  def _route(self, path: str):
+    if path.endswith('/chat/completions'):
+      return _chat_completion
+    if path.endswith('/completions'):
+      return _completion
+    if path.endswith(':generateContent'):
+      return _gemini
+    m = re.search(r'/endpoints/([^/:]+):predict$|^/private/([^/:]+):predict$', path)
+    if m:
+      endpoint = m.group(1) or m.group(2)
+      known = (self.fake.private_endpoints if m.group(2) else self.fake.endpoints)
+      return _predict if endpoint in known else None
+    return None
+
+  def _error(self, code, status, message, headers=None, details=None):
+    if self.fake.faults.leak_auth_in_errors:
+      message += (f' (authorization: {self.headers.get("Authorization")}, '
+                  f'x-goog-api-key: {self.headers.get("x-goog-api-key")})')
+    error = {'code': code, 'message': message, 'status': status,
+             'type': status.lower()}
+    if details:
+      error['details'] = details
+    self._json(code, {'error': error}, headers)
+
+  def _json(self, code, obj, headers=None):
+    self._send(code, json.dumps(obj).encode(), 'application/json', headers)
+
+  def _send(self, code, data: bytes, content_type, headers=None):
+    try:
+      self.send_response(code)
+      self.send_header('Content-Type', content_type)
+      self.send_header('Content-Length', str(len(data)))
+      for k, v in (headers or {}).items():
+        self.send_header(k, v)
+      self._headers_buffer.append(b'\r\n' + data)
+      self.flush_headers()
+    except OSError:  # The client hung up (e.g. after its own timeout).
+      self.close_connection = True
+
+
+def _tokens(text: str) -> int:
+  return len(text.split())
+
+
+def _chat_completion(body, prompt, text):
+  return {
+      'id': 'chatcmpl-fake', 'object': 'chat.completion', 'created': int(time.time()),
+      'model': body.get('model', ''),
+      'choices': [{'index': 0, 'finish_reason': 'stop',
+                   'message': {'role': 'assistant', 'content': text}}],
+      'usage': {'prompt_tokens': _tokens(prompt), 'completion_tokens': _tokens(text),
+                'total_tokens': _tokens(prompt) + _tokens(text)},
+  }
+
+
+def _completion(body, prompt, text):
+  return {
+      'id': 'cmpl-fake', 'object': 'text_completion', 'created': int(time.time()),
+      'model': body.get('model', ''),
+      'choices': [{'index': 0, 'finish_reason': 'stop', 'text': text}],
+      'usage': {'prompt_tokens': _tokens(prompt), 'completion_tokens': _tokens(text),
+                'total_tokens': _tokens(prompt) + _tokens(text)},
+  }
+
+
+def _gemini(body, prompt, text):
+  return {
+      'candidates': [{'content': {'role': 'model', 'parts': [{'text': text}]},
+                      'finishReason': 'STOP', 'index': 0}],
+      'usageMetadata': {'promptTokenCount': _tokens(prompt),
+                        'candidatesTokenCount': _tokens(text),
+                        'totalTokenCount': _tokens(prompt) + _tokens(text)},
+  }
+
+
+def _predict(body, prompt, text):
+  return {'predictions': [text for _ in body.get('instances') or [None]],
+          'deployedModelId': '42'}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--port', type=int, default=8000)
+  parser.add_argument('--latency_secs', type=float, default=0.0)
+  parser.add_argument('--slots', type=int, default=None)
+  parser.add_argument('--rate_limited', type=float, default=0.0)
+  parser.add_argument('--server_error', type=float, default=0.0)
+  parser.add_argument('--json_reply', action='store_true',
+                      help='answer {"sentiment": 0, "summary": ...} to everything')
+  args = parser.parse_args(argv)
+  reply = sentiment_reply if args.json_reply else default_reply
+  server = FakeLLMServer(
+      Faults(rate_limited=args.rate_limited, server_error=args.server_error),
+      latency_secs=args.latency_secs, slots=args.slots, reply=reply,
+      port=args.port)
+  print(f'listening on {server.url}', flush=True)
+  server._httpd.serve_forever()
+
+
+def sentiment_reply(prompt: str) -> str:
+  """A schemas/sentiment_summary.json answer: neutral, quoting the chat."""
+  chat = re.search(r'<chat>(.*?)</chat>', prompt, re.S)
+  text = ' '.join((chat.group(1) if chat else prompt).split())
+  return json.dumps({'sentiment': 0, 'summary': text[:80]})
+
+
+if __name__ == '__main__':
+  main()
