@@ -298,6 +298,7 @@ class RemoteCaller:
   def run_all(self, tasks: List[Callable[[], Any]]) -> list:
     """Runs zero-argument tasks (each may `call`) on the pool, in order."""
     futures = [self._pool.submit(task) for task in tasks]
+    concurrent.futures.wait(futures)  # One wake-up, not one per request.
     return [f.result() for f in futures]
 
   def call(
