@@ -15,9 +15,9 @@ one behaviour, set from YAML (`RemotePolicy`):
   service's Retry-After (seconds or an HTTP date).
 - A Retry-After is honoured by the whole process, not just the request that
   got it: no request starts before it expires (`_Gate`).
-- Client-side adaptive throttling (Beam's AdaptiveThrottler, the formula from
-  Google's SRE book): when many recent requests were turned away, requests are
-  delayed locally, so an overloaded service sees less traffic.
+- Client-side adaptive throttling (the formula from Google's SRE book, as in
+  Beam's AdaptiveThrottler): when many recent requests were turned away,
+  requests are delayed locally, so an overloaded service sees less traffic.
 - A per-row budget: at most `max_retries` retries and `deadline_secs` in all.
   Past either, the row fails with the type of its last error; it is never
   dropped and never raised, so one row cannot fail its batch.
@@ -298,6 +298,7 @@ class RemoteCaller:
   def run_all(self, tasks: List[Callable[[], Any]]) -> list:
     """Runs zero-argument tasks (each may `call`) on the pool, in order."""
     futures = [self._pool.submit(task) for task in tasks]
+    concurrent.futures.wait(futures)  # One wake-up, not one per request.
     return [f.result() for f in futures]
 
   def call(

@@ -254,3 +254,19 @@ def test_remote_batches_are_sized_to_keep_requests_in_flight():
   h = create_handler('GenerateText', {'type': 'Gemini', 'config': {
       'model': 'g', 'max_concurrency': 32}}, {}, {'max_batch_size': 8})
   assert h.batch_elements_kwargs() == {'min_batch_size': 8, 'max_batch_size': 8}
+
+
+@pytest.mark.parametrize('backend', ['openai', 'vertex', 'gemini'])
+def test_an_answer_without_text_is_a_bad_response_not_retried(
+    llm_server, monkeypatch, backend):
+  monkeypatch.setenv('GEMINI_TEST_KEY', 'AIza-local-test-0002')
+  server = llm_server(faults=Faults(script=['empty']))
+  h = {'openai': lambda: OpenAICompatibleHandler(
+           model='m', base_url=server.url + '/v1', generation={}, batching={},
+           **FAST),
+       'vertex': lambda: vertex(server),
+       'gemini': lambda: gemini(server)}[backend]()
+  [failure] = generate(h, ['Hi'])
+  assert isinstance(failure, GenerationFailure)
+  assert failure.error_type == 'bad_response'
+  assert len(server.log) == 1

@@ -139,42 +139,39 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     return request
 
   def send(self, client, request: dict, timeout_secs: float) -> Generation:
-    from openai.types import Completion
-    from openai.types.chat import ChatCompletion
+    import httpx
     chat = 'messages' in request
     body = {k: v for k, v in request.items() if k != 'extra_body'}
     body.update(request.get('extra_body') or {})
-    # The client's generic `post` (its documented way to send any request)
-    # rather than `chat.completions.create`: same auth, errors and typed
-    # answer, without the per-call parameter transformation, which costs
-    # more CPU than the HTTP request itself (~1 ms) at hundreds of requests
-    # per second (bench/RESULTS.md).
-    answer = client.post(
+    # The client's generic `post`, its documented way to send any request,
+    # answering the raw response: same auth, timeouts and status errors as
+    # `chat.completions.create`, without the parameter transformation and
+    # typed answer, which cost more CPU per request (~1 ms) than the HTTP
+    # exchange itself, the limit at hundreds of requests per second per
+    # process (bench/RESULTS.md).
+    response = client.post(
         '/chat/completions' if chat else '/completions',
-        cast_to=ChatCompletion if chat else Completion,
-        body=body,
-        options={'timeout': timeout_secs})
-    choices = getattr(answer, 'choices', None)
-    if not choices:
+        cast_to=httpx.Response, body=body, options={'timeout': timeout_secs})
+    answer = response.json()  # ValueError if malformed: a bad_response.
+    choices = answer.get('choices') if isinstance(answer, dict) else None
+    if not choices or not isinstance(choices[0], dict):
       raise remote.BadResponse('the answer has no choices')
     choice = choices[0]
     if chat:
-      message = getattr(choice, 'message', None)
-      text = getattr(message, 'content', None)
-      if text is None:
-        refusal = getattr(message, 'refusal', None)
+      message = choice.get('message') or {}
+      text = message.get('content')
+      if not isinstance(text, str):
+        refusal = message.get('refusal')
         raise remote.BadResponse(
             f'the model refused: {refusal}' if refusal else
-            f'the answer has no text (finish_reason: {choice.finish_reason})')
+            f'the answer has no text (finish_reason: {choice.get("finish_reason")})')
     else:
-      text = getattr(choice, 'text', None)
-      if text is None:
+      text = choice.get('text')
+      if not isinstance(text, str):
         raise remote.BadResponse('the answer has no text')
-    usage = getattr(answer, 'usage', None)
+    usage = answer.get('usage') or {}
     return Generation(
-        text.strip(),
-        getattr(usage, 'prompt_tokens', None),
-        getattr(usage, 'completion_tokens', None))
+        text.strip(), usage.get('prompt_tokens'), usage.get('completion_tokens'))
 
   def classify(self, exn: BaseException) -> remote.Failure:
     import openai

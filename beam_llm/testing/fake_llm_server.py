@@ -48,7 +48,8 @@ class Faults:
   retry_after: Optional[object] = None
   slow_secs: float = 2.0
   # Faults to hand out first, in order, before drawing: 'ok', 'timeout',
-  # 'drop', 'malformed', or any HTTP status code ('429', '503', '400', ...).
+  # 'drop', 'malformed', 'empty' (a 200 with `{}`), or any HTTP status code
+  # ('429', '503', '400', ...).
   script: List[str] = dataclasses.field(default_factory=list)
   # Put the request's auth headers into error bodies (tests redaction).
   leak_auth_in_errors: bool = False
@@ -291,6 +292,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       entry.status = int(fault)
       return self._error(entry.status, 'UNAVAILABLE' if entry.status >= 500
                          else 'INVALID_ARGUMENT', f'Error {fault}')
+    if fault == 'empty':  # Valid JSON, but no answer in it.
+      entry.status = 200
+      return self._json(200, {})
     if fault == 'malformed':
       entry.status = 200
       return self._send(200, b'{"choices": [{"message": {"role": "assist',
