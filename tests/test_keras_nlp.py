@@ -96,3 +96,22 @@ def test_response_schema_is_rejected_for_keras():
   with pytest.raises(ConfigError, match="option 'response_schema' is not supported by the KerasNLP backend"):
     GenerateText(model_handler={'type': 'KerasNLP', 'config': {'preset': 'x'}},
                  response_schema={'type': 'object', 'properties': {'a': {'type': 'string'}}})
+
+
+def test_tensorflow_keras_backend(tiny_gemma):
+  # Keras fixes its backend once per process, so this runs in a fresh one.
+  import subprocess
+  import sys
+  code = (
+      'from beam_llm.handlers.keras_nlp import KerasNLPHandler\n'
+      f'h = KerasNLPHandler(preset={tiny_gemma!r}, keras_backend="tensorflow", '
+      'generation={"max_new_tokens": 3}, batching={})\n'
+      'm = h.load_model()\n'
+      'import keras\n'
+      'print("BACKEND", keras.config.backend())\n'
+      'print("OUT", [type(r.inference).__name__ for r in '
+      'h.run_inference(["the customer was unhappy", "hi"], m)])\n')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, timeout=300)
+  assert 'BACKEND tensorflow' in result.stdout, result.stderr[-2000:]
+  assert "OUT ['str', 'str']" in result.stdout
