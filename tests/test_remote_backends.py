@@ -121,6 +121,24 @@ def test_vertex_instance_and_parameters_come_from_templates(llm_server):
       'parameters': {'maxOutputTokens': 16, 'cost': '$0', 'seed': 3}}
 
 
+def test_vertex_instance_can_use_other_fields_of_the_row(llm_server):
+  server = llm_server()
+  config = {'endpoint': '1234', 'project': 'p', 'api_endpoint': server.url,
+            'instance': {'prompt': '${prompt}', 'image': {'uri': '${row.image_uri}'},
+                         'caption': 'Photo ${row.id}: ${prompt}'}}
+  out, _ = run_transform(
+      GenerateText(model_handler={'type': 'VertexAI', 'config': config}),
+      [{'id': 7, 'image_uri': 'gs://b/7.png', 'prompt': 'Describe it'}])
+  assert [r.response for r in out['good']] == ['echo: Describe it']
+  assert server.log[0].body['instances'] == [{
+      'prompt': 'Describe it', 'image': {'uri': 'gs://b/7.png'},
+      'caption': 'Photo 7: Describe it'}]
+  config['instance'] = {'prompt': '${prompt}', 'image': '${row.picture}'}
+  with pytest.raises(ConfigError, match=r"\$\{row.picture\}, but the input has no field 'picture'"):
+    run_transform(GenerateText(model_handler={'type': 'VertexAI', 'config': config}),
+                  [{'id': 7, 'prompt': 'Describe it'}])
+
+
 def test_vertex_response_field_and_chat_prompts(llm_server):
   server = llm_server(reply=lambda p: 'unused')
   h = vertex(server, instance={'messages': '${messages}'},

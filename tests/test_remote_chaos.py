@@ -30,12 +30,12 @@ def test_1000_prompts_through_chaos_each_come_out_exactly_once(
   monkeypatch.setenv(KEY_ENV, SECRET)
   server = llm_server(faults=Faults(
       rate_limited=0.30, server_error=0.10, timeout=0.05, malformed=0.02,
-      slow_secs=1.0))
+      slow_secs=1.2))
   rows = [{'id': i, 'prompt': f'prompt number {i}'} for i in range(1000)]
   out, _, metrics = run_transform(
       GenerateText(
           model_handler=model_handler(
-              backend, server, max_concurrency=64, timeout_secs=0.5,
+              backend, server, max_concurrency=64, timeout_secs=0.75,
               max_retries=8, initial_backoff_secs=0.01, max_backoff_secs=0.1,
               deadline_secs=60),
           max_new_tokens=16, error_handling={'output': 'errors'}),
@@ -56,7 +56,7 @@ def test_1000_prompts_through_chaos_each_come_out_exactly_once(
   assert metrics['requests'] == len(server.log)
   assert metrics['retries'] == len(server.log) - 1000
   sent_429 = sum(r.status == 429 for r in server.log)
-  assert 0.95 * sent_429 <= metrics['responses_429'] <= sent_429
+  assert 0.9 * sent_429 <= metrics['responses_429'] <= sent_429
   assert metrics['request_latency_msecs'].count == len(server.log)
   assert metrics['throttled_msecs'] > 0
   assert metrics['rows'] == 1000 and metrics['failed_rows'] == len(errors)

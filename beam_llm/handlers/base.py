@@ -43,6 +43,14 @@ class Generation:
 Response = Union[str, Generation, GenerationFailure]
 
 
+@dataclasses.dataclass(frozen=True)
+class RowPrompt:
+  """A prompt with the fields of its row, for a backend whose requests use
+  other fields of the row too (`wants_row_fields`)."""
+  prompt: Any
+  fields: dict
+
+
 def prompt_problem(prompt: Any) -> Optional[str]:
   """Why a prompt cannot be sent to any model, or None if it can."""
   if isinstance(prompt, str):
@@ -79,6 +87,9 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
   backend = 'base'
   # Whether generation can be constrained to GenerateText's response_schema.
   supports_response_schema = False
+  # Whether `generate` gets RowPrompts (the prompt and its row's fields)
+  # instead of bare prompts.
+  wants_row_fields = False
 
   def __init__(self, generation: Mapping[str, Any], batching: Mapping[str, Any]):
     super().__init__(**batching)
@@ -89,6 +100,9 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
   # -- to implement -------------------------------------------------------
   def check_at_build(self) -> None:
     """Cheap checks at pipeline construction (no model load). Raise to fail."""
+
+  def check_input_fields(self, names: Sequence[str]) -> None:
+    """Build-time check of the input's field names. Raise to fail."""
 
   def describe(self) -> str:
     return self.backend
@@ -116,7 +130,8 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
     responses: list = [None] * len(batch)
     todo = []
     for i, prompt in enumerate(batch):
-      problem = prompt_problem(prompt)
+      problem = prompt_problem(
+          prompt.prompt if isinstance(prompt, RowPrompt) else prompt)
       if problem:
         responses[i] = GenerationFailure(problem, 'bad_prompt')
       else:

@@ -13,12 +13,14 @@ from beam_llm import _config
 from beam_llm import remote
 from beam_llm.handlers import remote_base
 from beam_llm.handlers.base import Generation
+from beam_llm.handlers.base import RowPrompt
 from beam_llm.handlers.base import as_messages
 
 _OWNER = 'GenerateText'
 # What a template can refer to, for each row.
 _VARIABLES = ('prompt', 'messages', 'max_new_tokens', 'temperature', 'top_p',
               'top_k')
+_ROW = 'row.'  # `${row.FIELD}`: a field of the input row.
 _DEFAULT_INSTANCE = {'prompt': '${prompt}'}
 _DEFAULT_PARAMETERS = {
     'max_tokens': '${max_new_tokens}', 'temperature': '${temperature}',
@@ -27,6 +29,13 @@ _TEXT_FIELDS = ('content', 'text', 'generated_text', 'output', 'outputs')
 # Longest the load-time endpoint lookup keeps retrying a service that does
 # not answer (also bounded by deadline_secs).
 _LOOKUP_SECS = 60.0
+
+
+class _Template(string.Template):
+  """`${name}` and `${row.field}`."""
+  idpattern = r'(?a:[_a-z][_a-z0-9]*(?:\.[_a-z][_a-z0-9]*)?)'
+
+
 # aiplatform.init sets process-wide defaults; connect one handler at a time.
 _INIT_LOCK = threading.Lock()
 
@@ -48,7 +57,8 @@ class VertexAIHandler(remote_base.RemoteHandler):
   value as it is (text, number, list); inside a longer string it is
   inserted as text. Names: `prompt` (the text prompt), `messages` (the chat
   as `[{role, content}]`; a text prompt becomes one user message),
-  `max_new_tokens`, `temperature`, `top_p`, `top_k` (GenerateText's). `$$`
+  `max_new_tokens`, `temperature`, `top_p`, `top_k` (GenerateText's), and
+  `row.FIELD` for any field of the input row (e.g. `${row.image_uri}`). `$$`
   is a literal `$`. (`${...}` rather than `{{ }}`, which Beam YAML's own
   Jinja pass would expand first.) The service's token usage is not part of
   the predict answer, so no tokens are counted.
@@ -114,12 +124,18 @@ class VertexAIHandler(remote_base.RemoteHandler):
         _DEFAULT_PARAMETERS if parameters is None else parameters)
     for key, template in (('instance', self._instance),
                           ('parameters', self._parameters)):
-      unknown = sorted(set(_placeholders(template)) - set(_VARIABLES))
+      unknown = sorted(n for n in set(_placeholders(template)) - set(_VARIABLES)
+                       if not n.startswith(_ROW))
       if unknown:
         _config.fail(
             _OWNER, f'model_handler.config.{key}',
             f'uses ${{{unknown[0]}}}; templates know '
-            + ', '.join(f'${{{v}}}' for v in _VARIABLES))
+            + ', '.join(f'${{{v}}}' for v in _VARIABLES)
+            + ' and ${row.FIELD}')
+    self._row_fields = sorted(
+        n[len(_ROW):] for n in _placeholders([self._instance, self._parameters])
+        if n.startswith(_ROW))
+    self.wants_row_fields = bool(self._row_fields)
     self._endpoint = endpoint
     self._project = project
     self._location = location
@@ -129,6 +145,14 @@ class VertexAIHandler(remote_base.RemoteHandler):
 
   def describe(self) -> str:
     return f'VertexAI endpoint {self._endpoint}'
+
+  def check_input_fields(self, names) -> None:
+    missing = [f for f in self._row_fields if f not in names]
+    if missing:
+      _config.fail(
+          _OWNER, 'model_handler.config.instance',
+          f'uses ${{row.{missing[0]}}}, but the input has no field '
+          f'{missing[0]!r} (input fields: {", ".join(names)})')
 
   def target(self) -> str:
     return f'{self._api_endpoint}|{self._project}|{self._location}|{self._endpoint}'
@@ -220,6 +244,9 @@ class VertexAIHandler(remote_base.RemoteHandler):
   def build_request(self, prompt) -> dict:
     g = self._generation
     values = {k: g.get(k) for k in _VARIABLES[2:]}
+    if isinstance(prompt, RowPrompt):
+      values.update({_ROW + k: _plain(v) for k, v in prompt.fields.items()})
+      prompt = prompt.prompt
     if isinstance(prompt, str):
       values['prompt'] = prompt
       values['messages'] = [{'role': 'user', 'content': prompt}]
@@ -267,7 +294,7 @@ class VertexAIHandler(remote_base.RemoteHandler):
 def _placeholders(template) -> list:
   if isinstance(template, str):
     return [m.group('named') or m.group('braced')
-            for m in string.Template.pattern.finditer(template)
+            for m in _Template.pattern.finditer(template)
             if m.group('named') or m.group('braced')]
   if isinstance(template, Mapping):
     return [n for v in template.values() for n in _placeholders(v)]
@@ -279,10 +306,10 @@ def _placeholders(template) -> list:
 def _fill(template, values: dict, drop_unset: bool = False):
   """The template with placeholders replaced by `values`."""
   if isinstance(template, str):
-    m = re.fullmatch(r'\$\{(\w+)\}|\$(\w+)', template)
-    if m:
-      return values[m.group(1) or m.group(2)]
-    return string.Template(template).substitute(
+    m = _Template.pattern.fullmatch(template)
+    if m and (m.group('named') or m.group('braced')):
+      return values.get(m.group('named') or m.group('braced'))
+    return _Template(template).substitute(
         {k: '' if v is None else str(v) for k, v in values.items()})
   if isinstance(template, Mapping):
     filled = {k: _fill(v, values, drop_unset) for k, v in template.items()}
@@ -291,6 +318,15 @@ def _fill(template, values: dict, drop_unset: bool = False):
   if isinstance(template, (list, tuple)):
     return [_fill(v, values, drop_unset) for v in template]
   return template
+
+
+def _plain(value):
+  """Row values as JSON-able data (nested rows as objects)."""
+  if hasattr(value, '_asdict'):
+    return {k: _plain(v) for k, v in value._asdict().items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
 
 
 def _text_of(prediction, field: Optional[str]) -> str:

@@ -10,6 +10,7 @@ from beam_llm import _rows
 from beam_llm import handlers
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import GenerationFailure
+from beam_llm.handlers.base import RowPrompt
 
 _OWNER = 'GenerateText'
 
@@ -128,10 +129,16 @@ class GenerateText(beam.PTransform):
     _rows.require_field(_OWNER, 'prompt', self._prompt, fields)
     # Before any model loads: a hub model that cannot be fetched fails now.
     self._handler.check_at_build()
+    if fields is not None:
+      self._handler.check_input_fields([name for name, _ in fields])
     prompt = self._prompt
+    if self._handler.wants_row_fields:
+      key = lambda row: (row, RowPrompt(getattr(row, prompt, None), _rows.as_dict(row)))
+    else:
+      key = lambda row: (row, getattr(row, prompt, None))
     results = (
         pcoll
-        | 'KeyByRow' >> beam.Map(lambda row: (row, getattr(row, prompt, None)))
+        | 'KeyByRow' >> beam.Map(key)
         | 'RunInference' >> RunInference(KeyedModelHandler(self._handler)))
     return _rows.split_outputs(
         results,
