@@ -22,6 +22,31 @@ def fail(owner: str, key: str, problem: str) -> typing.NoReturn:
   raise ConfigError(f'{owner}: option {key!r} {problem}')
 
 
+class MissingExtra(ImportError):
+  """A backend's client library is not installed."""
+
+
+def require_extra(owner: str, what: str, extra: str, modules) -> None:
+  """Fails at build time, naming the extra to install, if `modules` are missing.
+
+  Checked without importing them (find_spec), so building stays cheap.
+  """
+  import importlib.util
+  missing = []
+  for module in modules:
+    try:
+      found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # A missing parent package.
+      found = False
+    if not found:
+      missing.append(module)
+  if missing:
+    raise MissingExtra(
+        f"{owner}: {what} needs beam-llm's [{extra}] extra, which is not "
+        f"installed here (no module {', '.join(missing)}). Install it with: "
+        f"pip install 'beam-llm[{extra}]'")
+
+
 def check_call_options(
     owner: str,
     func: Callable,

@@ -87,7 +87,8 @@ def test_generate_text_transform_with_keras(tiny_gemma):
 
 
 def test_missing_preset_directory_fails_at_build(tmp_path):
-  with pytest.raises(FileNotFoundError, match='holds no config.json'):
+  from beam_llm.handlers.keras_presets import PresetUnavailable
+  with pytest.raises(PresetUnavailable, match='holds no config.json'):
     _handler(str(tmp_path)).check_at_build()
 
 

@@ -18,6 +18,17 @@ BACKENDS = {
     'Gemini': 'beam_llm.handlers.gemini:GeminiHandler',
 }
 
+# type name -> (the setup.cfg extra that installs it, modules it imports on
+# the worker). Checked at build time, so a missing client library is one
+# message naming the extra, not an ImportError on a worker.
+BACKEND_EXTRAS = {
+    'HuggingFace': ('hf', ('torch', 'transformers', 'llguidance')),
+    'KerasNLP': ('keras', ('keras', 'keras_hub')),
+    'OpenAICompatible': ('openai', ('openai', 'httpx')),
+    'VertexAI': ('vertex', ('google.cloud.aiplatform',)),
+    'Gemini': ('gemini', ('google.genai', 'httpx')),
+}
+
 
 def backend_class(owner: str, name: Any):
   if name not in BACKENDS:
@@ -26,6 +37,9 @@ def backend_class(owner: str, name: Any):
         'model_handler.type',
         f'names an unknown backend {name!r}; choose one of '
         f'{", ".join(sorted(BACKENDS))}')
+  if name in BACKEND_EXTRAS:
+    extra, modules = BACKEND_EXTRAS[name]
+    _config.require_extra(owner, f'the {name} backend', extra, modules)
   module, cls = BACKENDS[name].split(':')
   return getattr(importlib.import_module(module), cls)
 
