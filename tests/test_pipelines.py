@@ -37,8 +37,8 @@ def assert_every_chat_exactly_once(prefix, suffixes, chats):
 def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
     pipeline, tiny_causal_lm, tiny_gemma, tmp_path, chats, request):
   prefix = str(tmp_path / 'out')
-  variables = {'model': tiny_causal_lm, 'preset': tiny_gemma, 'output': prefix,
-               'max_new_tokens': 8}
+  variables = {'model': tiny_gemma if 'gemma' in pipeline else tiny_causal_lm,
+               'output': prefix, 'max_new_tokens': 8}
   if pipeline in REMOTE:
     # A server that answers with sentiment JSON, after a 429, a 503 and one
     # answer it garbles (that chat must land in the errors file).

@@ -11,7 +11,7 @@ from beam_llm import _config
 # type name -> "module:class". Later backends register here.
 BACKENDS = {
     'HuggingFace': 'beam_llm.handlers.huggingface:HuggingFaceHandler',
-    'KerasNLP': 'beam_llm.handlers.keras_nlp:KerasNLPHandler',
+    'KerasHub': 'beam_llm.handlers.keras_hub_lm:KerasHubHandler',
     'OpenAICompatible':
         'beam_llm.handlers.openai_compatible:OpenAICompatibleHandler',
     'VertexAI': 'beam_llm.handlers.vertex_ai:VertexAIHandler',
@@ -23,14 +23,19 @@ BACKENDS = {
 # message naming the extra, not an ImportError on a worker.
 BACKEND_EXTRAS = {
     'HuggingFace': ('hf', ('torch', 'transformers', 'llguidance')),
-    'KerasNLP': ('keras', ('keras', 'keras_hub')),
+    'KerasHub': ('keras', ('keras', 'keras_hub')),
     'OpenAICompatible': ('openai', ('openai', 'httpx')),
     'VertexAI': ('vertex', ('google.cloud.aiplatform',)),
     'Gemini': ('gemini', ('google.genai', 'httpx')),
 }
 
 
+# Older names that keep working: keras-hub was called keras-nlp until 2024.
+ALIASES = {'KerasNLP': 'KerasHub'}
+
+
 def backend_class(owner: str, name: Any):
+  name = ALIASES.get(name, name)
   if name not in BACKENDS:
     _config.fail(
         owner,

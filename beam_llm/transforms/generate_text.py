@@ -27,7 +27,7 @@ class GenerateText(beam.PTransform):
   Args:
     model_handler: The backend, as `{type: <backend>, config: {...}}`.
       On the worker: `HuggingFace` (transformers causal LMs and T5-style
-      seq2seq) and `KerasNLP` (keras-hub causal LMs such as Gemma). Remote,
+      seq2seq) and `KerasHub` (keras-hub causal LMs such as Gemma; `KerasNLP` is an alias). Remote,
       with retries, throttling, concurrency and a response cache
       (docs/remote.md): `OpenAICompatible`, `VertexAI`, `Gemini`. Every
       option of every backend: docs/transforms.md.

@@ -1,4 +1,4 @@
-"""keras-nlp / keras-hub backend: Gemma and other keras-hub causal LMs.
+"""KerasHub backend (formerly KerasNLP): Gemma and other keras-hub causal LMs.
 
 Keras reads its backend (torch / jax / tensorflow) once, at import, from
 KERAS_BACKEND; so keras is imported only on the worker, in load_model, after
@@ -29,8 +29,9 @@ GEMMA_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 
-class KerasNLPHandler(LocalModelHandler):
-  """`model_handler: {type: KerasNLP, config: {...}}`.
+class KerasHubHandler(LocalModelHandler):
+  """`model_handler: {type: KerasHub, config: {...}}` (`KerasNLP`, its name
+  from keras-nlp days, works too).
 
   Args:
     preset: A keras-hub preset name (e.g. gemma2_instruct_2b_en; Kaggle
@@ -66,7 +67,7 @@ class KerasNLPHandler(LocalModelHandler):
     chat_template: Jinja template turning `messages` into the model's prompt
       text. Defaults to Gemma's turn format.
   """
-  backend = 'KerasNLP'
+  backend = 'KerasHub'
 
   def __init__(
       self,
@@ -94,7 +95,7 @@ class KerasNLPHandler(LocalModelHandler):
     self._chat_template = chat_template
 
   def describe(self) -> str:
-    return f'KerasNLP {self._preset}'
+    return f'KerasHub {self._preset}'
 
   def check_at_build(self) -> None:
     loaded = _loaded_keras_backend()
@@ -109,7 +110,7 @@ class KerasNLPHandler(LocalModelHandler):
     why = presets.why_unavailable(self._preset)
     if why:
       raise presets.PresetUnavailable(
-          f'{_OWNER}: KerasNLP preset {self._preset!r} is not available: '
+          f'{_OWNER}: KerasHub preset {self._preset!r} is not available: '
           f'{why}.\n' + presets.HOW_TO_FIX)
 
   def _load(self) -> 'KerasModel':
