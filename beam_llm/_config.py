@@ -32,10 +32,13 @@ def require_extra(owner: str, what: str, extra: str, modules) -> None:
   Checked without importing them (find_spec), so building stays cheap.
   """
   import importlib.util
+  import sys
   missing = []
   for module in modules:
     try:
-      found = importlib.util.find_spec(module) is not None
+      # None in sys.modules is Python's mark for a module that must not load.
+      found = sys.modules.get(module, True) is not None and (
+          importlib.util.find_spec(module) is not None)
     except ModuleNotFoundError:  # A missing parent package.
       found = False
     if not found:
