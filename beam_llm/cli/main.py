@@ -1,0 +1,54 @@
+"""`beam-llm run ...`: Beam YAML's own runner, without the noise.
+
+`beam-llm run --yaml_pipeline_file=P.yaml [any apache_beam.yaml.main flag]`
+runs exactly what `python -m apache_beam.yaml.main` runs (same flags, same
+Jinja expansion, `--tests` too), with three differences a newcomer would
+otherwise trip over:
+
+- Beam's start-up warnings that concern other parts of Beam (BigQuery's
+  apitools, MLTransform modules, TensorFlow's C++ banner) are not shown;
+- the runner defaults to FnApiRunner (local, in-process), so a local run
+  does not first try to download the Prism runner; any --runner wins;
+- the empty `.temp…` folders Beam's file sinks leave beside an output that
+  received no rows are removed.
+"""
+import argparse
+import sys
+
+from beam_llm.cli import quiet
+
+USAGE = """usage: beam-llm run PIPELINE.yaml [--jinja_variables=JSON] [--tests] [beam options...]
+
+Runs a Beam YAML pipeline like `python -m apache_beam.yaml.main`, quietly,
+on FnApiRunner unless --runner is given."""
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ('-h', '--help'):
+    print(USAGE)
+    sys.exit(0 if argv else 2)
+  command, rest = argv[0], argv[1:]
+  if command == 'run':
+    sys.exit(run(rest))
+  print(f'beam-llm: unknown command {command!r}\n\n{USAGE}', file=sys.stderr)
+  sys.exit(2)
+
+
+def run(argv) -> int:
+  argv = list(argv)
+  if argv and not argv[0].startswith('-'):  # `beam-llm run P.yaml ...`
+    argv[0] = f'--yaml_pipeline_file={argv[0]}'
+  if not any(a == '--runner' or a.startswith('--runner=') for a in argv):
+    argv.append('--runner=FnApiRunner')
+  quiet.before_beam_starts()
+  from apache_beam.yaml import main as yaml_main
+  if '--tests' in argv or '--test' in argv:
+    yaml_main.run_tests(argv)
+    return 0
+  written = quiet.output_paths(yaml_main, argv)
+  try:
+    yaml_main.run(argv)
+  finally:
+    quiet.remove_empty_temp_dirs(written)
+  return 0
