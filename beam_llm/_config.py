@@ -22,6 +22,16 @@ def fail(owner: str, key: str, problem: str) -> typing.NoReturn:
   raise ConfigError(f'{owner}: option {key!r} {problem}')
 
 
+def reachability_checks() -> bool:
+  """Whether build-time checks may contact hubs, servers and stores.
+
+  On by default (a model that cannot be fetched fails at build time, in
+  seconds). `beam-llm validate` turns it off unless asked to check
+  reachability, so validating stays offline and fast.
+  """
+  return os.environ.get('BEAM_LLM_CHECK_REACHABLE', '1') != '0'
+
+
 class MissingExtra(ImportError):
   """A backend's client library is not installed."""
 

@@ -17,10 +17,14 @@ import sys
 
 from beam_llm.cli import quiet
 
-USAGE = """usage: beam-llm run PIPELINE.yaml [--jinja_variables=JSON] [--tests] [beam options...]
-
-Runs a Beam YAML pipeline like `python -m apache_beam.yaml.main`, quietly,
-on FnApiRunner unless --runner is given."""
+USAGE = """usage:
+  beam-llm run PIPELINE.yaml [--jinja_variables=JSON] [--tests] [beam options...]
+      Runs a Beam YAML pipeline like `python -m apache_beam.yaml.main`,
+      quietly, on FnApiRunner unless --runner is given.
+  beam-llm validate PIPELINE.yaml... [--jinja_variables=JSON] [--check_reachable]
+      Checks a pipeline without running it or loading a model: one line per
+      problem, exit status 1 if there is any. Offline unless
+      --check_reachable (then models, endpoints and stores are looked up)."""
 
 
 def main(argv=None):
@@ -31,14 +35,45 @@ def main(argv=None):
   command, rest = argv[0], argv[1:]
   if command == 'run':
     sys.exit(run(rest))
+  if command == 'validate':
+    sys.exit(validate(rest))
   print(f'beam-llm: unknown command {command!r}\n\n{USAGE}', file=sys.stderr)
   sys.exit(2)
 
 
-def run(argv) -> int:
+def _pipeline_file_flag(argv) -> list:
   argv = list(argv)
   if argv and not argv[0].startswith('-'):  # `beam-llm run P.yaml ...`
     argv[0] = f'--yaml_pipeline_file={argv[0]}'
+  return argv
+
+
+def validate(argv) -> int:
+  files = [a for a in argv if not a.startswith('-')]
+  flags = [a for a in argv if a.startswith('-') and a != '--check_reachable']
+  files += [a.split('=', 1)[1] for a in flags
+            if a.startswith('--yaml_pipeline_file=')]
+  flags = [a for a in flags if not a.startswith('--yaml_pipeline_file=')]
+  if not files:
+    print(USAGE, file=sys.stderr)
+    return 2
+  quiet.before_beam_starts(import_beam_yaml=False)
+  from beam_llm.cli import validate as validation
+  failed = False
+  for path in files:
+    problems = validation.validate(
+        [f'--yaml_pipeline_file={path}', *flags],
+        check_reachable='--check_reachable' in argv)
+    for problem in problems:
+      print(f'{path}: {problem}')
+    if not problems:
+      print(f'{path}: OK')
+    failed = failed or bool(problems)
+  return 1 if failed else 0
+
+
+def run(argv) -> int:
+  argv = _pipeline_file_flag(argv)
   if not any(a == '--runner' or a.startswith('--runner=') for a in argv):
     argv.append('--runner=FnApiRunner')
   quiet.before_beam_starts()

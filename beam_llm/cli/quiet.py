@@ -31,7 +31,7 @@ class _DropIrrelevant(logging.Filter):
     return not str(record.msg).startswith(IRRELEVANT)
 
 
-def before_beam_starts() -> None:
+def before_beam_starts(import_beam_yaml: bool = True) -> None:
   """Filters Beam's irrelevant log lines, then imports Beam YAML's modules.
 
   Beam YAML imports TensorFlow at start-up wherever it is installed
@@ -43,6 +43,11 @@ def before_beam_starts() -> None:
   drop = _DropIrrelevant()
   logging.getLogger().addFilter(drop)
   logging.getLogger('apache_beam.io.filebasedsink').addFilter(drop)
+  if import_beam_yaml:
+    import_beam_yaml_quietly()
+
+
+def import_beam_yaml_quietly() -> None:
   with _captured_stderr():
     import apache_beam.yaml.main  # noqa: F401
     import apache_beam.yaml.yaml_ml  # noqa: F401

@@ -241,6 +241,9 @@ def why_unavailable(model: str, revision: Optional[str]) -> Optional[str]:
     return None
   if huggingface_hub.constants.HF_HUB_OFFLINE:
     return 'it is not in the local cache and HF_HUB_OFFLINE is set'
+  from beam_llm import _config
+  if not _config.reachability_checks():
+    return None
   try:
     huggingface_hub.model_info(model, revision=revision, timeout=10)
   except Exception as exn:  # pylint: disable=broad-except

@@ -46,6 +46,9 @@ def why_unavailable(preset: str) -> Optional[str]:
 def _kaggle_problem(variation: list) -> Optional[str]:
   if variation and _in_kagglehub_cache(variation[0]):
     return None
+  from beam_llm import _config
+  if not _config.reachability_checks():
+    return None
   endpoint = os.environ.get('KAGGLE_API_ENDPOINT', 'https://www.kaggle.com')
   try:
     urllib.request.urlopen(
