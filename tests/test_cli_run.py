@@ -36,6 +36,9 @@ def test_run_is_quiet_accounts_for_every_chat_and_leaves_no_temp_dirs(
   # The failed row is a JSON object with its field names.
   assert errors[0]['element']['chat_id'] == errors[0]['chat_id']
   assert sorted(os.listdir(out)) == ['sentiment-errors-00000-of-00001']
+  # The summary, from the run's metrics: every chat went to errors, cut off.
+  assert f'error rows by reason: truncated {len(chats)}' in result.stdout
+  assert f'model rows: {len(chats)} (0 failed)' in result.stdout
 
 
 def test_run_passes_tests_flag_and_reports_usage():

@@ -10,7 +10,10 @@ otherwise trip over:
 - the runner defaults to FnApiRunner (local, in-process), so a local run
   does not first try to download the Prism runner; any --runner wins;
 - the empty `.temp…` folders Beam's file sinks leave beside an output that
-  received no rows are removed.
+  received no rows are removed;
+- GenerateText's progress lines show on long runs, and a summary of the
+  run's beam-llm metrics (rows, error rows by reason, tokens, retries, cache
+  hits, wall time, rows/s) is printed at the end.
 """
 import argparse
 import sys
@@ -83,7 +86,35 @@ def run(argv) -> int:
     return 0
   written = quiet.output_paths(yaml_main, argv)
   try:
-    yaml_main.run(argv)
+    _run_with_summary(yaml_main, argv)
   finally:
     quiet.remove_empty_temp_dirs(written)
   return 0
+
+
+def _run_with_summary(yaml_main, argv) -> None:
+  """apache_beam.yaml.main.run, keeping the result to print its metrics."""
+  import logging
+  import time
+
+  import apache_beam as beam
+
+  from beam_llm.cli import summary
+  # GenerateText's progress lines (rows, failures, rows/s) on long runs.
+  progress = logging.getLogger('beam_llm')
+  progress.setLevel(logging.INFO)
+  if not progress.handlers:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+    progress.addHandler(handler)
+    progress.propagate = False
+  start = time.monotonic()
+  options, constructor, display_data = (
+      yaml_main.build_pipeline_components_from_argv(argv))
+  p = beam.Pipeline(options=options, display_data=display_data)
+  print('Building pipeline...')
+  constructor(p)
+  print('Running pipeline...')
+  result = p.run()
+  result.wait_until_finish()
+  print(summary.render(summary.beam_llm_counters(result), time.monotonic() - start))
