@@ -15,7 +15,7 @@ Transforms are imported on first use, so `import beam_llm` stays cheap.
 """
 import importlib
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 TRANSFORMS = {
     'RenderPrompt': 'beam_llm.transforms.render_prompt',
