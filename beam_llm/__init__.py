@@ -22,6 +22,7 @@ TRANSFORMS = {
     'GenerateText': 'beam_llm.transforms.generate_text',
     'ParseJSON': 'beam_llm.transforms.parse_json',
     'FormatErrors': 'beam_llm.transforms.format_errors',
+    'ReadJsonLines': 'beam_llm.transforms.read_json_lines',
 }
 
 __all__ = sorted(TRANSFORMS)
