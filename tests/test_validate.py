@@ -7,6 +7,7 @@ import textwrap
 from tests.conftest import ROOT
 
 PIPELINES = ['pipelines/apology.yaml', 'pipelines/chat_sentiment.yaml',
+             'pipelines/chat_sentiment_streaming.yaml',
              'pipelines/chat_sentiment_gemma.yaml',
              'pipelines/chat_sentiment_remote.yaml', 'pipelines/summarize.yaml']
 
