@@ -18,7 +18,7 @@ CONFIG = {
     'HuggingFace': {'model': '/nonexistent-model-dir'},
     'KerasHub': {'preset': '/nonexistent-preset-dir'},
     'OpenAICompatible': {'base_url': 'http://127.0.0.1:1/v1', 'model': 'm'},
-    'VertexAI': {'project': 'p', 'location': 'us-central1', 'endpoint_id': '1'},
+    'VertexAI': {'project': 'p', 'location': 'us-central1', 'endpoint': '1'},
     'Gemini': {'model': 'gemini-2.0-flash', 'api_key_env': 'NO_SUCH_KEY'},
 }
 
