@@ -12,7 +12,7 @@ from beam_llm.handlers.base import as_messages
 _OWNER = 'GenerateText'
 
 
-@remote_base.documented
+@remote.with_policy
 class OpenAICompatibleHandler(remote_base.RemoteHandler):
   """`model_handler: {type: OpenAICompatible, config: {...}}`.
 
@@ -20,10 +20,11 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
   OpenAI itself. One request per row through the official `openai` client,
   with its own retries off: the remote-call policy below owns retries (see
   docs/remote.md). GenerateText's parameters become request fields:
-  `max_new_tokens` is `max_tokens`; `temperature` and `top_p` are sent as
-  they are (no temperature and no `do_sample` means temperature 0, greedy,
-  as on the other backends); `top_k` and `generation_config` go into the
-  request body as they are (e.g. `seed`, `stop`, vLLM's
+  `max_new_tokens` is `max_tokens`; greedy decoding (the default) is
+  `temperature: 0`; sampling (decided once for every backend, see
+  beam_llm/generation_params.py) sends `temperature` (1 when unset), `top_p`
+  and `top_k` (a body field vLLM, llama.cpp and Ollama take);
+  `generation_config` entries go into the request body as they are (e.g. `seed`, `stop`, vLLM's
   `repetition_penalty`); `response_schema` is sent as a `json_schema`
   `response_format` (chat only). Token usage comes from the answer's `usage`.
 
@@ -50,24 +51,10 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
       base_url: str,
       api: Literal['chat', 'completions'] = 'chat',
       api_key_env: Optional[str] = None,
-      max_concurrency: int = 16,
-      max_retries: int = 5,
-      timeout_secs: float = 60.0,
-      deadline_secs: float = 600.0,
-      initial_backoff_secs: float = 1.0,
-      max_backoff_secs: float = 60.0,
-      cache: bool = True,
-      cache_dir: Optional[str] = None,
       generation: Optional[dict] = None,
-      batching: Optional[dict] = None):
-    super().__init__(
-        generation or {}, batching or {},
-        remote.RemotePolicy(
-            max_concurrency=max_concurrency, max_retries=max_retries,
-            timeout_secs=timeout_secs, deadline_secs=deadline_secs,
-            initial_backoff_secs=initial_backoff_secs,
-            max_backoff_secs=max_backoff_secs),
-        cache=cache, cache_dir=cache_dir)
+      batching: Optional[dict] = None,
+      **policy):
+    super().__init__(generation or {}, batching or {}, policy)
     if api == 'completions' and self._generation.get('response_schema'):
       _config.fail(_OWNER, 'response_schema',
                    'needs api: chat on the OpenAICompatible backend')
@@ -119,20 +106,16 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
           'the completions API takes text')
     if g.get('max_new_tokens'):
       request['max_tokens'] = g['max_new_tokens']
-    if g.get('temperature') is not None:
-      request['temperature'] = g['temperature']
-    elif not g.get('do_sample'):
-      request['temperature'] = 0
-    if g.get('top_p') is not None:
-      request['top_p'] = g['top_p']
+    sampling = self.params.sampling_options()
+    request['temperature'] = sampling.pop('temperature')
+    if 'top_p' in sampling:
+      request['top_p'] = sampling.pop('top_p')
     if g.get('response_schema'):
       request['response_format'] = {
           'type': 'json_schema',
           'json_schema': {'name': 'response', 'schema': g['response_schema']},
       }
-    extra = {}
-    if g.get('top_k') is not None:
-      extra['top_k'] = g['top_k']
+    extra = dict(sampling)  # top_k: not an OpenAI field; vLLM etc. take it.
     extra.update(g.get('generation_config') or {})
     if extra:
       request['extra_body'] = extra
@@ -152,9 +135,12 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     response = client.post(
         '/chat/completions' if chat else '/completions',
         cast_to=httpx.Response, body=body, options={'timeout': timeout_secs})
-    answer = response.json()  # ValueError if malformed: a bad_response.
+    try:
+      answer = response.json()
+    except ValueError as exn:  # A body cut off in transit: retried.
+      raise remote.BadResponse(f'the answer is not JSON: {exn}') from None
     choices = answer.get('choices') if isinstance(answer, dict) else None
-    if not choices or not isinstance(choices[0], dict):
+    if not choices or not isinstance(choices[0], dict):  # Transient: retried.
       raise remote.BadResponse('the answer has no choices')
     choice = choices[0]
     if chat:
@@ -162,8 +148,9 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
       text = message.get('content')
       if not isinstance(text, str):
         refusal = message.get('refusal')
+        if refusal:
+          raise remote.BadResponse(f'the model refused: {refusal}', retryable=False)
         raise remote.BadResponse(
-            f'the model refused: {refusal}' if refusal else
             f'the answer has no text (finish_reason: {choice.get("finish_reason")})')
     else:
       text = choice.get('text')
@@ -173,7 +160,7 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     return Generation(
         text.strip(), usage.get('prompt_tokens'), usage.get('completion_tokens'))
 
-  def classify(self, exn: BaseException) -> remote.Failure:
+  def classify(self, exn: BaseException) -> Optional[remote.Failure]:
     import openai
     if isinstance(exn, openai.APITimeoutError):
       return remote.Failure(

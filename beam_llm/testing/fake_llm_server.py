@@ -48,8 +48,9 @@ class Faults:
   retry_after: Optional[object] = None
   slow_secs: float = 2.0
   # Faults to hand out first, in order, before drawing: 'ok', 'timeout',
-  # 'drop', 'malformed', 'empty' (a 200 with `{}`), or any HTTP status code
-  # ('429', '503', '400', ...).
+  # 'drop', 'malformed', 'empty' (a 200 with `{}`), any HTTP status code
+  # ('429', '503', '400', ...), or 'CODE:validation' (that status with a
+  # request-validation message, as llama-cpp-python sends with a 500).
   script: List[str] = dataclasses.field(default_factory=list)
   # Put the request's auth headers into error bodies (tests redaction).
   leak_auth_in_errors: bool = False
@@ -288,6 +289,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       entry.status = 429
       return self._error(429, 'RESOURCE_EXHAUSTED', 'Too many requests',
                          headers, details)
+    if fault.endswith(':validation'):  # llama-cpp-python's refusal shape.
+      entry.status = int(fault.split(':')[0])
+      return self._error(entry.status, 'internal_server_error', _VALIDATION)
     if fault.isdigit():
       entry.status = int(fault)
       return self._error(entry.status, 'UNAVAILABLE' if entry.status >= 500
@@ -345,6 +349,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self.flush_headers()
     except OSError:  # The client hung up (e.g. after its own timeout).
       self.close_connection = True
+
+
+# What llama-cpp-python's server answers (HTTP 500) to a response_format it
+# does not take.
+_VALIDATION = (
+    "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"
+    "  Input should be 'text' or 'json_object' [type=literal_error, "
+    "input_value='json_schema', input_type=str]")
 
 
 def _tokens(text: str) -> int:

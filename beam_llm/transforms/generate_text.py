@@ -136,10 +136,13 @@ class GenerateText(beam.PTransform):
       key = lambda row: (row, RowPrompt(getattr(row, prompt, None), _rows.as_dict(row)))
     else:
       key = lambda row: (row, getattr(row, prompt, None))
-    results = (
-        pcoll
-        | 'KeyByRow' >> beam.Map(key)
-        | 'RunInference' >> RunInference(KeyedModelHandler(self._handler)))
+    keyed = pcoll | 'KeyByRow' >> beam.Map(key)
+    if getattr(self._handler, 'flows_rows', False):
+      # Remote backends: rows flow to the service without batch barriers.
+      results = keyed | 'Generate' >> beam.ParDo(self._handler.flow_dofn())
+    else:
+      results = keyed | 'RunInference' >> RunInference(
+          KeyedModelHandler(self._handler))
     return _rows.split_outputs(
         results,
         'Collect',
