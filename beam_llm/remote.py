@@ -369,6 +369,10 @@ class RemoteCaller:
         out.failure = out.failure or stop
         break
       self.limit.acquire()
+      if self._gate.until > time.monotonic():
+        # A Retry-After came in while this request waited for a slot.
+        self.limit.cancel()
+        continue
       timeout = max(0.001, min(p.timeout_secs, deadline - time.monotonic()))
       started = time.monotonic()
       out.attempts += 1

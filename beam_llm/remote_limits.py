@@ -54,6 +54,12 @@ class AdaptiveLimit:
       self.in_flight += 1
       self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
+  def cancel(self) -> None:
+    """Gives a slot back unused (no latency learned)."""
+    with self._cond:
+      self.in_flight -= 1
+      self._cond.notify()
+
   def release(self, latency: float, overloaded: bool) -> None:
     with self._cond:
       saturated = self.in_flight >= int(self.limit) - 1
