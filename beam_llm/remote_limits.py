@@ -4,10 +4,12 @@ Used by beam_llm.remote.RemoteCaller only (one instance of each per caller,
 so per worker process and backend, shared by all of its threads):
 
 - `AdaptiveLimit`: how many requests may be in flight, found at run time.
-  It starts at a few, doubles per round trip while the service keeps up
-  (slow start), then grows by about sqrt(limit) per round trip; it cuts the
-  limit when the service turns requests away (429, 503, timeouts) or when
-  latency grows well beyond its recent norm (requests are queueing there).
+  It starts at 16, doubles per round trip while the service keeps up
+  (slow start), then grows by about sqrt(limit) per round trip (a quarter
+  per round trip near the limit at which the service last refused); it
+  cuts the limit when the service turns requests away (429, 503, timeouts)
+  or when its smoothed latency grows past twice its recent best (requests
+  are queueing there).
   Never above `max_concurrency`. A user does not need to know the slot
   count of their server, and a rate-limited API is not hammered.
 - `Budget`: `requests_per_minute` / `tokens_per_minute`, the limits
@@ -24,14 +26,14 @@ import time
 from typing import Optional
 
 # Requests in flight before anything is known about the service.
-INITIAL_LIMIT = 8
-# A smoothed latency this many times its long-term norm means queueing.
+INITIAL_LIMIT = 16
+# A smoothed latency this many times its recent best means queueing.
 _LATENCY_TOLERANCE = 2.0
-# Latency averages over about one round trip (short) and ten (long): with
-# `limit` answers per round trip, each answer weighs ~1/limit of a trip.
-_SHORT_TRIPS = 1.0
-_LONG_TRIPS = 10.0
-_OVERLOAD_CUT = 0.7  # Limit multiplier on a 429 / 503 / timeout.
+# The latency is averaged over about one round trip (with `limit` answers per
+# round trip, each answer weighs 1/limit), so that one short or long answer
+# is no signal; its best is kept over two windows of this many seconds.
+_BEST_WINDOW_SECS = 30.0
+_OVERLOAD_CUT = 0.8  # Limit multiplier on a 429 / 503 / timeout.
 _LATENCY_CUT = 0.9  # ... and on latency growth.
 
 
@@ -44,8 +46,13 @@ class AdaptiveLimit:
     self.max_in_flight = 0
     self._cond = threading.Condition()
     self._slow_start = True
-    self._short = self._long = None  # Latency EWMAs (seconds).
+    self._short = None  # Smoothed latency (seconds).
+    self._best = [math.inf, math.inf]  # Its minimum: last window, this one.
+    self._window_start = time.monotonic()
     self._last_cut = 0.0
+    # The limit at which the service last turned requests away: near it,
+    # grow slowly (probe), so as not to send a 429 every few round trips.
+    self._ceiling = None
 
   def acquire(self) -> None:
     with self._cond:
@@ -67,7 +74,8 @@ class AdaptiveLimit:
       before = int(self.limit)
       now = time.monotonic()
       if overloaded:
-        self._cut(_OVERLOAD_CUT, now)
+        if self._cut(_OVERLOAD_CUT, now):
+          self._ceiling = before
       else:
         self._learn(latency, now, saturated)
       self.limit = min(float(self.cap), max(1.0, self.limit))
@@ -77,27 +85,34 @@ class AdaptiveLimit:
 
   def _learn(self, latency: float, now: float, saturated: bool) -> None:
     if self._short is None:
-      self._short = self._long = latency
-    per_trip = max(1.0, self.limit)
-    self._short += min(1.0, 1 / (_SHORT_TRIPS * per_trip)) * (latency - self._short)
-    self._long += min(1.0, 1 / (_LONG_TRIPS * per_trip)) * (latency - self._long)
-    if self._short > _LATENCY_TOLERANCE * self._long:
+      self._short = latency
+    self._short += (latency - self._short) / max(1.0, self.limit)
+    if now - self._window_start > _BEST_WINDOW_SECS:
+      self._best = [self._best[1], math.inf]
+      self._window_start = now
+    self._best[1] = min(self._best[1], self._short)
+    if self._short > _LATENCY_TOLERANCE * min(self._best):
       self._cut(_LATENCY_CUT, now)
       return
     if not saturated:  # Only grow a limit that is in use (as TCP does).
       return
     if self._slow_start:
       self.limit += 1.0  # One more per answer: doubles per round trip.
+    elif self._ceiling and self.limit >= 0.9 * self._ceiling:
+      self.limit += 0.25 / self.limit  # A quarter more per round trip.
+      if self.limit > 1.1 * self._ceiling:
+        self._ceiling = None  # The service got bigger: grow freely again.
     else:
       self.limit += math.sqrt(self.limit) / self.limit
 
-  def _cut(self, factor: float, now: float) -> None:
+  def _cut(self, factor: float, now: float) -> bool:
     # Once per round trip: the answers of one overloaded round are one signal.
     if now - self._last_cut < (self._short or 0.0):
-      return
+      return False
     self._last_cut = now
     self._slow_start = False
     self.limit *= factor
+    return True
 
 
 class Budget:

@@ -83,7 +83,8 @@ class FakeLLMServer:
       private_endpoints=('5678',),
       undeployed_endpoints=('4321',),
       seed: int = 0,
-      port: int = 0):
+      port: int = 0,
+      reject_when_full: bool = False):
     self.faults = faults or Faults()
     self.latency_secs = latency_secs
     self.reply = reply
@@ -99,6 +100,10 @@ class FakeLLMServer:
     self._lock = threading.Lock()
     self._random = random.Random(seed)
     self._slots = threading.BoundedSemaphore(slots) if slots else None
+    # A hosted API's behaviour: a request beyond `slots` gets a 429 at once
+    # instead of a place in the queue.
+    self.reject_when_full = reject_when_full
+    self.rejected = 0
     self._httpd = _Server(('127.0.0.1', port), _Handler)
     self._httpd.fake = self
     self._thread = None
@@ -198,6 +203,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       with fake._lock:
         stats = {
             'requests': len(fake.log), 'max_in_flight': fake.max_in_flight,
+            'rejected': fake.rejected,
             'busy_secs': (fake.last_done - fake.first_arrival
                           if fake.log and fake.last_done else 0.0)}
       return self._json(200, stats)
@@ -237,11 +243,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       fake.log.append(entry)
       if fake.first_arrival is None:
         fake.first_arrival = arrived
-    if fake._slots:
-      fake._slots.acquire()
+    # In flight: arrived and not yet answered, queued for a slot included.
     with fake._lock:
       fake._in_flight += 1
       fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
+    if fake._slots:
+      if not fake._slots.acquire(blocking=not fake.reject_when_full):
+        with fake._lock:
+          fake.rejected += 1
+          fake._in_flight -= 1
+        entry.fault, entry.status = 'full', 429
+        return self._error(429, 'RESOURCE_EXHAUSTED', 'All slots are busy')
     try:
       if fake.latency_secs:
         time.sleep(fake.latency_secs)
@@ -404,6 +416,8 @@ def main(argv=None):
   parser.add_argument('--port', type=int, default=8000)
   parser.add_argument('--latency_secs', type=float, default=0.0)
   parser.add_argument('--slots', type=int, default=None)
+  parser.add_argument('--reject_when_full', action='store_true',
+                      help='answer 429 instead of queueing past --slots')
   parser.add_argument('--rate_limited', type=float, default=0.0)
   parser.add_argument('--server_error', type=float, default=0.0)
   parser.add_argument('--json_reply', action='store_true',
@@ -413,7 +427,7 @@ def main(argv=None):
   server = FakeLLMServer(
       Faults(rate_limited=args.rate_limited, server_error=args.server_error),
       latency_secs=args.latency_secs, slots=args.slots, reply=reply,
-      port=args.port)
+      port=args.port, reject_when_full=args.reject_when_full)
   print(f'listening on {server.url}', flush=True)
   server._httpd.serve_forever()
 
