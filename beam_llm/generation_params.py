@@ -5,8 +5,8 @@ call; none of them decides again what the options mean. In particular
 greedy vs sampling is decided here, once:
 
 - `do_sample` given: it decides.
-- otherwise sampling is on when `temperature` > 0, or `top_p` (< 1) or
-  `top_k` is set.
+- otherwise `temperature` decides when set (0 is greedy, more samples);
+- otherwise sampling is on when `top_p` (< 1) or `top_k` is set.
 
 When sampling, an unset temperature is 1.0 (the model's distribution as it
 is, what `top_p`/`top_k` alone mean on HuggingFace); when greedy, the
@@ -38,9 +38,9 @@ class GenerationParams:
   def sampling(self) -> bool:
     if self.do_sample is not None:
       return bool(self.do_sample)
-    return bool((self.temperature or 0) > 0
-                or (self.top_p is not None and self.top_p < 1)
-                or self.top_k is not None)
+    if self.temperature is not None:  # `temperature: 0` means greedy.
+      return self.temperature > 0
+    return (self.top_p is not None and self.top_p < 1) or self.top_k is not None
 
   @property
   def seed(self) -> Optional[int]:

@@ -98,6 +98,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--runs', type=int, default=5)
   parser.add_argument('--prompts', type=int, default=4000)
+  parser.add_argument('--shapes', default=None,
+                      help='comma-separated indexes into SHAPES (default all)')
   parser.add_argument('--max_concurrency', type=int, default=None,
                       help='also measure with this max_concurrency')
   args = parser.parse_args(argv)
@@ -110,7 +112,9 @@ def main(argv=None):
         '| client CPU ms/request | wall s |')
   print('|---|---|---|---|---|---|---|')
   for name, options in variants:
-    for shape in SHAPES:
+    chosen = ([SHAPES[int(i)] for i in args.shapes.split(',')] if args.shapes
+              else SHAPES)
+    for shape in chosen:
       runs = [run_once(shape, args.prompts, options) for _ in range(args.runs)]
       med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
       lo = min(r['ratio'] for r in runs)
