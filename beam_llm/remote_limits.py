@@ -26,9 +26,9 @@ import time
 from typing import Optional
 
 # Requests in flight before anything is known about the service.
-INITIAL_LIMIT = 16
+INITIAL_LIMIT = 32
 # A smoothed latency this many times its recent best means queueing.
-_LATENCY_TOLERANCE = 2.0
+_LATENCY_TOLERANCE = 1.5
 # The latency is averaged over about one round trip (with `limit` answers per
 # round trip, each answer weighs 1/limit), so that one short or long answer
 # is no signal; its best is kept over two windows of this many seconds.

@@ -65,6 +65,7 @@ class LoggedRequest:
   auth: str = ''  # The Authorization or x-goog-api-key header it carried.
   fault: str = ''
   status: int = 0
+  form: str = 'none'  # The structured-output form the request carried.
 
 
 def default_reply(prompt: str) -> str:
@@ -84,7 +85,8 @@ class FakeLLMServer:
       undeployed_endpoints=('4321',),
       seed: int = 0,
       port: int = 0,
-      reject_when_full: bool = False):
+      reject_when_full: bool = False,
+      structured: str = 'openai'):
     self.faults = faults or Faults()
     self.latency_secs = latency_secs
     self.reply = reply
@@ -103,6 +105,9 @@ class FakeLLMServer:
     # A hosted API's behaviour: a request beyond `slots` gets a 429 at once
     # instead of a place in the queue.
     self.reject_when_full = reject_when_full
+    # Which structured-output forms the server takes, as a real one does
+    # (see STRUCTURED); a form it does not take is refused its way.
+    self.structured = structured
     self.rejected = 0
     self._httpd = _Server(('127.0.0.1', port), _Handler)
     self._httpd.fake = self
@@ -257,6 +262,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     try:
       if fake.latency_secs:
         time.sleep(fake.latency_secs)
+      entry.form = _form_of(body)
+      accepted, status, message = STRUCTURED[fake.structured]
+      if entry.form not in accepted:
+        entry.fault, entry.status = 'refused', status
+        return self._error(status, 'INVALID_ARGUMENT', message)
       entry.fault = fake._choose_fault()
       self._answer(entry, path, body)
     finally:
@@ -363,12 +373,36 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self.close_connection = True
 
 
+def _form_of(body: dict) -> str:
+  fmt = body.get('response_format')
+  if isinstance(fmt, dict):
+    return fmt.get('type', 'none')
+  return 'guided_json' if 'guided_json' in body else 'none'
+
+
 # What llama-cpp-python's server answers (HTTP 500) to a response_format it
 # does not take.
 _VALIDATION = (
     "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"
     "  Input should be 'text' or 'json_object' [type=literal_error, "
     "input_value='json_schema', input_type=str]")
+
+
+# Server -> (forms it takes, status and message of its refusal of others).
+STRUCTURED = {
+    # OpenAI, and llama.cpp's llama-server: response_format json_schema or
+    # json_object.
+    'openai': ({'none', 'json_schema', 'json_object'}, 400,
+               "Unrecognized request argument supplied: guided_json"),
+    # llama-cpp-python's server: json_object (with a `schema`), not
+    # json_schema, refused with an HTTP 500 carrying pydantic's message.
+    'llama-cpp-python': ({'none', 'json_object'}, 500, _VALIDATION),
+    # vLLM: every form.
+    'vllm': ({'none', 'json_schema', 'json_object', 'guided_json'}, 400, ''),
+    # A server without structured output that rejects what it does not know.
+    'text-only': ({'none'}, 400,
+                  "response_format is not supported by this server"),
+}
 
 
 def _tokens(text: str) -> int:
