@@ -283,3 +283,15 @@ def test_an_answer_without_text_is_a_bad_response_retried(
   [answer] = generate(h, ['Hi again'])
   assert answer.text == 'echo: Hi again'
   assert len(server.log) == 6
+
+
+def test_gemini_through_vertex_ai(llm_server):
+  server = llm_server()
+  h = GeminiHandler(model='gemini-2.5-flash', vertexai=True, project='proj',
+                    location='europe-west4', base_url=server.url,
+                    generation={'max_new_tokens': 8}, batching={}, **FAST)
+  [answer] = generate(h, ['Hi'])
+  assert answer == Generation('echo: Hi', 1, 2)
+  assert server.log[0].path == ('/v1beta1/projects/proj/locations/europe-west4/'
+                                'publishers/google/models/gemini-2.5-flash:generateContent')
+  assert server.log[0].body['generationConfig']['maxOutputTokens'] == 8

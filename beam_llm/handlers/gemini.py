@@ -49,7 +49,9 @@ class GeminiHandler(remote_base.RemoteHandler):
     project: Project for `vertexai`. Defaults to the environment's.
     location: Region for `vertexai`. Defaults to us-central1.
     base_url: Root URL of the service, to go through a proxy or to a local
-      test server (e.g. `http://127.0.0.1:8000`). Defaults to Google's.
+      test server (e.g. `http://127.0.0.1:8000`; with `vertexai`, an
+      `http://` URL is called without Google credentials). Defaults to
+      Google's.
     api_version: API version in request paths, e.g. `v1beta` or `v1`.
       Defaults to the client's.
   """
@@ -98,8 +100,15 @@ class GeminiHandler(remote_base.RemoteHandler):
         client_args={'limits': httpx.Limits(
             max_connections=max(n, 100), max_keepalive_connections=n)})
     if self._vertexai:
+      credentials = None
+      if self._base_url and self._base_url.startswith('http://'):
+        # A local emulator or test server: no Google credentials needed
+        # (a static token the client never refreshes).
+        from google.oauth2.credentials import Credentials
+        credentials = Credentials(token='local-test-server')
       client = genai.Client(vertexai=True, project=self._project,
-                            location=self._location, http_options=http_options)
+                            location=self._location, credentials=credentials,
+                            http_options=http_options)
     else:
       key = os.environ.get(self._api_key_env, '')
       if not key:
