@@ -64,7 +64,7 @@ class RemotePolicy:
   """
   max_concurrency: int = _option(
       256, 'Most requests in flight at once per worker process. The number '
-      'actually in flight adapts at run time: it starts at 8, grows while the '
+      'actually in flight adapts at run time: it starts at 32 (or the cap), grows while the '
       'service keeps up and shrinks when it turns requests away (429, 503, '
       'timeouts) or its latency grows (requests queueing); this is its cap.')
   max_retries: int = _option(

@@ -4,7 +4,7 @@ Used by beam_llm.remote.RemoteCaller only (one instance of each per caller,
 so per worker process and backend, shared by all of its threads):
 
 - `AdaptiveLimit`: how many requests may be in flight, found at run time.
-  It starts at 16, doubles per round trip while the service keeps up
+  It starts at 32, doubles per round trip while the service keeps up
   (slow start), then grows by about sqrt(limit) per round trip (a quarter
   per round trip near the limit at which the service last refused); it
   cuts the limit when the service turns requests away (429, 503, timeouts)
@@ -28,7 +28,7 @@ from typing import Optional
 # Requests in flight before anything is known about the service.
 INITIAL_LIMIT = 32
 # A smoothed latency this many times its recent best means queueing.
-_LATENCY_TOLERANCE = 1.5
+_LATENCY_TOLERANCE = 2.0
 # The latency is averaged over about one round trip (with `limit` answers per
 # round trip, each answer weighs 1/limit), so that one short or long answer
 # is no signal; its best is kept over two windows of this many seconds.
