@@ -221,13 +221,13 @@ class RemoteHandler(TextGenerationHandler):
     waited = 0.0
     failed = []
     for response, out, _ in results:
-      if isinstance(response, Generation):
-        self.record_usage(response.input_tokens or 0, response.output_tokens or 0)
       if out is None:
         continue
       if out.from_cache:
         hits += 1
         continue
+      if isinstance(response, Generation):  # Tokens paid for: sent requests.
+        self.record_usage(response.input_tokens or 0, response.output_tokens or 0)
       requests += out.attempts
       retries += out.retries
       limited += out.rate_limited
