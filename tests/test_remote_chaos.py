@@ -58,7 +58,7 @@ def test_prompts_through_chaos_each_come_out_exactly_once(
   # Retry-After was kept: few requests arrived inside the 50 ms a 429 asked
   # for, past 30 ms after it left (requests already on the wire then, or
   # sent before a loaded client read the 429, still land; typically 1-5 %
-  # of requests; without the process-wide wait, most would). The exact
+  # of requests under load). The exact
   # check is in test_remote_policy.py, with longer windows.
   windows = server.retry_after_windows
   assert windows
