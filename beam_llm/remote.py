@@ -1,40 +1,45 @@
-"""How every remote backend calls its service: the one retry policy.
+"""How every remote backend calls its service: the one call policy.
 
-All remote GenerateText backends (OpenAICompatible, VertexAI, Gemini) send
-their requests through a `RemoteCaller`, and only through it, so they share
-one behaviour, set from YAML (`RemotePolicy`):
+All remote backends (GenerateText's OpenAICompatible, VertexAI, Gemini, and
+any other remote client, e.g. embeddings) send their requests through a
+`RemoteCaller`, and only through it, so they share one behaviour, set from
+YAML by the options of `RemotePolicy` (declared here once; a backend gets
+them with `@with_policy` and builds the policy with `from_options`):
 
-- Up to `max_concurrency` requests in flight per worker process (a thread
-  pool shared by every batch and DoFn thread of the process), instead of one
-  synchronous request per batch.
-- Retry only what can succeed on a second try: 429, 408, 5xx, dropped
-  connections, timeouts (`Failure.retryable`). Everything else fails the row
-  at once. The client libraries' own retries are turned off by the backends,
-  so nothing retries twice.
+- Requests flow continuously on a thread pool shared by every bundle and
+  DoFn thread of the process; how many are in flight adapts to the service
+  (remote_limits.AdaptiveLimit), capped by `max_concurrency`.
+- Retry what can succeed on a second try (`Failure.retryable`): 429, 408,
+  5xx, dropped connections, timeouts, bodies cut off or malformed, empty
+  answers. A request the service refuses as invalid is not retried,
+  whatever its status code. The client libraries' own retries are turned
+  off by the backends, so nothing retries twice.
 - Exponential backoff with jitter between attempts, at least as long as the
-  service's Retry-After (seconds or an HTTP date).
-- A Retry-After is honoured by the whole process, not just the request that
-  got it: no request starts before it expires (`_Gate`).
-- Client-side adaptive throttling (the formula from Google's SRE book, as in
-  Beam's AdaptiveThrottler): when many recent requests were turned away,
-  requests are delayed locally, so an overloaded service sees less traffic.
+  service's Retry-After (seconds or an HTTP date), which holds back the
+  whole process, not just the request that got it.
+- `requests_per_minute` / `tokens_per_minute` budgets, and client-side
+  adaptive throttling (Google SRE book) when most requests are refused.
 - A per-row budget: at most `max_retries` retries and `deadline_secs` in all.
   Past either, the row fails with the type of its last error; it is never
-  dropped and never raised, so one row cannot fail its batch.
+  dropped, so one row cannot fail its batch.
+- Only failures of the service or the network become failed rows. An
+  exception the backend's `classify` does not recognise is a bug, raised.
 
 Each call returns an `Outcome` carrying what the caller needs for metrics;
 metrics are recorded by the caller on the DoFn thread, because Beam metrics
 recorded on other threads are lost.
 """
-import collections
 import concurrent.futures
 import dataclasses
 import email.utils
-import functools
+import inspect
 import random
-import threading
+import re
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Mapping, Optional
+
+from beam_llm import _config
+from beam_llm import remote_limits
 
 # Error types of failed rows (the `error_type` field of error rows).
 RATE_LIMITED = 'rate_limited'  # 429 until retries or the deadline ran out.
@@ -46,20 +51,62 @@ CLIENT_ERROR = 'client_error'  # 4xx other than 408/429: the request is wrong.
 DEADLINE = 'deadline_exceeded'  # deadline_secs ran out before any answer.
 
 
+def _option(default, doc: str):
+  return dataclasses.field(default=default, metadata={'doc': doc})
+
+
 @dataclasses.dataclass(frozen=True)
 class RemotePolicy:
-  """The YAML options every remote backend takes (see docs/remote.md)."""
-  max_concurrency: int = 16
-  max_retries: int = 5
-  timeout_secs: float = 60.0
-  deadline_secs: float = 600.0
-  initial_backoff_secs: float = 1.0
-  max_backoff_secs: float = 60.0
-  # "K" of the SRE formula: throttle once fewer than 1/K of recent requests
-  # were accepted. 2 lets a service that rejects half its traffic still get
-  # all of it; beyond that, traffic is shed locally.
-  overload_ratio: float = 2.0
-  throttle_window_secs: float = 60.0
+  """The options every remote backend takes, declared here once.
+
+  Backends get them in their signature and documentation with
+  `with_policy` (below) and build the policy with `RemotePolicy.from_options`.
+  """
+  max_concurrency: int = _option(
+      256, 'Most requests in flight at once per worker process. The number '
+      'actually in flight adapts at run time: it starts at 32 (or the cap), grows while the '
+      'service keeps up and shrinks when it turns requests away (429, 503, '
+      'timeouts) or its latency grows (requests queueing); this is its cap.')
+  max_retries: int = _option(
+      5, 'Most retries per row after its first attempt. Transient faults are '
+      'retried: 429, 408, 5xx, dropped connections, timeouts, and answers cut '
+      'off or malformed; a request the service refuses as invalid is not.')
+  timeout_secs: float = _option(
+      60.0, 'Longest wait for one answer before the attempt counts as a '
+      'timeout.')
+  deadline_secs: float = _option(
+      600.0, 'Most time one row may take, from its first attempt, including '
+      'retries, backoff and waits for Retry-After and budgets.')
+  initial_backoff_secs: float = _option(
+      1.0, 'Backoff before the first retry; it doubles with each retry (with '
+      "jitter), and is at least the service's Retry-After.")
+  max_backoff_secs: float = _option(
+      60.0, 'Longest backoff between two attempts (a longer Retry-After is '
+      'still honoured).')
+  requests_per_minute: Optional[float] = _option(
+      None, 'Most requests (attempts) per minute per worker process, as '
+      "providers publish their limits. Defaults to none (no limit).")
+  tokens_per_minute: Optional[float] = _option(
+      None, 'Most tokens (prompt + generated, as the service reports them) '
+      'per minute per worker process. Defaults to none (no limit).')
+  cache: Optional[bool] = _option(
+      None, 'Send identical requests (same backend, target, model, prompt and '
+      'parameters) once per worker and reuse the answer. Defaults to on, '
+      'except when sampling without a `seed` in generation_config (identical '
+      'prompts should then get independent samples).')
+  cache_dir: Optional[str] = _option(
+      None, 'Directory (local, gs://, s3://, ...) that keeps answers across '
+      'runs: a re-run after a crash does not pay again for requests that '
+      'already succeeded. A file that cannot be read is a miss. Defaults to '
+      'none (memory only).')
+
+  @classmethod
+  def from_options(cls, owner: str, options: Mapping[str, Any]) -> 'RemotePolicy':
+    """The policy from a backend's keyword options; fails on bad values."""
+    policy = cls(**options)
+    for key, problem in policy.problems():
+      _config.fail(owner, f'model_handler.config.{key}', problem)
+    return policy
 
   def problems(self) -> List[tuple]:
     """(option, problem) pairs for values that make no sense."""
@@ -69,10 +116,54 @@ class RemotePolicy:
     if self.max_retries < 0:
       out.append(('max_retries', 'must be 0 or more'))
     for name in ('timeout_secs', 'deadline_secs', 'initial_backoff_secs',
-                 'max_backoff_secs'):
-      if getattr(self, name) <= 0:
+                 'max_backoff_secs', 'requests_per_minute', 'tokens_per_minute'):
+      value = getattr(self, name)
+      if value is not None and value <= 0:
         out.append((name, 'must be more than 0'))
     return out
+
+
+def policy_doc() -> str:
+  """The `Args:` lines of the policy options, for a backend's docstring."""
+  lines = []
+  for f in dataclasses.fields(RemotePolicy):
+    text = f.metadata['doc']
+    if f.default is not None and 'Defaults to' not in text:
+      default = str(f.default).lower() if isinstance(f.default, bool) else f.default
+      text += f' Defaults to {default:g}.' if isinstance(
+          default, (int, float)) else f' Defaults to {default}.'
+    words, line = text.split(), f'    {f.name}:'
+    for word in words:
+      if len(line) + 1 + len(word) > 78:
+        lines.append(line)
+        line = '      ' + word
+      else:
+        line += ' ' + word
+    lines.append(line)
+  return '\n'.join(lines)
+
+
+def with_policy(cls):
+  """Class decorator for a remote backend whose `__init__` takes `**policy`.
+
+  Puts the RemotePolicy options into its signature (so config checks and
+  the generated reference know them) and its docstring's `Args:`.
+  """
+  init = cls.__init__
+  sig = inspect.signature(init)
+  params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+  hints = dict(getattr(init, '__annotations__', {}))
+  tail = [p for p in params if p.name in ('generation', 'batching')]
+  params = [p for p in params if p not in tail]
+  for f in dataclasses.fields(RemotePolicy):
+    params.append(inspect.Parameter(
+        f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+        annotation=f.type))
+    hints[f.name] = f.type
+  init.__signature__ = sig.replace(parameters=params + tail)
+  init.__annotations__ = hints
+  cls.__doc__ = cls.__doc__.rstrip() + '\n' + policy_doc() + '\n'
+  return cls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +174,10 @@ class Failure:
   retryable: bool = False
   retry_after: Optional[float] = None  # Seconds the service asked us to wait.
   status: Optional[int] = None
+  # The service refused the request as invalid: the same request would be
+  # refused again (a backend may try another form of it, e.g. structured
+  # output, and remember).
+  refused: bool = False
 
   @property
   def overloaded(self) -> bool:
@@ -91,19 +186,41 @@ class Failure:
 
 
 class BadResponse(Exception):
-  """Raised by a backend for an answer it cannot use (no text, bad shape)."""
+  """Raised by a backend for an answer it cannot use (no text, bad shape).
+
+  Retried by default: a body cut off in transit, or an empty answer from an
+  overloaded server, is as transient as a 5xx. `retryable=False` for answers
+  that would come back the same (e.g. the model's explicit refusal).
+  """
+  def __init__(self, msg: str, retryable: bool = True):
+    super().__init__(msg)
+    self.retryable = retryable
+
+
+# Messages of a request the service refused as invalid, whatever the status
+# (llama.cpp's server answers a schema it does not take with a 500 and a
+# pydantic message): sending it again gets the same answer.
+_VALIDATION = re.compile(
+    r'validation error|Input should be|Field required|Extra inputs are not '
+    r'permitted|invalid_request_error|not supported|unsupported|Unrecognized '
+    r'request argument|INVALID_ARGUMENT', re.I)
+
+
+def is_refusal(msg: str) -> bool:
+  """Whether an error message says the request itself is invalid."""
+  return bool(_VALIDATION.search(msg or ''))
 
 
 def classify_status(
     status: int, msg: str, retry_after: Optional[float] = None) -> Failure:
-  """The policy's reading of an HTTP status code."""
+  """The policy's reading of an HTTP status code (and its message)."""
   if status == 429:
     return Failure(RATE_LIMITED, msg, True, retry_after, status)
   if status == 408:
     return Failure(TIMEOUT, msg, True, retry_after, status)
-  if status >= 500:
+  if status >= 500 and not is_refusal(msg):
     return Failure(SERVER_ERROR, msg, True, retry_after, status)
-  return Failure(CLIENT_ERROR, msg, False, None, status)
+  return Failure(CLIENT_ERROR, msg, False, None, status, refused=True)
 
 
 def parse_retry_after(value: Any, now: Optional[float] = None) -> Optional[float]:
@@ -152,27 +269,31 @@ _TIMEOUT_NAMES = frozenset({
 _CONNECTION_NAMES = frozenset({
     'ConnectionError', 'TransportError', 'ProtocolError', 'NetworkError',
     'NewConnectionError', 'MaxRetryError', 'ChunkedEncodingError',
-    'RemoteDisconnected', 'IncompleteRead'})
+    'RemoteDisconnected', 'IncompleteRead', 'ContentDecodingError'})
+# An answer that did not parse (a body cut off, not JSON, the wrong shape
+# for the client's own types): transient, like a dropped connection.
+_BAD_BODY_NAMES = frozenset({
+    'JSONDecodeError', 'DecodeError', 'ValidationError', 'ParseError'})
 
 
-_BAD_RESPONSE_NAMES = frozenset({
-    'ParseError', 'DecodeError', 'JSONDecodeError', 'ValidationError'})
+def generic_failure(exn: BaseException) -> Optional[Failure]:
+  """Classifies exceptions that are not a client's own HTTP status errors.
 
-
-def generic_failure(exn: BaseException) -> Failure:
-  """Classifies exceptions that are not a client's own HTTP status errors."""
+  Returns None for anything that does not come from the service or the
+  network: a bug (TypeError, AttributeError, ...) is raised, not turned
+  into error rows.
+  """
+  if isinstance(exn, BadResponse):
+    return Failure(BAD_RESPONSE, str(exn), retryable=exn.retryable)
   names = {c.__name__ for c in type(exn).__mro__}
   msg = f'{type(exn).__name__}: {exn}'
   if names & _TIMEOUT_NAMES:
     return Failure(TIMEOUT, msg, retryable=True)
   if names & _CONNECTION_NAMES:
     return Failure(CONNECTION_ERROR, msg, retryable=True)
-  if names & _BAD_RESPONSE_NAMES or isinstance(
-      exn, (ValueError, KeyError, TypeError, AttributeError, IndexError)):
-    # Malformed JSON or an answer of the wrong shape. Not retried: the
-    # service did answer, and only transport and overload errors are.
-    return Failure(BAD_RESPONSE, msg)
-  return Failure(CLIENT_ERROR, msg)
+  if names & _BAD_BODY_NAMES:
+    return Failure(BAD_RESPONSE, msg, retryable=True)
+  return None
 
 
 @dataclasses.dataclass
@@ -182,7 +303,7 @@ class Outcome:
   failure: Optional[Failure] = None
   attempts: int = 0
   rate_limited: int = 0  # 429 responses among the attempts.
-  waited_secs: float = 0.0  # Backoff, Retry-After and throttling waits.
+  waited_secs: float = 0.0  # Backoff, Retry-After, budget and throttling waits.
   latencies: List[float] = dataclasses.field(default_factory=list)
   from_cache: bool = False  # Read from cache_dir: nothing was sent.
 
@@ -191,120 +312,52 @@ class Outcome:
     return max(0, self.attempts - 1)
 
 
-class _Gate:
-  """The time before which no request may start, in this process.
-
-  Set from a service's Retry-After: the service said "not before", and it
-  meant this client, not just the one request that got the 429.
-  """
-  def __init__(self):
-    self._lock = threading.Lock()
-    self._until = 0.0
-
-  def block_for(self, secs: float) -> None:
-    with self._lock:
-      self._until = max(self._until, time.monotonic() + secs)
-
-  @property
-  def until(self) -> float:
-    with self._lock:
-      return self._until
-
-
-class _Throttler:
-  """Client-side adaptive throttling, after Google's SRE book (Handling
-  Overload) and Beam's AdaptiveThrottler, over a sliding window:
-
-      P(delay a request) = max(0, (requests - K * accepts) / (requests + 1))
-
-  Unlike Beam's class, a request is counted when its answer is known, not
-  when it is sent: with many requests in flight, counting them at send time
-  makes a healthy service look like one that accepts nothing, and the first
-  burst throttles itself. Requests delayed locally count as requests (not
-  accepts), as the SRE formula has it, so shedding lasts while the service
-  keeps refusing (each held-back attempt counts once, however many times it
-  is checked again).
-  """
-  def __init__(self, window_secs: float, overload_ratio: float,
-               rng: random.Random):
-    self._window = window_secs
-    self._bucket = max(window_secs / 60, 0.01)
-    self._k = overload_ratio
-    self._buckets = collections.deque()  # [bucket start, requests, accepts]
-    self._requests = self._accepts = 0  # Sums over the buckets.
-    self._lock = threading.Lock()
-    self._random = rng
-
-  def _add(self, requests: int, accepts: int) -> None:
-    now = time.monotonic()
-    start = now - now % self._bucket
-    if not self._buckets or self._buckets[-1][0] != start:
-      self._buckets.append([start, 0, 0])
-    self._buckets[-1][1] += requests
-    self._buckets[-1][2] += accepts
-    self._requests += requests
-    self._accepts += accepts
-
-  def _totals(self):
-    horizon = time.monotonic() - self._window
-    while self._buckets and self._buckets[0][0] < horizon:
-      _, requests, accepts = self._buckets.popleft()
-      self._requests -= requests
-      self._accepts -= accepts
-    return self._requests, self._accepts
-
-  def should_delay(self, count: bool = True) -> bool:
-    """Whether to hold a request back now; `count` it as a request if so.
-
-    A held-back request is checked again after a delay: only its first
-    check counts, or one wait would inflate `requests` with every check.
-    """
-    with self._lock:
-      requests, accepts = self._totals()
-      p = max(0.0, (requests - self._k * accepts) / (requests + 1))
-      delay = self._random.random() < p
-      if delay and count:
-        self._add(1, 0)
-      return delay
-
-  def record(self, accepted: bool) -> None:
-    with self._lock:
-      self._add(1, int(accepted))
-
-
 class RemoteCaller:
   """Runs requests under a RemotePolicy; one per worker process and backend.
 
-  `call_all(sends, classify)` runs `send(timeout_secs)` callables, up to
-  max_concurrency at a time, each with its own retries, and returns one
-  Outcome per callable, in order. It never raises for a request's failure.
+  `submit(send, classify)` starts a request on the caller's threads and
+  returns a Future of its Outcome: requests flow continuously, whatever
+  batch or bundle they came from, up to the adaptive concurrency limit.
+  `call` does the same on the calling thread. A request's failure is an
+  Outcome, never an exception; an exception that `classify` does not
+  recognise (None: a bug, not the service) is raised from the Future.
+
+  `usage(value)` may return the tokens an answer used (for
+  tokens_per_minute).
   """
-  def __init__(self, policy: RemotePolicy, rng: Optional[random.Random] = None):
+  # The SRE throttler's K and window (see remote_limits.Throttler).
+  OVERLOAD_RATIO = 2.0
+  THROTTLE_WINDOW_SECS = 60.0
+
+  def __init__(self, policy: RemotePolicy, rng: Optional[random.Random] = None,
+               usage: Optional[Callable[[Any], int]] = None):
     self.policy = policy
-    self._gate = _Gate()
     self._random = rng or random.Random()
-    self._throttler = _Throttler(
-        policy.throttle_window_secs, policy.overload_ratio, self._random)
+    self._gate = remote_limits.Gate()
+    self._throttler = remote_limits.Throttler(
+        self.THROTTLE_WINDOW_SECS, self.OVERLOAD_RATIO, self._random)
+    self.limit = remote_limits.AdaptiveLimit(policy.max_concurrency)
+    self._requests = remote_limits.optional_budget(policy.requests_per_minute)
+    self._tokens = remote_limits.optional_budget(policy.tokens_per_minute)
+    self._usage = usage
+    # Threads only wait (on the limit, the network, backoff): as many as
+    # the cap, created as needed. Queued work beyond that waits its turn.
     self._pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=policy.max_concurrency, thread_name_prefix='beam_llm_remote')
 
-  def call_all(
-      self,
-      sends: List[Callable[[float], Any]],
-      classify: Callable[[BaseException], Failure]) -> List[Outcome]:
-    return self.run_all([
-        functools.partial(self.call, send, classify) for send in sends])
+  def submit(self, send: Callable[[float], Any],
+             classify: Callable[[BaseException], Optional[Failure]]
+             ) -> concurrent.futures.Future:
+    return self._pool.submit(self.call, send, classify)
 
-  def run_all(self, tasks: List[Callable[[], Any]]) -> list:
-    """Runs zero-argument tasks (each may `call`) on the pool, in order."""
-    futures = [self._pool.submit(task) for task in tasks]
-    concurrent.futures.wait(futures)  # One wake-up, not one per request.
-    return [f.result() for f in futures]
+  def submit_task(self, task: Callable[[], Any]) -> concurrent.futures.Future:
+    """Runs any zero-argument task (which may `call`) on the threads."""
+    return self._pool.submit(task)
 
   def call(
       self,
       send: Callable[[float], Any],
-      classify: Callable[[BaseException], Failure]) -> Outcome:
+      classify: Callable[[BaseException], Optional[Failure]]) -> Outcome:
     """One request, with retries, backoff and throttling, within budget."""
     p = self.policy
     out = Outcome()
@@ -315,18 +368,33 @@ class RemoteCaller:
         # Keep the service's last word if there was one: it says more.
         out.failure = out.failure or stop
         break
-      timeout = min(p.timeout_secs, deadline - time.monotonic())
+      self.limit.acquire()
+      if self._gate.until > time.monotonic():
+        # A Retry-After came in while this request waited for a slot.
+        self.limit.cancel()
+        continue
+      timeout = max(0.001, min(p.timeout_secs, deadline - time.monotonic()))
       started = time.monotonic()
       out.attempts += 1
+      if self._requests:
+        self._requests.take(1)
+      failure = None
       try:
         out.value = send(timeout)
-        out.failure = None
       except Exception as exn:  # pylint: disable=broad-except
-        out.failure = classify(exn)
-      out.latencies.append(time.monotonic() - started)
-      failure = out.failure
+        failure = classify(exn)
+        if failure is None:  # Not the service's doing: a bug. Raise it.
+          self.limit.release(time.monotonic() - started, overloaded=False)
+          raise
+      finally:
+        latency = time.monotonic() - started
+      out.failure = failure
+      out.latencies.append(latency)
+      self.limit.release(latency, failure is not None and failure.overloaded)
       self._throttler.record(accepted=failure is None or not failure.overloaded)
       if failure is None:
+        if self._tokens and self._usage:
+          self._tokens.take(self._usage(out.value) or 0)
         return out
       if failure.status == 429:
         out.rate_limited += 1
@@ -341,22 +409,30 @@ class RemoteCaller:
     return self._finish(out)
 
   def _wait_until_allowed(self, out: Outcome, deadline: float) -> Optional[Failure]:
-    """Waits out any Retry-After and local throttling.
+    """Waits out any Retry-After, budgets and local throttling.
 
     Returns why the row must stop instead, if waiting would pass its deadline.
     """
     counted = False  # Whether the throttler has counted this attempt.
     while True:
-      until = self._gate.until
       now = time.monotonic()
-      if until > now:
-        if until >= deadline:
+      until = self._gate.until
+      wait = until - now
+      why = 'the service asked to wait (Retry-After)'
+      for budget, name in ((self._requests, 'requests_per_minute'),
+                           (self._tokens, 'tokens_per_minute')):
+        if budget:
+          need = budget.wait_secs(1 if name == 'requests_per_minute' else 0)
+          if need > wait:
+            wait, why = need, f'{name} budget'
+      if wait > 0:
+        if now + wait >= deadline:
           return Failure(
-              RATE_LIMITED, f'the service asked to wait {until - now:.1f}s more '
-              f'(Retry-After), past deadline_secs={self.policy.deadline_secs}')
+              RATE_LIMITED, f'{why}: {wait:.1f}s more, past '
+              f'deadline_secs={self.policy.deadline_secs}')
         # A little jitter so that the waiting requests do not all start in
-        # the same millisecond when the Retry-After ends.
-        self._sleep(out, until - now + self._random.uniform(0, 0.05))
+        # the same millisecond when the wait ends.
+        self._sleep(out, wait + self._random.uniform(0, 0.05))
         continue
       if self._throttler.should_delay(count=not counted):
         counted = True

@@ -86,16 +86,13 @@ def test_one_bad_row_does_not_fail_its_batch(tiny_causal_lm):
   assert responses[3].error_type == 'bad_prompt'
 
 
-def test_a_failing_batch_is_retried_row_by_row(tiny_causal_lm):
-  # An option transformers rejects makes every generate call fail: each row
-  # must still come back, as its own failure.
+def test_an_option_every_row_fails_on_fails_the_pipeline(tiny_causal_lm):
+  # An option transformers rejects makes every generate call fail alike:
+  # a config error, not three error rows (issue 12: bugs surface as bugs).
   handler = _handler(tiny_causal_lm,
                      generation={'generation_config': {'no_such_option': 1}})
-  responses = [r.inference for r in handler.run_inference(PROMPTS, handler.load_model())]
-  assert len(responses) == 3
-  assert all(isinstance(r, GenerationFailure) and r.error_type == 'generation'
-             for r in responses)
-  assert 'no_such_option' in responses[0].msg
+  with pytest.raises(Exception, match='no_such_option'):
+    handler.run_inference(PROMPTS, handler.load_model())
 
 
 def test_dtype_and_device_are_honoured(tiny_causal_lm):

@@ -42,11 +42,12 @@ def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
   variables = {'model': tiny_gemma if 'gemma' in pipeline else tiny_causal_lm,
                'output': prefix, 'max_new_tokens': 8}
   if pipeline in REMOTE:
-    # A server that answers with sentiment JSON, after a 429, a 503 and one
-    # answer it garbles (that chat must land in the errors file).
+    # A server that answers with sentiment JSON, after a 429, a 503, an
+    # answer it garbles (retried) and one request it refuses (that chat
+    # must land in the errors file).
     from beam_llm.testing.fake_llm_server import Faults, sentiment_reply
     server = request.getfixturevalue('llm_server')(
-        faults=Faults(script=['429', '503', 'malformed'], retry_after=0.2),
+        faults=Faults(script=['429', '503', 'malformed', '400'], retry_after=0.2),
         reply=sentiment_reply)
     variables.update(base_url=server.url + '/v1', max_new_tokens=256)
   result = run_yaml(pipeline, jinja_variables=variables)
@@ -54,7 +55,7 @@ def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
   assert_every_chat_exactly_once(prefix, OUTPUTS[pipeline], chats)
   errors = read_json_lines(prefix + '-errors')
   if pipeline in REMOTE:
-    assert [e['error_type'] for e in errors] == ['bad_response']
+    assert [e['error_type'] for e in errors] == ['client_error']
     assert len(read_json_lines(prefix)) == len(chats) - 1
   for error in errors:  # Error rows a person can read: why, and which chat.
     assert error['msg'] and error['error_type']

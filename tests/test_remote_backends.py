@@ -47,7 +47,7 @@ def test_openai_chat_request_carries_the_generation_parameters(llm_server, monke
   assert first.auth == 'Bearer sk-local-test-0001'
   assert first.body == {
       'model': 'qwen', 'messages': [{'role': 'user', 'content': 'Hi'}],
-      'max_tokens': 32, 'temperature': 0, 'top_p': 0.9, 'top_k': 20,
+      'max_tokens': 32, 'temperature': 1.0, 'top_p': 0.9, 'top_k': 20,  # top_p: sampling
       'seed': 7, 'repetition_penalty': 1.1,
       'response_format': {'type': 'json_schema', 'json_schema': {
           'name': 'response', 'schema': SCHEMA}}}
@@ -222,7 +222,7 @@ def test_gemini_request_mapping(llm_server, monkeypatch):
       {'role': 'user', 'parts': [{'text': 'Bye'}]}]
   assert body['systemInstruction']['parts'] == [{'text': 'Be brief.'}]
   assert body['generationConfig'] == {
-      'maxOutputTokens': 64, 'temperature': 0, 'topK': 5, 'seed': 11,
+      'maxOutputTokens': 64, 'temperature': 1.0, 'topK': 5, 'seed': 11,
       'responseMimeType': 'application/json', 'responseJsonSchema': SCHEMA}
 
 
@@ -265,20 +265,11 @@ def test_large_model_makes_no_sense_for_a_remote_backend():
         'model': 'm', 'base_url': 'u'}}, {}, {'large_model': True})
 
 
-def test_remote_batches_are_sized_to_keep_requests_in_flight():
-  h = create_handler('GenerateText', {'type': 'Gemini', 'config': {
-      'model': 'g', 'max_concurrency': 32}}, {}, {})
-  assert h.batch_elements_kwargs() == {'min_batch_size': 128, 'max_batch_size': 512}
-  h = create_handler('GenerateText', {'type': 'Gemini', 'config': {
-      'model': 'g', 'max_concurrency': 32}}, {}, {'max_batch_size': 8})
-  assert h.batch_elements_kwargs() == {'min_batch_size': 8, 'max_batch_size': 8}
-
-
 @pytest.mark.parametrize('backend', ['openai', 'vertex', 'gemini'])
-def test_an_answer_without_text_is_a_bad_response_not_retried(
+def test_an_answer_without_text_is_a_bad_response_retried(
     llm_server, monkeypatch, backend):
   monkeypatch.setenv('GEMINI_TEST_KEY', 'AIza-local-test-0002')
-  server = llm_server(faults=Faults(script=['empty']))
+  server = llm_server(faults=Faults(script=['empty'] * 3))
   h = {'openai': lambda: OpenAICompatibleHandler(
            model='m', base_url=server.url + '/v1', generation={}, batching={},
            **FAST),
@@ -287,4 +278,20 @@ def test_an_answer_without_text_is_a_bad_response_not_retried(
   [failure] = generate(h, ['Hi'])
   assert isinstance(failure, GenerationFailure)
   assert failure.error_type == 'bad_response'
-  assert len(server.log) == 1
+  assert len(server.log) == 3  # FAST: max_retries=2.
+  server.faults.script = ['empty', 'malformed']  # Then an answer.
+  [answer] = generate(h, ['Hi again'])
+  assert answer.text == 'echo: Hi again'
+  assert len(server.log) == 6
+
+
+def test_gemini_through_vertex_ai(llm_server):
+  server = llm_server()
+  h = GeminiHandler(model='gemini-2.5-flash', vertexai=True, project='proj',
+                    location='europe-west4', base_url=server.url,
+                    generation={'max_new_tokens': 8}, batching={}, **FAST)
+  [answer] = generate(h, ['Hi'])
+  assert answer == Generation('echo: Hi', 1, 2)
+  assert server.log[0].path == ('/v1beta1/projects/proj/locations/europe-west4/'
+                                'publishers/google/models/gemini-2.5-flash:generateContent')
+  assert server.log[0].body['generationConfig']['maxOutputTokens'] == 8

@@ -24,42 +24,54 @@ def model_handler(backend, server, **policy):
   return {'type': backend, 'config': {**config, **policy}}
 
 
-@pytest.mark.parametrize('backend', ['OpenAICompatible', 'VertexAI', 'Gemini'])
-def test_1000_prompts_through_chaos_each_come_out_exactly_once(
-    llm_server, monkeypatch, backend):
+# The faulty server of the issue: 2 % bodies cut off, 2 % dropped
+# connections, 10 % 5xx, 429s with a Retry-After, and slow answers.
+CHAOS = dict(rate_limited=0.10, server_error=0.10, drop=0.02, malformed=0.02,
+             timeout=0.02, slow_secs=0.3, retry_after=0.05)
+
+
+@pytest.mark.parametrize('backend, policy, n', [
+    ('OpenAICompatible', {}, 1000),  # Default options.
+    ('OpenAICompatible', {'max_concurrency': 64}, 1000),
+    ('VertexAI', {'initial_backoff_secs': 0.05}, 300),
+    ('Gemini', {'initial_backoff_secs': 0.05}, 300),
+])
+def test_prompts_through_chaos_each_come_out_exactly_once(
+    llm_server, monkeypatch, backend, policy, n):
   monkeypatch.setenv(KEY_ENV, SECRET)
-  server = llm_server(faults=Faults(
-      rate_limited=0.30, server_error=0.10, timeout=0.05, malformed=0.02,
-      slow_secs=1.2))
-  rows = [{'id': i, 'prompt': f'prompt number {i}'} for i in range(1000)]
+  server = llm_server(faults=Faults(**CHAOS), latency_secs=0.01)
+  rows = [{'id': i, 'prompt': f'prompt number {i}'} for i in range(n)]
   out, _, metrics = run_transform(
       GenerateText(
-          model_handler=model_handler(
-              backend, server, max_concurrency=64, timeout_secs=0.75,
-              max_retries=8, initial_backoff_secs=0.01, max_backoff_secs=0.1,
-              deadline_secs=60),
+          model_handler=model_handler(backend, server, **policy),
           max_new_tokens=16, error_handling={'output': 'errors'}),
       rows, metrics=True)
   good, errors = out['good'], out['errors']
   ids = [r.id for r in good] + [e.element.id for e in errors]
-  assert sorted(ids) == list(range(1000))  # Exactly once: none lost, none twice.
+  assert sorted(ids) == list(range(n))  # Exactly once: none lost, none twice.
   assert all(r.response == f'echo: {r.prompt}' for r in good)  # Its own answer.
-  types = {e.error_type for e in errors}
-  assert types <= {'bad_response', 'rate_limited', 'server_error', 'timeout'}
-  # Malformed answers are not retried (a few may land after the client gave
-  # up waiting, as timeouts, under load).
-  malformed = sum(r.fault == 'malformed' for r in server.log)
-  assert 0 < sum(e.error_type == 'bad_response' for e in errors) <= malformed
-  # The metrics agree with what the server saw. (A 429 can reach a client
-  # that already gave up on it: on a loaded 2-core machine a fast answer can
-  # come later than timeout_secs; the client then counts a timeout.)
+  # Every fault here is transient: at most 1 % given up.
+  print(f'{len(errors)} of {n} rows given up')
+  assert len(errors) <= n // 100, [e.msg for e in errors[:3]]
+  assert {e.error_type for e in errors} <= {
+      'bad_response', 'rate_limited', 'server_error', 'connection_error'}
+  # Retry-After was kept: few requests arrived inside the 50 ms a 429 asked
+  # for, past 30 ms after it left (requests already on the wire then, or
+  # sent before a loaded client read the 429, still land; typically 1-5 %
+  # of requests under load). The exact
+  # check is in test_remote_policy.py, with longer windows.
+  windows = server.retry_after_windows
+  assert windows
+  early = {id(r) for r in server.log for sent, until in windows
+           if sent + 0.03 < r.arrived < until}
+  print(f'{len(early)} of {len(server.log)} requests inside a Retry-After window')
+  assert len(early) <= 0.15 * len(server.log)
+  # The metrics agree with what the server saw.
   assert metrics['requests'] == len(server.log)
-  assert metrics['retries'] == len(server.log) - 1000
-  sent_429 = sum(r.status == 429 for r in server.log)
-  assert 0.9 * sent_429 <= metrics['responses_429'] <= sent_429
+  assert metrics['retries'] == len(server.log) - n
+  assert metrics['responses_429'] == sum(r.status == 429 for r in server.log)
   assert metrics['request_latency_msecs'].count == len(server.log)
-  assert metrics['throttled_msecs'] > 0
-  assert metrics['rows'] == 1000 and metrics['failed_rows'] == len(errors)
+  assert metrics['rows'] == n and metrics['failed_rows'] == len(errors)
   if backend != 'VertexAI':  # Predict answers carry no token usage.
     assert metrics['input_tokens'] == sum(len(r.prompt.split()) for r in good)
     assert metrics['output_tokens'] == sum(len(r.response.split()) for r in good)

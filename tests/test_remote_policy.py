@@ -12,6 +12,7 @@ import time
 import pytest
 
 from beam_llm import remote
+from beam_llm import remote_limits
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import GenerationFailure
 from beam_llm.handlers.openai_compatible import OpenAICompatibleHandler
@@ -54,7 +55,10 @@ def test_retry_after_is_read_as_seconds_or_http_date():
     ('408', 'timeout', 3),
     ('timeout', 'timeout', 3),
     ('drop', 'connection_error', 3),
-    ('malformed', 'bad_response', 1),  # The service answered: not retried.
+    ('malformed', 'bad_response', 3),  # A body cut off: transient.
+    ('empty', 'bad_response', 3),  # `{}`, no choices: transient too.
+    ('500:validation', 'client_error', 1),  # A refusal, whatever its status.
+    ('422', 'client_error', 1),
     ('400', 'client_error', 1),
     ('404', 'client_error', 1),
 ])
@@ -120,7 +124,7 @@ def test_many_requests_in_flight_but_never_more_than_max_concurrency(llm_server)
 
 
 def test_throttler_follows_the_sre_formula():
-  throttler = remote._Throttler(60, 2.0, __import__('random').Random(0))
+  throttler = remote_limits.Throttler(60, 2.0, __import__('random').Random(0))
   for _ in range(100):
     throttler.record(accepted=True)
   assert not any(throttler.should_delay() for _ in range(100))
@@ -132,7 +136,7 @@ def test_throttler_follows_the_sre_formula():
 
 
 def test_throttling_ends_when_the_refusals_leave_the_window():
-  throttler = remote._Throttler(0.2, 2.0, __import__('random').Random(0))
+  throttler = remote_limits.Throttler(0.2, 2.0, __import__('random').Random(0))
   for _ in range(50):
     throttler.record(accepted=False)
   assert sum(throttler.should_delay() for _ in range(20)) > 10

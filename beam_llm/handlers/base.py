@@ -16,6 +16,10 @@ from apache_beam.ml.inference.base import PredictionResult
 
 _LOG = logging.getLogger('beam_llm.GenerateText')
 _PROGRESS_EVERY_SECS = 10.0
+# Exceptions that mean a bug or a config error, never one row's problem.
+# (Not IndexError: torch raises it for a prompt past a model's positions.)
+_BUGS = (TypeError, AttributeError, NameError, ImportError, AssertionError,
+         NotImplementedError, SyntaxError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,24 +147,43 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
     return [PredictionResult(p, r) for p, r in zip(batch, responses)]
 
   def _generate_isolating_failures(self, model, prompts: list) -> list:
+    """`generate`, with a failed batch retried row by row.
+
+    A row that fails on its own becomes a `generation` error row. A bug
+    fails the pipeline with its own traceback: an exception of a type that
+    means a programming or config error (TypeError, AttributeError, ...),
+    or any exception that every row of a batch of several hits alike.
+    """
     if not prompts:
       return []
     try:
       responses = self.generate(model, prompts)
-      if len(responses) != len(prompts):
-        raise RuntimeError(
-            f'{self.backend} returned {len(responses)} responses for '
-            f'{len(prompts)} prompts')
-      return responses
+    except _BUGS:
+      raise
     except Exception as exn:  # pylint: disable=broad-except
       if len(prompts) == 1:
         return [GenerationFailure(f'{type(exn).__name__}: {exn}', 'generation')]
       _LOG.warning(
           'GenerateText: a batch of %d failed (%s); retrying row by row',
           len(prompts), exn)
-      return [
-          self._generate_isolating_failures(model, [p])[0] for p in prompts
-      ]
+      alone = []
+      for p in prompts:
+        try:
+          alone.append(self.generate(model, [p])[0])
+        except _BUGS:
+          raise
+        except Exception as row_exn:  # pylint: disable=broad-except
+          alone.append(row_exn)
+      kinds = {type(r) for r in alone}
+      if len(kinds) == 1 and issubclass(kinds.pop(), Exception):
+        raise alone[0]  # Every row alike: not a row's problem.
+      return [GenerationFailure(f'{type(r).__name__}: {r}', 'generation')
+              if isinstance(r, Exception) else r for r in alone]
+    if len(responses) != len(prompts):
+      raise RuntimeError(
+          f'{self.backend} returned {len(responses)} responses for '
+          f'{len(prompts)} prompts')
+    return responses
 
   def _record(self, responses: list) -> None:
     failed = sum(isinstance(r, GenerationFailure) for r in responses)

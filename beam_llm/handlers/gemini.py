@@ -18,7 +18,7 @@ _OWNER = 'GenerateText'
 _ROLES = {'user': 'user', 'assistant': 'model', 'model': 'model'}
 
 
-@remote_base.documented
+@remote.with_policy
 class GeminiHandler(remote_base.RemoteHandler):
   """`model_handler: {type: Gemini, config: {...}}`.
 
@@ -28,8 +28,8 @@ class GeminiHandler(remote_base.RemoteHandler):
   client's own retries stay off: the remote-call policy below owns them, and
   reads the wait a 429 asks for from Retry-After or the error's RetryInfo.
   GenerateText's parameters map to the request's config: `max_new_tokens` is
-  `max_output_tokens`; `temperature` (0 when unset and `do_sample` is not
-  true), `top_p`, `top_k`; `response_schema` is sent as the JSON response
+  `max_output_tokens`; greedy decoding (the default) is `temperature: 0`;
+  sampling sends `temperature` (1 when unset), `top_p`, `top_k`; `response_schema` is sent as the JSON response
   schema (`response_json_schema`, with `response_mime_type:
   application/json`); `generation_config` entries are further
   GenerateContentConfig fields (e.g. `seed`, `stop_sequences`,
@@ -49,7 +49,9 @@ class GeminiHandler(remote_base.RemoteHandler):
     project: Project for `vertexai`. Defaults to the environment's.
     location: Region for `vertexai`. Defaults to us-central1.
     base_url: Root URL of the service, to go through a proxy or to a local
-      test server (e.g. `http://127.0.0.1:8000`). Defaults to Google's.
+      test server (e.g. `http://127.0.0.1:8000`; with `vertexai`, an
+      `http://` URL is called without Google credentials). Defaults to
+      Google's.
     api_version: API version in request paths, e.g. `v1beta` or `v1`.
       Defaults to the client's.
   """
@@ -66,24 +68,10 @@ class GeminiHandler(remote_base.RemoteHandler):
       location: str = 'us-central1',
       base_url: Optional[str] = None,
       api_version: Optional[str] = None,
-      max_concurrency: int = 16,
-      max_retries: int = 5,
-      timeout_secs: float = 60.0,
-      deadline_secs: float = 600.0,
-      initial_backoff_secs: float = 1.0,
-      max_backoff_secs: float = 60.0,
-      cache: bool = True,
-      cache_dir: Optional[str] = None,
       generation: Optional[dict] = None,
-      batching: Optional[dict] = None):
-    super().__init__(
-        generation or {}, batching or {},
-        remote.RemotePolicy(
-            max_concurrency=max_concurrency, max_retries=max_retries,
-            timeout_secs=timeout_secs, deadline_secs=deadline_secs,
-            initial_backoff_secs=initial_backoff_secs,
-            max_backoff_secs=max_backoff_secs),
-        cache=cache, cache_dir=cache_dir)
+      batching: Optional[dict] = None,
+      **policy):
+    super().__init__(generation or {}, batching or {}, policy)
     self._model = model
     self._api_key_env = api_key_env
     self._vertexai = vertexai
@@ -112,8 +100,15 @@ class GeminiHandler(remote_base.RemoteHandler):
         client_args={'limits': httpx.Limits(
             max_connections=max(n, 100), max_keepalive_connections=n)})
     if self._vertexai:
+      credentials = None
+      if self._base_url and self._base_url.startswith('http://'):
+        # A local emulator or test server: no Google credentials needed
+        # (a static token the client never refreshes).
+        from google.oauth2.credentials import Credentials
+        credentials = Credentials(token='local-test-server')
       client = genai.Client(vertexai=True, project=self._project,
-                            location=self._location, http_options=http_options)
+                            location=self._location, credentials=credentials,
+                            http_options=http_options)
     else:
       key = os.environ.get(self._api_key_env, '')
       if not key:
@@ -132,13 +127,7 @@ class GeminiHandler(remote_base.RemoteHandler):
     config = {}
     if g.get('max_new_tokens'):
       config['max_output_tokens'] = g['max_new_tokens']
-    if g.get('temperature') is not None:
-      config['temperature'] = g['temperature']
-    elif not g.get('do_sample'):
-      config['temperature'] = 0
-    for key in ('top_p', 'top_k'):
-      if g.get(key) is not None:
-        config[key] = g[key]
+    config.update(self.params.sampling_options())
     if g.get('response_schema'):
       config['response_mime_type'] = 'application/json'
       config['response_json_schema'] = g['response_schema']
@@ -197,7 +186,7 @@ class GeminiHandler(remote_base.RemoteHandler):
         getattr(usage, 'prompt_token_count', None),
         getattr(usage, 'candidates_token_count', None))
 
-  def classify(self, exn: BaseException) -> remote.Failure:
+  def classify(self, exn: BaseException) -> Optional[remote.Failure]:
     from google.genai import errors
     if isinstance(exn, errors.APIError):
       response = getattr(exn, 'response', None)

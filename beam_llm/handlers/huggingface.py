@@ -6,6 +6,7 @@ import os
 import re
 from typing import Literal, Optional, Tuple
 
+from beam_llm.generation_params import GenerationParams
 from beam_llm.handlers.base import fit_prompts
 from beam_llm.handlers.base import LocalModelHandler
 from beam_llm.handlers.json_constraint import compile_json_schema
@@ -143,18 +144,15 @@ class HuggingFaceHandler(LocalModelHandler):
     return int(self._generation.get('max_new_tokens') or 0)
 
   def _generate_kwargs(self, tokenizer) -> dict:
-    g = dict(self._generation)
-    extra = g.pop('generation_config', None) or {}
-    g.pop('response_schema', None)
-    kwargs = {k: v for k, v in g.items() if v is not None}
-    if kwargs.get('temperature') == 0:
-      kwargs.pop('temperature')
-      kwargs.setdefault('do_sample', False)
-    elif 'temperature' in kwargs or 'top_p' in kwargs or 'top_k' in kwargs:
-      kwargs.setdefault('do_sample', True)
-    kwargs.setdefault('do_sample', False)
+    # Greedy vs sampling is decided once, for every backend.
+    params = GenerationParams.of(self._generation)
+    kwargs = {'do_sample': params.sampling}
+    if params.max_new_tokens:
+      kwargs['max_new_tokens'] = params.max_new_tokens
+    if params.sampling:
+      kwargs.update(params.sampling_options())
     kwargs['pad_token_id'] = tokenizer.pad_token_id
-    return {**kwargs, **extra}
+    return {**kwargs, **params.generation_config}
 
 
 class HuggingFaceModel:

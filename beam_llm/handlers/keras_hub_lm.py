@@ -4,10 +4,12 @@ Keras reads its backend (torch / jax / tensorflow) once, at import, from
 KERAS_BACKEND; so keras is imported only on the worker, in load_model, after
 the backend has been chosen.
 """
+import inspect
 import os
 import sys
 from typing import Literal, Optional, Tuple
 
+from beam_llm.generation_params import GenerationParams
 from beam_llm import staging
 from beam_llm.handlers import keras_presets as presets
 from beam_llm.handlers.base import fit_prompts
@@ -127,19 +129,25 @@ class KerasHubHandler(LocalModelHandler):
                       self._chat_template)
 
   def _make_sampler(self, keras_hub):
-    g = self._generation
-    temperature = g.get('temperature') or 1.0
+    # Greedy vs sampling is decided once, for every backend; a named
+    # `sampler` still gets GenerateText's temperature / top_k / top_p.
+    params = GenerationParams.of(self._generation)
+    options = params.sampling_options() if params.sampling else {}
     if self._sampler:
-      return self._sampler
-    if g.get('do_sample') is False or g.get('temperature') == 0:
-      return keras_hub.samplers.GreedySampler()
-    if g.get('top_k'):
-      return keras_hub.samplers.TopKSampler(k=g['top_k'], temperature=temperature)
-    if g.get('top_p'):
-      return keras_hub.samplers.TopPSampler(p=g['top_p'], temperature=temperature)
-    if g.get('do_sample') or g.get('temperature'):
-      return keras_hub.samplers.RandomSampler(temperature=temperature)
-    return keras_hub.samplers.GreedySampler()
+      cls = type(keras_hub.samplers.get(self._sampler))
+    elif not params.sampling:
+      cls = keras_hub.samplers.GreedySampler
+    elif params.top_p is not None:
+      cls = keras_hub.samplers.TopPSampler
+    elif params.top_k is not None:
+      cls = keras_hub.samplers.TopKSampler
+    else:
+      cls = keras_hub.samplers.RandomSampler
+    accepted = inspect.signature(cls.__init__).parameters
+    anything = any(p.kind == p.VAR_KEYWORD for p in accepted.values())
+    names = {'temperature': 'temperature', 'top_p': 'p', 'top_k': 'k'}
+    return cls(**{names[k]: v for k, v in options.items()
+                  if names[k] in accepted or (anything and k == 'temperature')})
 
 
 def _loaded_keras_backend() -> Optional[str]:

@@ -6,13 +6,14 @@ from typing import Literal, Optional
 from beam_llm import _config
 from beam_llm import remote
 from beam_llm.handlers import remote_base
+from beam_llm.handlers import structured_forms
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import as_messages
 
 _OWNER = 'GenerateText'
 
 
-@remote_base.documented
+@remote.with_policy
 class OpenAICompatibleHandler(remote_base.RemoteHandler):
   """`model_handler: {type: OpenAICompatible, config: {...}}`.
 
@@ -20,12 +21,13 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
   OpenAI itself. One request per row through the official `openai` client,
   with its own retries off: the remote-call policy below owns retries (see
   docs/remote.md). GenerateText's parameters become request fields:
-  `max_new_tokens` is `max_tokens`; `temperature` and `top_p` are sent as
-  they are (no temperature and no `do_sample` means temperature 0, greedy,
-  as on the other backends); `top_k` and `generation_config` go into the
-  request body as they are (e.g. `seed`, `stop`, vLLM's
-  `repetition_penalty`); `response_schema` is sent as a `json_schema`
-  `response_format` (chat only). Token usage comes from the answer's `usage`.
+  `max_new_tokens` is `max_tokens`; greedy decoding (the default) is
+  `temperature: 0`; sampling (decided once for every backend, see
+  beam_llm/generation_params.py) sends `temperature` (1 when unset), `top_p`
+  and `top_k` (a body field vLLM, llama.cpp and Ollama take);
+  `generation_config` entries go into the request body as they are (e.g. `seed`, `stop`, vLLM's
+  `repetition_penalty`); `response_schema` is sent in the form the server
+  takes (`structured_output`; chat only). Token usage comes from the answer's `usage`.
 
   Args:
     model: The model name the server knows (e.g. `Qwen/Qwen2.5-0.5B-Instruct`
@@ -39,6 +41,13 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     api_key_env: Name of the environment variable that holds the API key,
       read on the worker when the model loads. The key itself never goes in
       the YAML. Defaults to none: no key (local servers).
+    structured_output: How `response_schema` is sent: `json_schema`
+      (`response_format` of type json_schema: OpenAI, vLLM, llama-server,
+      Ollama), `json_object` (`response_format: {type: json_object, schema}`:
+      llama-cpp-python's server), `guided_json` (vLLM's body field), or
+      `none` (unconstrained; ParseJSON still validates). `auto` starts with
+      json_schema and, when the server refuses a form as invalid, moves to
+      the next and keeps it for the rest of the run. Defaults to auto.
   """
   backend = 'OpenAICompatible'
   supports_response_schema = True
@@ -50,24 +59,12 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
       base_url: str,
       api: Literal['chat', 'completions'] = 'chat',
       api_key_env: Optional[str] = None,
-      max_concurrency: int = 16,
-      max_retries: int = 5,
-      timeout_secs: float = 60.0,
-      deadline_secs: float = 600.0,
-      initial_backoff_secs: float = 1.0,
-      max_backoff_secs: float = 60.0,
-      cache: bool = True,
-      cache_dir: Optional[str] = None,
+      structured_output: Literal[
+          'auto', 'json_schema', 'json_object', 'guided_json', 'none'] = 'auto',
       generation: Optional[dict] = None,
-      batching: Optional[dict] = None):
-    super().__init__(
-        generation or {}, batching or {},
-        remote.RemotePolicy(
-            max_concurrency=max_concurrency, max_retries=max_retries,
-            timeout_secs=timeout_secs, deadline_secs=deadline_secs,
-            initial_backoff_secs=initial_backoff_secs,
-            max_backoff_secs=max_backoff_secs),
-        cache=cache, cache_dir=cache_dir)
+      batching: Optional[dict] = None,
+      **policy):
+    super().__init__(generation or {}, batching or {}, policy)
     if api == 'completions' and self._generation.get('response_schema'):
       _config.fail(_OWNER, 'response_schema',
                    'needs api: chat on the OpenAICompatible backend')
@@ -75,6 +72,7 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     self._base_url = base_url.rstrip('/')
     self._api = api
     self._api_key_env = api_key_env
+    self._structured = structured_output
 
   def describe(self) -> str:
     return f'OpenAICompatible {self._model} at {self._base_url}'
@@ -96,7 +94,7 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
             'server that needs no key')
       redactor.add(key)
     n = self.policy.max_concurrency
-    return openai.OpenAI(
+    client = openai.OpenAI(
         base_url=self._base_url,
         api_key=key,
         max_retries=0,  # beam_llm.remote owns retries.
@@ -104,6 +102,8 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
         http_client=openai.DefaultHttpxClient(
             limits=httpx.Limits(
                 max_connections=max(n, 100), max_keepalive_connections=n)))
+    return _Client(client, structured_forms.FormChoice(
+        self._structured, self.describe(), redactor))
 
   def build_request(self, prompt) -> dict:
     g = self._generation
@@ -119,30 +119,41 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
           'the completions API takes text')
     if g.get('max_new_tokens'):
       request['max_tokens'] = g['max_new_tokens']
-    if g.get('temperature') is not None:
-      request['temperature'] = g['temperature']
-    elif not g.get('do_sample'):
-      request['temperature'] = 0
-    if g.get('top_p') is not None:
-      request['top_p'] = g['top_p']
+    sampling = self.params.sampling_options()
+    request['temperature'] = sampling.pop('temperature')
+    if 'top_p' in sampling:
+      request['top_p'] = sampling.pop('top_p')
     if g.get('response_schema'):
-      request['response_format'] = {
-          'type': 'json_schema',
-          'json_schema': {'name': 'response', 'schema': g['response_schema']},
-      }
-    extra = {}
-    if g.get('top_k') is not None:
-      extra['top_k'] = g['top_k']
+      # Its form is chosen per endpoint when sent (structured_forms).
+      request['response_schema'] = g['response_schema']
+    extra = dict(sampling)  # top_k: not an OpenAI field; vLLM etc. take it.
     extra.update(g.get('generation_config') or {})
     if extra:
       request['extra_body'] = extra
     return request
 
   def send(self, client, request: dict, timeout_secs: float) -> Generation:
-    import httpx
     chat = 'messages' in request
-    body = {k: v for k, v in request.items() if k != 'extra_body'}
+    body = {k: v for k, v in request.items()
+            if k not in ('extra_body', 'response_schema')}
     body.update(request.get('extra_body') or {})
+    schema = request.get('response_schema')
+    form = client.forms.form
+    while True:
+      try:
+        return self._post(client.openai, body if schema is None else
+                          structured_forms.apply(form, body, schema),
+                          chat, timeout_secs)
+      except Exception as exn:  # pylint: disable=broad-except
+        failure = self.classify(exn) if schema is not None else None
+        if not structured_forms.is_schema_refusal(failure):
+          raise
+        form = client.forms.refused(form, failure.msg)
+        if form is None:
+          raise
+
+  def _post(self, client, body: dict, chat: bool, timeout_secs: float):
+    import httpx
     # The client's generic `post`, its documented way to send any request,
     # answering the raw response: same auth, timeouts and status errors as
     # `chat.completions.create`, without the parameter transformation and
@@ -152,9 +163,12 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     response = client.post(
         '/chat/completions' if chat else '/completions',
         cast_to=httpx.Response, body=body, options={'timeout': timeout_secs})
-    answer = response.json()  # ValueError if malformed: a bad_response.
+    try:
+      answer = response.json()
+    except ValueError as exn:  # A body cut off in transit: retried.
+      raise remote.BadResponse(f'the answer is not JSON: {exn}') from None
     choices = answer.get('choices') if isinstance(answer, dict) else None
-    if not choices or not isinstance(choices[0], dict):
+    if not choices or not isinstance(choices[0], dict):  # Transient: retried.
       raise remote.BadResponse('the answer has no choices')
     choice = choices[0]
     if chat:
@@ -162,8 +176,9 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
       text = message.get('content')
       if not isinstance(text, str):
         refusal = message.get('refusal')
+        if refusal:
+          raise remote.BadResponse(f'the model refused: {refusal}', retryable=False)
         raise remote.BadResponse(
-            f'the model refused: {refusal}' if refusal else
             f'the answer has no text (finish_reason: {choice.get("finish_reason")})')
     else:
       text = choice.get('text')
@@ -173,7 +188,7 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     return Generation(
         text.strip(), usage.get('prompt_tokens'), usage.get('completion_tokens'))
 
-  def classify(self, exn: BaseException) -> remote.Failure:
+  def classify(self, exn: BaseException) -> Optional[remote.Failure]:
     import openai
     if isinstance(exn, openai.APITimeoutError):
       return remote.Failure(
@@ -189,3 +204,10 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
           exn.status_code, str(exn),
           remote.retry_after_from_headers(exn.response.headers))
     return remote.generic_failure(exn)
+
+
+class _Client:
+  """The openai client and the structured-output form this process uses."""
+  def __init__(self, client, forms: structured_forms.FormChoice):
+    self.openai = client
+    self.forms = forms

@@ -1,30 +1,45 @@
 """What the remote backends share: the call policy, the cache, redaction,
-metrics. A backend implements only how to reach its service:
+metrics, and rows that flow without batch barriers. A backend implements
+only how to reach its service:
 
 - `connect(redactor)`: build the client on the worker (read the API key from
   the environment here, and register it with the redactor);
 - `build_request(prompt)`: the JSON-able request for one prompt (raise
   `PromptError` if the prompt cannot be sent);
 - `send(client, request, timeout_secs)`: send it once, return a Generation;
-- `classify(exn)`: what a client exception means (`remote.Failure`).
+- `classify(exn)`: what a client exception means (`remote.Failure`), or
+  None when it is not the service's doing (then it is raised: a bug).
 
-Everything else — concurrency, retries, Retry-After, throttling, the
-deadline, caching, metrics and keeping secrets out of messages — happens
-here and in beam_llm.remote, the same for every backend.
+Everything else — concurrency, retries, Retry-After, budgets, throttling,
+the deadline, caching, metrics and keeping secrets out of messages —
+happens here and in beam_llm.remote, the same for every backend.
+
+GenerateText runs a remote backend with `RemoteGenerateDoFn` rather than
+RunInference: each row's request starts as soon as the row arrives and the
+row leaves as soon as its answer is in, so the service sees a steady flow,
+not batches that each wait for their slowest request.
 """
+import concurrent.futures
 import dataclasses
-import functools
 import logging
+import queue
+import threading
 import time
+import uuid
 from typing import Any, List, Mapping, Optional
 
+import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import PredictionResult
 
 from beam_llm import _config
 from beam_llm import remote
+from beam_llm.generation_params import GenerationParams
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import GenerationFailure
+from beam_llm.handlers.base import RowPrompt
 from beam_llm.handlers.base import TextGenerationHandler
+from beam_llm.handlers.base import prompt_problem
 from beam_llm.redaction import Redactor
 from beam_llm.response_cache import ResponseCache
 from beam_llm.response_cache import cache_key
@@ -33,34 +48,10 @@ _LOG = logging.getLogger('beam_llm.GenerateText')
 _OWNER = 'GenerateText'
 _FAILURE_LOG_EVERY_SECS = 30.0
 
-# Appended to every remote backend's docstring (see `documented`), so the
-# shared options are documented once and listed with each backend.
-POLICY_ARGS_DOC = """
-    max_concurrency: Most requests in flight at once per worker process.
-      Defaults to 16.
-    max_retries: Most retries per row after its first attempt; only 429,
-      408, 5xx, dropped connections and timeouts are retried. Defaults to 5.
-    timeout_secs: Longest wait for one answer before the attempt counts as a
-      timeout. Defaults to 60.
-    deadline_secs: Most time one row may take, from its first attempt,
-      including retries, backoff and waits for Retry-After. Defaults to 600.
-    initial_backoff_secs: Backoff before the first retry; it doubles with
-      each retry (with jitter), and is at least the service's Retry-After.
-      Defaults to 1.
-    max_backoff_secs: Longest backoff between two attempts (a longer
-      Retry-After is still honoured). Defaults to 60.
-    cache: Send identical requests (same backend, target, model, prompt and
-      parameters) once per worker and reuse the answer. Turn off when
-      identical prompts should get independent samples. Defaults to true.
-    cache_dir: Directory (local, gs://, s3://, ...) that keeps answers
-      across runs: a re-run after a crash does not pay again for requests
-      that already succeeded. Defaults to none (memory only)."""
-
-
-def documented(cls):
-  """Adds the shared policy options to a backend's `Args:` documentation."""
-  cls.__doc__ = cls.__doc__.rstrip() + POLICY_ARGS_DOC + '\n'
-  return cls
+# One loaded client (and caller, cache) per handler per worker process,
+# shared by every DoFn instance and thread of the process.
+_LOADED = {}
+_LOADED_LOCK = threading.Lock()
 
 
 class PromptError(ValueError):
@@ -82,36 +73,30 @@ class _Remote:
 
 class RemoteHandler(TextGenerationHandler):
   """Base of the remote GenerateText backends (one request per row)."""
+  # GenerateText runs this backend with `flow_dofn()`, not RunInference.
+  flows_rows = True
 
   def __init__(
       self,
       generation: Mapping[str, Any],
       batching: Mapping[str, Any],
-      policy: remote.RemotePolicy,
-      cache: bool = True,
-      cache_dir: Optional[str] = None):
-    for key, problem in policy.problems():
-      _config.fail(_OWNER, f'model_handler.config.{key}', problem)
+      policy: Mapping[str, Any]):
     batching = dict(batching)
     for key in ('large_model', 'model_copies'):
       if batching.pop(key, None):
         _config.fail(
             _OWNER, key, f'is for models on the worker; the {self.backend} '
             'backend shares one client per worker process already')
-    # Big batches: RunInference hands a batch over and waits for all of it,
-    # so the end of each batch, when fewer than max_concurrency requests are
-    # left in flight, is time lost. A batch of 4 x max_concurrency rows
-    # loses at most ~1/4 of a request's latency to that, 16 x ~1/16.
-    n = policy.max_concurrency
-    most = batching.get('max_batch_size')
-    batching.setdefault('min_batch_size', min(4 * n, most or 4 * n))
-    batching.setdefault('max_batch_size', max(16 * n, batching['min_batch_size']))
     super().__init__(generation, batching)
-    self.policy = policy
-    self._cache = cache
-    self._cache_dir = cache_dir
-    self._throttled_carry = 0.0
+    self.policy = remote.RemotePolicy.from_options(_OWNER, policy)
+    self.params = GenerationParams.of(generation)
+    # Off when sampling without a seed: identical prompts must get
+    # independent samples, not one sample repeated.
+    self._cache = (self.params.repeatable if self.policy.cache is None
+                   else self.policy.cache)
+    self._uid = uuid.uuid4().hex
     self._last_failure_log = 0.0
+    self._throttled_carry = 0.0
     # Totals for this handler object (tests and benchmarks read them).
     self.stats = {'requests': 0, 'retries': 0, 'responses_429': 0,
                   'cache_hits': 0, 'throttled_secs': 0.0}
@@ -130,8 +115,8 @@ class RemoteHandler(TextGenerationHandler):
   def send(self, client, request: dict, timeout_secs: float) -> Generation:
     raise NotImplementedError
 
-  def classify(self, exn: BaseException) -> remote.Failure:
-    raise NotImplementedError
+  def classify(self, exn: BaseException) -> Optional[remote.Failure]:
+    return remote.generic_failure(exn)
 
   # -- shared -------------------------------------------------------------
   def load_model(self) -> _Remote:
@@ -140,113 +125,123 @@ class RemoteHandler(TextGenerationHandler):
       client = self.connect(redactor)
     except RemoteUnavailable as exn:
       raise RemoteUnavailable(redactor.redact(str(exn))) from None
+    except ImportError:
+      raise
     except Exception as exn:  # pylint: disable=broad-except
       raise RemoteUnavailable(redactor.redact(
           f'{_OWNER} [{self.describe()}]: cannot set up the client: '
           f'{type(exn).__name__}: {exn}')) from None
-    return _Remote(
-        client, remote.RemoteCaller(self.policy),
-        ResponseCache(self._cache_dir) if self._cache else None, redactor)
+    caller = remote.RemoteCaller(self.policy, usage=_tokens_used)
+    return _Remote(client, caller,
+                   ResponseCache(self.policy.cache_dir) if self._cache else None,
+                   redactor)
+
+  def shared_load(self) -> _Remote:
+    """This handler's loaded client in this process (loaded once)."""
+    with _LOADED_LOCK:
+      if self._uid not in _LOADED:
+        _LOADED[self._uid] = self.load_model()
+      return _LOADED[self._uid]
+
+  def flow_dofn(self) -> beam.DoFn:
+    return RemoteGenerateDoFn(self)
+
+  def start(self, loaded: _Remote, prompt) -> 'concurrent.futures.Future':
+    """Starts one row: a Future of (response, Outcome or None, cache hit)."""
+    done = concurrent.futures.Future()
+    problem = prompt_problem(
+        prompt.prompt if isinstance(prompt, RowPrompt) else prompt)
+    if problem:
+      done.set_result((GenerationFailure(problem, 'bad_prompt'), None, False))
+      return done
+    try:
+      request = self.build_request(prompt)
+    except PromptError as exn:
+      done.set_result((GenerationFailure(str(exn), 'bad_prompt'), None, False))
+      return done
+    if loaded.cache is None:
+      return loaded.caller.submit_task(
+          lambda: self._request_task(loaded, None, None, request))
+    key = cache_key(self.backend, self.target(), request)
+    value, future, owner = loaded.cache.claim(key)
+    if value is not None:
+      done.set_result((value, None, True))
+      return done
+    if owner:
+      return loaded.caller.submit_task(
+          lambda: self._request_task(loaded, key, future, request))
+
+    def relay(settled):  # An identical request in flight elsewhere.
+      value, ok = settled.result()
+      done.set_result((value, None, ok))
+    future.add_done_callback(relay)
+    return done
+
+  def _request_task(self, loaded: _Remote, key, future, request):
+    """One request on a pool thread: cache_dir first, then the service."""
+    response, ok = GenerationFailure(
+        'an identical request failed unexpectedly', 'generation'), False
+    try:
+      if key is not None:
+        kept = _generation_from(loaded.cache.read(key))
+        if kept is not None:
+          response, ok = kept, True
+          return kept, remote.Outcome(value=kept, from_cache=True), False
+      outcome = loaded.caller.call(
+          lambda timeout: self.send(loaded.client, request, timeout),
+          lambda exn: self._classify_redacted(loaded.redactor, exn))
+      response = _response(outcome)
+      ok = isinstance(response, Generation)
+      if key is not None and ok:
+        loaded.cache.write(key, dataclasses.asdict(response))
+      return response, outcome, False
+    finally:
+      if future is not None:
+        loaded.cache.settle(key, future, response, ok)
 
   def generate(self, loaded: _Remote, prompts: list) -> list:
-    responses: List[Any] = [None] * len(prompts)
-    owned = {}  # key -> (future or None, request, [row indexes])
-    waiting = []  # (row index, future owned by another batch or thread)
-    hits = 0
-    for i, prompt in enumerate(prompts):
-      try:
-        request = self.build_request(prompt)
-      except PromptError as exn:
-        responses[i] = GenerationFailure(str(exn), 'bad_prompt')
-        continue
-      if loaded.cache is None:  # cache: false: every row is its own request.
-        owned[i] = (None, request, [i])
-        continue
-      key = cache_key(self.backend, self.target(), request)
-      if key in owned:
-        owned[key][2].append(i)
-        hits += 1
-        continue
-      value, future, owner = loaded.cache.claim(key)
-      if value is not None:
-        responses[i] = Generation(**value)
-        hits += 1
-      elif owner:
-        owned[key] = (future, request, [i])
-      else:
-        waiting.append((i, future))
-    classify = functools.partial(self._classify_redacted, loaded.redactor)
-    tasks = [
-        functools.partial(self._request_task, loaded, classify, key, request)
-        for key, (_, request, _) in owned.items()
-    ]
-    outcomes = []
-    try:
-      outcomes = loaded.caller.run_all(tasks)
-    finally:
-      # Settle every future this batch owns, even on an unexpected error, so
-      # identical requests waiting elsewhere are never stuck.
-      for n, (key, (future, _, rows)) in enumerate(owned.items()):
-        outcome = outcomes[n] if n < len(outcomes) else None
-        response = _response(outcome)
-        for i in rows:
-          responses[i] = response
-        if future is not None:
-          ok = isinstance(response, Generation)
-          loaded.cache.settle(
-              key, future,
-              dataclasses.asdict(response) if ok else response, ok)
-    for i, future in waiting:
-      value, ok = future.result()
-      responses[i] = Generation(**value) if ok else value
-      hits += ok
-    self._record_calls(outcomes, hits, loaded.redactor)
-    return responses
-
-  def _request_task(self, loaded: _Remote, classify, key, request):
-    """One request on a pool thread: cache_dir first, then the service."""
-    if loaded.cache is not None:
-      kept = loaded.cache.read(key)
-      if kept is not None:
-        return remote.Outcome(value=Generation(**kept), from_cache=True)
-    send = functools.partial(self.send, loaded.client, request)
-    outcome = loaded.caller.call(send, classify)
-    if loaded.cache is not None and outcome.failure is None:
-      loaded.cache.write(key, dataclasses.asdict(outcome.value))
-    return outcome
+    """All of a batch at once (the run_inference path; GenerateText flows)."""
+    results = [f.result() for f in [self.start(loaded, p) for p in prompts]]
+    self.record_results(loaded, results)
+    return [r[0] for r in results]
 
   def _classify_redacted(self, redactor: Redactor, exn: BaseException):
-    if isinstance(exn, remote.BadResponse):
-      failure = remote.Failure(remote.BAD_RESPONSE, str(exn))
-    else:
-      failure = self.classify(exn)
+    failure = self.classify(exn)
+    if failure is None:
+      return None
     return dataclasses.replace(
         failure, msg=redactor.redact(f'{self.backend}: {failure.msg}'))
 
-  def _record_calls(self, outcomes, hits: int, redactor: Redactor) -> None:
-    """Beam metrics for this batch's requests, on the DoFn's thread."""
+  def record_results(self, loaded: _Remote, results: list) -> None:
+    """Beam metrics for finished rows, on the DoFn's thread."""
     ns = self.get_metrics_namespace()
     latency = Metrics.distribution(ns, 'request_latency_msecs')
     requests = retries = limited = 0
+    hits = sum(1 for _, out, hit in results if hit)
     waited = 0.0
-    for out in outcomes:
+    failed = []
+    for response, out, _ in results:
+      if out is None:
+        continue
       if out.from_cache:
         hits += 1
         continue
+      if isinstance(response, Generation):  # Tokens paid for: sent requests.
+        self.record_usage(response.input_tokens or 0, response.output_tokens or 0)
       requests += out.attempts
       retries += out.retries
       limited += out.rate_limited
       waited += out.waited_secs
       for secs in out.latencies:
         latency.update(int(secs * 1000))
-      if isinstance(out.value, Generation) and out.failure is None:
-        self.record_usage(out.value.input_tokens or 0, out.value.output_tokens or 0)
       if out.failure is not None:
+        failed.append(out.failure)
         Metrics.counter(ns, f'failed_requests_{out.failure.error_type}').inc()
     for name, value in (('requests', requests), ('retries', retries),
                         ('responses_429', limited), ('cache_hits', hits)):
       Metrics.counter(ns, name).inc(value)
       self.stats[name] += value
+    self.stats['max_in_flight'] = loaded.caller.limit.max_in_flight
     Metrics.counter(ns, 'throttled_msecs').inc(int(waited * 1000))
     self.stats['throttled_secs'] += waited
     # Dataflow's autoscaler reads this counter (whole seconds) to tell a
@@ -256,19 +251,82 @@ class RemoteHandler(TextGenerationHandler):
     if whole:
       Metrics.counter(ns, 'cumulativeThrottlingSeconds').inc(whole)
       self._throttled_carry -= whole
-    failed = [o.failure for o in outcomes if o.failure is not None]
     now = time.monotonic()
     if failed and now - self._last_failure_log >= _FAILURE_LOG_EVERY_SECS:
       self._last_failure_log = now
       _LOG.warning(
-          'GenerateText [%s]: %d of %d requests in a batch failed; e.g. (%s) %s',
-          self.describe(), len(failed), len(outcomes), failed[0].error_type,
-          redactor.redact(failed[0].msg))
+          'GenerateText [%s]: %d of %d requests failed; e.g. (%s) %s',
+          self.describe(), len(failed), len(results), failed[0].error_type,
+          loaded.redactor.redact(failed[0].msg))
 
 
-def _response(outcome: Optional[remote.Outcome]):
-  if outcome is None:
-    return GenerationFailure('the request was never sent', 'generation')
+class RemoteGenerateDoFn(beam.DoFn):
+  """(row, prompt) -> (row, PredictionResult), as RunInference would, but
+  each row is sent when it arrives and emitted when its answer is in.
+
+  At most `2 x max_concurrency` rows wait in a DoFn instance; past that,
+  `process` waits for one to finish (backpressure). A bundle ends when its
+  last row is answered.
+  """
+  def __init__(self, handler: RemoteHandler):
+    self._handler = handler
+
+  def setup(self):
+    self._loaded = self._handler.shared_load()
+    self._most_pending = max(64, 2 * self._handler.policy.max_concurrency)
+
+  def start_bundle(self):
+    self._pending = {}
+    self._done = queue.SimpleQueue()
+    self._next = 0
+
+  def process(self, keyed, wv=beam.DoFn.WindowedValueParam):
+    n = self._next
+    self._next += 1
+    future = self._handler.start(self._loaded, keyed[1])
+    self._pending[n] = (wv, keyed, future)
+    future.add_done_callback(lambda _, n=n: self._done.put(n))
+    yield from self._drain(block=len(self._pending) >= self._most_pending)
+
+  def finish_bundle(self):
+    while self._pending:
+      yield from self._drain(block=True)
+
+  def _drain(self, block: bool):
+    ready = [self._done.get()] if block else []
+    while True:
+      try:
+        ready.append(self._done.get_nowait())
+      except queue.Empty:
+        break
+    if not ready:
+      return
+    finished = [self._pending.pop(n) for n in ready]
+    results = [future.result() for _, _, future in finished]  # Bugs raise here.
+    self._handler.record_results(self._loaded, results)
+    self._handler._record([r[0] for r in results])  # pylint: disable=protected-access
+    for (wv, (row, prompt), _), (response, _, _) in zip(finished, results):
+      yield wv.with_value((row, PredictionResult(prompt, response)))
+
+
+def _tokens_used(value) -> int:
+  if isinstance(value, Generation):
+    return (value.input_tokens or 0) + (value.output_tokens or 0)
+  return 0
+
+
+def _generation_from(kept) -> Optional[Generation]:
+  """A cache_dir entry as a Generation; None (a miss) if it is not one."""
+  if not isinstance(kept, dict) or not isinstance(kept.get('text'), str):
+    return None
+  counts = [kept.get('input_tokens'), kept.get('output_tokens')]
+  if not all(c is None or (isinstance(c, int) and not isinstance(c, bool))
+             for c in counts):
+    return None
+  return Generation(kept['text'], *counts)
+
+
+def _response(outcome: remote.Outcome):
   if outcome.failure is not None:
     return GenerationFailure(outcome.failure.msg, outcome.failure.error_type)
   return outcome.value

@@ -40,7 +40,7 @@ class _Template(string.Template):
 _INIT_LOCK = threading.Lock()
 
 
-@remote_base.documented
+@remote.with_policy
 class VertexAIHandler(remote_base.RemoteHandler):
   """`model_handler: {type: VertexAI, config: {...}}`.
 
@@ -101,24 +101,10 @@ class VertexAIHandler(remote_base.RemoteHandler):
       parameters: Optional[Mapping[str, Any]] = None,
       response_field: Optional[str] = None,
       api_endpoint: Optional[str] = None,
-      max_concurrency: int = 16,
-      max_retries: int = 5,
-      timeout_secs: float = 60.0,
-      deadline_secs: float = 600.0,
-      initial_backoff_secs: float = 1.0,
-      max_backoff_secs: float = 60.0,
-      cache: bool = True,
-      cache_dir: Optional[str] = None,
       generation: Optional[dict] = None,
-      batching: Optional[dict] = None):
-    super().__init__(
-        generation or {}, batching or {},
-        remote.RemotePolicy(
-            max_concurrency=max_concurrency, max_retries=max_retries,
-            timeout_secs=timeout_secs, deadline_secs=deadline_secs,
-            initial_backoff_secs=initial_backoff_secs,
-            max_backoff_secs=max_backoff_secs),
-        cache=cache, cache_dir=cache_dir)
+      batching: Optional[dict] = None,
+      **policy):
+    super().__init__(generation or {}, batching or {}, policy)
     self._instance = dict(_DEFAULT_INSTANCE if instance is None else instance)
     self._parameters = dict(
         _DEFAULT_PARAMETERS if parameters is None else parameters)
@@ -243,7 +229,8 @@ class VertexAIHandler(remote_base.RemoteHandler):
 
   def build_request(self, prompt) -> dict:
     g = self._generation
-    values = {k: g.get(k) for k in _VARIABLES[2:]}
+    values = {'max_new_tokens': g.get('max_new_tokens'), 'top_p': None,
+              'top_k': None, **self.params.sampling_options()}
     if isinstance(prompt, RowPrompt):
       values.update({_ROW + k: _plain(v) for k, v in prompt.fields.items()})
       prompt = prompt.prompt
@@ -272,7 +259,7 @@ class VertexAIHandler(remote_base.RemoteHandler):
       raise remote.BadResponse('the answer has no predictions')
     return Generation(_text_of(predictions[0], self._response_field).strip())
 
-  def classify(self, exn: BaseException) -> remote.Failure:
+  def classify(self, exn: BaseException) -> Optional[remote.Failure]:
     from google.api_core import exceptions
     if isinstance(exn, exceptions.DeadlineExceeded):
       return remote.Failure(remote.TIMEOUT, str(exn), retryable=True)

@@ -48,8 +48,9 @@ class Faults:
   retry_after: Optional[object] = None
   slow_secs: float = 2.0
   # Faults to hand out first, in order, before drawing: 'ok', 'timeout',
-  # 'drop', 'malformed', 'empty' (a 200 with `{}`), or any HTTP status code
-  # ('429', '503', '400', ...).
+  # 'drop', 'malformed', 'empty' (a 200 with `{}`), any HTTP status code
+  # ('429', '503', '400', ...), or 'CODE:validation' (that status with a
+  # request-validation message, as llama-cpp-python sends with a 500).
   script: List[str] = dataclasses.field(default_factory=list)
   # Put the request's auth headers into error bodies (tests redaction).
   leak_auth_in_errors: bool = False
@@ -64,6 +65,7 @@ class LoggedRequest:
   auth: str = ''  # The Authorization or x-goog-api-key header it carried.
   fault: str = ''
   status: int = 0
+  form: str = 'none'  # The structured-output form the request carried.
 
 
 def default_reply(prompt: str) -> str:
@@ -82,7 +84,9 @@ class FakeLLMServer:
       private_endpoints=('5678',),
       undeployed_endpoints=('4321',),
       seed: int = 0,
-      port: int = 0):
+      port: int = 0,
+      reject_when_full: bool = False,
+      structured: str = 'openai'):
     self.faults = faults or Faults()
     self.latency_secs = latency_secs
     self.reply = reply
@@ -98,6 +102,13 @@ class FakeLLMServer:
     self._lock = threading.Lock()
     self._random = random.Random(seed)
     self._slots = threading.BoundedSemaphore(slots) if slots else None
+    # A hosted API's behaviour: a request beyond `slots` gets a 429 at once
+    # instead of a place in the queue.
+    self.reject_when_full = reject_when_full
+    # Which structured-output forms the server takes, as a real one does
+    # (see STRUCTURED); a form it does not take is refused its way.
+    self.structured = structured
+    self.rejected = 0
     self._httpd = _Server(('127.0.0.1', port), _Handler)
     self._httpd.fake = self
     self._thread = None
@@ -197,6 +208,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       with fake._lock:
         stats = {
             'requests': len(fake.log), 'max_in_flight': fake.max_in_flight,
+            'rejected': fake.rejected,
             'busy_secs': (fake.last_done - fake.first_arrival
                           if fake.log and fake.last_done else 0.0)}
       return self._json(200, stats)
@@ -236,14 +248,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       fake.log.append(entry)
       if fake.first_arrival is None:
         fake.first_arrival = arrived
-    if fake._slots:
-      fake._slots.acquire()
+    # In flight: arrived and not yet answered, queued for a slot included.
     with fake._lock:
       fake._in_flight += 1
       fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
+    if fake._slots:
+      if not fake._slots.acquire(blocking=not fake.reject_when_full):
+        with fake._lock:
+          fake.rejected += 1
+          fake._in_flight -= 1
+        entry.fault, entry.status = 'full', 429
+        return self._error(429, 'RESOURCE_EXHAUSTED', 'All slots are busy')
     try:
       if fake.latency_secs:
         time.sleep(fake.latency_secs)
+      entry.form = _form_of(body)
+      accepted, status, message = STRUCTURED[fake.structured]
+      if entry.form not in accepted:
+        entry.fault, entry.status = 'refused', status
+        return self._error(status, 'INVALID_ARGUMENT', message)
       entry.fault = fake._choose_fault()
       self._answer(entry, path, body)
     finally:
@@ -288,6 +311,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       entry.status = 429
       return self._error(429, 'RESOURCE_EXHAUSTED', 'Too many requests',
                          headers, details)
+    if fault.endswith(':validation'):  # llama-cpp-python's refusal shape.
+      entry.status = int(fault.split(':')[0])
+      return self._error(entry.status, 'internal_server_error', _VALIDATION)
     if fault.isdigit():
       entry.status = int(fault)
       return self._error(entry.status, 'UNAVAILABLE' if entry.status >= 500
@@ -347,6 +373,38 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self.close_connection = True
 
 
+def _form_of(body: dict) -> str:
+  fmt = body.get('response_format')
+  if isinstance(fmt, dict):
+    return fmt.get('type', 'none')
+  return 'guided_json' if 'guided_json' in body else 'none'
+
+
+# What llama-cpp-python's server answers (HTTP 500) to a response_format it
+# does not take.
+_VALIDATION = (
+    "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"
+    "  Input should be 'text' or 'json_object' [type=literal_error, "
+    "input_value='json_schema', input_type=str]")
+
+
+# Server -> (forms it takes, status and message of its refusal of others).
+STRUCTURED = {
+    # OpenAI, and llama.cpp's llama-server: response_format json_schema or
+    # json_object.
+    'openai': ({'none', 'json_schema', 'json_object'}, 400,
+               "Unrecognized request argument supplied: guided_json"),
+    # llama-cpp-python's server: json_object (with a `schema`), not
+    # json_schema, refused with an HTTP 500 carrying pydantic's message.
+    'llama-cpp-python': ({'none', 'json_object'}, 500, _VALIDATION),
+    # vLLM: every form.
+    'vllm': ({'none', 'json_schema', 'json_object', 'guided_json'}, 400, ''),
+    # A server without structured output that rejects what it does not know.
+    'text-only': ({'none'}, 400,
+                  "response_format is not supported by this server"),
+}
+
+
 def _tokens(text: str) -> int:
   return len(text.split())
 
@@ -392,6 +450,8 @@ def main(argv=None):
   parser.add_argument('--port', type=int, default=8000)
   parser.add_argument('--latency_secs', type=float, default=0.0)
   parser.add_argument('--slots', type=int, default=None)
+  parser.add_argument('--reject_when_full', action='store_true',
+                      help='answer 429 instead of queueing past --slots')
   parser.add_argument('--rate_limited', type=float, default=0.0)
   parser.add_argument('--server_error', type=float, default=0.0)
   parser.add_argument('--json_reply', action='store_true',
@@ -401,7 +461,7 @@ def main(argv=None):
   server = FakeLLMServer(
       Faults(rate_limited=args.rate_limited, server_error=args.server_error),
       latency_secs=args.latency_secs, slots=args.slots, reply=reply,
-      port=args.port)
+      port=args.port, reject_when_full=args.reject_when_full)
   print(f'listening on {server.url}', flush=True)
   server._httpd.serve_forever()
 

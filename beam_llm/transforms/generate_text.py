@@ -50,8 +50,9 @@ class GenerateText(beam.PTransform):
       off, which ParseJSON reports as `truncated`. Give at most one of
       `response_schema` and `response_schema_file`.
     response_schema_file: Path of a JSON file holding that schema.
-    min_batch_size: Smallest batch RunInference forms.
-    max_batch_size: Largest batch RunInference forms.
+    min_batch_size: Smallest batch RunInference forms (models on the
+      worker; remote backends send each row as it comes).
+    max_batch_size: Largest batch RunInference forms (models on the worker).
     max_batch_duration_secs: Longest a row waits for its batch to fill
       (streaming).
     large_model: Load one model per machine, shared by all worker processes,
@@ -65,8 +66,10 @@ class GenerateText(beam.PTransform):
       `error_type`), instead of failing the pipeline. Error types:
       `bad_prompt`, `prompt_too_long`, `generation`, and for remote
       backends, once retries are exhausted, `rate_limited`, `timeout`,
-      `server_error`, `connection_error`, `deadline_exceeded`, and, never
-      retried, `bad_response` and `client_error`.
+      `server_error`, `connection_error`, `bad_response` (an answer cut
+      off or without text), `deadline_exceeded`, and, never retried,
+      `client_error` (the service refused the request as invalid). A bug
+      or a config error is not an error row: it fails the pipeline.
   """
   def __init__(
       self,
@@ -141,10 +144,13 @@ class GenerateText(beam.PTransform):
       key = lambda row: (row, RowPrompt(getattr(row, prompt, None), _rows.as_dict(row)))
     else:
       key = lambda row: (row, getattr(row, prompt, None))
-    results = (
-        pcoll
-        | 'KeyByRow' >> beam.Map(key)
-        | 'RunInference' >> RunInference(KeyedModelHandler(self._handler)))
+    keyed = pcoll | 'KeyByRow' >> beam.Map(key)
+    if getattr(self._handler, 'flows_rows', False):
+      # Remote backends: rows flow to the service without batch barriers.
+      results = keyed | 'Generate' >> beam.ParDo(self._handler.flow_dofn())
+    else:
+      results = keyed | 'RunInference' >> RunInference(
+          KeyedModelHandler(self._handler))
     return _rows.split_outputs(
         results,
         'Collect',

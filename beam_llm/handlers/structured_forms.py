@@ -1,0 +1,77 @@
+"""The forms OpenAI-compatible servers take structured output in, and which
+one an endpoint accepts, found once per worker process.
+
+- `json_schema`: `response_format: {type: json_schema, json_schema: {name,
+  schema}}` — OpenAI, vLLM, llama.cpp's llama-server, Ollama (>= 0.5).
+- `json_object`: `response_format: {type: json_object, schema: {...}}` —
+  llama-cpp-python's server (which answers `json_schema` with an HTTP 500
+  validation error).
+- `guided_json`: a `guided_json` body field — vLLM's own form.
+- `none`: no constraint; the schema is left to ParseJSON's validation.
+
+With `structured_output: auto` the first form is tried; when the server
+refuses a form as invalid (a validation error, whatever its status code),
+the next is used, and remembered for every later request of the process.
+"""
+import logging
+import re
+import threading
+from typing import Any, Mapping, Optional
+
+_LOG = logging.getLogger('beam_llm.GenerateText')
+
+FORMS = ('json_schema', 'json_object', 'guided_json', 'none')
+
+
+# A refusal about the request's form, not its credentials or its route.
+_ABOUT_FORM = re.compile(r'response_format|json_schema|json_object|schema|'
+                         r'guided|Input should be|validation', re.I)
+
+
+def is_schema_refusal(failure) -> bool:
+  """Whether a failed request was refused for the form of its output."""
+  return (failure is not None and failure.refused
+          and failure.status not in (401, 403, 404, 405)
+          and bool(_ABOUT_FORM.search(failure.msg)))
+
+
+def apply(form: str, body: dict, schema: Mapping[str, Any]) -> dict:
+  """`body` with `schema` in the given form (a new dict)."""
+  body = dict(body)
+  if form == 'json_schema':
+    body['response_format'] = {
+        'type': 'json_schema',
+        'json_schema': {'name': 'response', 'schema': schema}}
+  elif form == 'json_object':
+    body['response_format'] = {'type': 'json_object', 'schema': schema}
+  elif form == 'guided_json':
+    body['guided_json'] = schema
+  return body
+
+
+class FormChoice:
+  """The form in use for one endpoint in this process (thread-safe)."""
+  def __init__(self, chosen: str, describe: str, redactor):
+    self._auto = chosen == 'auto'
+    self._redactor = redactor
+    self._form = FORMS[0] if self._auto else chosen
+    self._describe = describe
+    self._lock = threading.Lock()
+
+  @property
+  def form(self) -> str:
+    return self._form
+
+  def refused(self, form: str, msg: str) -> Optional[str]:
+    """The form to try after the server refused `form`; None if none is left
+    (or the form was chosen explicitly: then the refusal is the answer)."""
+    if not self._auto or form == 'none':
+      return None
+    with self._lock:
+      if self._form == form:  # Not moved on already by another thread.
+        self._form = FORMS[FORMS.index(form) + 1]
+        _LOG.warning(
+            'GenerateText [%s]: the server refused structured output as %s '
+            '(%s); using %s from now on (set structured_output to choose)',
+            self._describe, form, self._redactor.redact(msg)[:300], self._form)
+      return self._form
