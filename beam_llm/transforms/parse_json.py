@@ -7,6 +7,7 @@ from apache_beam.metrics import Metrics
 from beam_llm import _config
 from beam_llm import _rows
 from beam_llm import json_extract
+from beam_llm import json_validation
 from beam_llm import json_schema_types
 
 _OWNER = 'ParseJSON'
@@ -105,19 +106,13 @@ class _ParseDoFn(beam.DoFn):
     self._failed = Metrics.counter('beam_llm.ParseJSON', 'failed')
 
   def setup(self):
-    import jsonschema
-    cls = jsonschema.validators.validator_for(self._schema)
-    self._validator = cls(self._schema, format_checker=cls.FORMAT_CHECKER)
+    self._validator = json_validation.SchemaValidator(self._schema)
+    self._fields_of = json_schema_types.fields_converter(self._schema)
 
   def _validate(self, value) -> Optional[str]:
     if not isinstance(value, dict):
       return f'expected a JSON object, got {json_schema_types.json_kind(value)}'
-    import jsonschema
-    error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
-    if error is None:
-      return None
-    where = '/'.join(str(p) for p in error.absolute_path) or '(root)'
-    return f'{where}: {error.message}'
+    return self._validator.problem(value)
 
   def _prepare(self, value):
     if not self._coerce:
@@ -140,8 +135,7 @@ class _ParseDoFn(beam.DoFn):
     self._parsed.inc()
     if rung == 'repair':
       self._repaired.inc()
-    parsed = json_schema_types.to_row(value, self._schema)
-    yield _rows.with_fields(row, **parsed._asdict())
+    yield _rows.with_fields(row, **self._fields_of(value))
 
   def _error(self, row, error_type: str, reason: str):
     self._failed.inc()

@@ -9,6 +9,7 @@ from apache_beam.typehints import row_type
 from beam_llm import _config
 from beam_llm import _rows
 from beam_llm import json_schema_types
+from beam_llm import json_validation
 
 _OWNER = 'ReadJsonLines'
 
@@ -83,9 +84,8 @@ class _ParseLineDoFn(beam.DoFn):
     self._failed = Metrics.counter('beam_llm.ReadJsonLines', 'bad_lines')
 
   def setup(self):
-    import jsonschema
-    cls = jsonschema.validators.validator_for(self._schema)
-    self._validator = cls(self._schema, format_checker=cls.FORMAT_CHECKER)
+    self._validator = json_validation.SchemaValidator(self._schema)
+    self._fields_of = json_schema_types.fields_converter(self._schema)
 
   def process(self, file_and_line):
     path, line = file_and_line
@@ -104,14 +104,12 @@ class _ParseLineDoFn(beam.DoFn):
           path, line, 'not_an_object',
           f'expected a JSON object{where}, got {json_schema_types.json_kind(value)}')
       return
-    import jsonschema
-    error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
-    if error is not None:
-      where = '/'.join(str(p) for p in error.absolute_path) or '(root)'
-      yield from self._bad(path, line, 'schema', f'{where}: {error.message}')
+    problem = self._validator.problem(value)
+    if problem is not None:
+      yield from self._bad(path, line, 'schema', problem)
       return
     self._read.inc()
-    yield json_schema_types.to_row(value, self._schema)
+    yield beam.Row(**self._fields_of(value))
 
   def _bad(self, path, line, error_type, reason):
     self._failed.inc()

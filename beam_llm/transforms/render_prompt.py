@@ -160,6 +160,15 @@ def _parse_and_collect_variables(sources) -> set:
   return variables
 
 
+def _render(template, variables: dict) -> str:
+  """Template.render(**variables), minus its per-call copy of the globals
+  (`variables` already holds them): the same context, built with shared=True."""
+  from jinja2.runtime import new_context
+  context = new_context(template.environment, template.name, template.blocks,
+                        variables, shared=True)
+  return template.environment.concat(template.root_render_func(context))
+
+
 class _RenderDoFn(beam.DoFn):
   def __init__(self, sources, is_chat: bool, output: str, constants: dict):
     self._sources = sources
@@ -173,12 +182,17 @@ class _RenderDoFn(beam.DoFn):
     env = _environment()
     self._templates = [(role, env.from_string(source))
                        for role, source in self._sources]
+    # Template.render copies the environment's globals (a ChainMap) into a
+    # new dict for every call; merging them with the constants once keeps
+    # per-row rendering cheap (bench/row_overhead.py).
+    self._base = [(role, template, {**template.globals, **self._constants})
+                  for role, template in self._templates]
 
   def process(self, row):
     try:
-      variables = {**self._constants, **_rows.as_dict(row)}
-      rendered = [(role, template.render(**variables))
-                  for role, template in self._templates]
+      fields = _rows.as_dict(row)
+      rendered = [(role, _render(template, {**base, **fields}))
+                  for role, template, base in self._base]
     except Exception as exn:  # Any template failure belongs to this row.
       self._failed.inc()
       yield from _rows.tag_error(
