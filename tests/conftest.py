@@ -132,3 +132,21 @@ def postgres_uri(tmp_path_factory):
   server = pgserver.get_server(str(tmp_path_factory.mktemp('pg')), cleanup_mode='stop')
   yield server.get_uri()
   server.cleanup()
+
+
+@pytest.fixture(scope='session')
+def encoder(embedding_model):
+  """The embedding model, loaded in the test process (for exact searches)."""
+  from sentence_transformers import SentenceTransformer
+  return SentenceTransformer(embedding_model, device='cpu')
+
+
+@pytest.fixture(params=['milvus_lite', 'milvus_server', 'pgvector'])
+def store(request, tmp_path):
+  """(store URI, collection) on each kind of store; a fresh collection."""
+  collection = 'kb_' + os.urandom(4).hex()
+  if request.param == 'milvus_lite':
+    return str(tmp_path / 'kb.db'), collection
+  if request.param == 'milvus_server':
+    return request.getfixturevalue('milvus_server'), collection
+  return request.getfixturevalue('postgres_uri'), collection

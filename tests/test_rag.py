@@ -20,12 +20,6 @@ def _lines(path):
 
 
 @pytest.fixture(scope='session')
-def encoder(embedding_model):
-  from sentence_transformers import SentenceTransformer
-  return SentenceTransformer(embedding_model, device='cpu')
-
-
-@pytest.fixture(scope='session')
 def exact_top3(encoder):
   """question id -> the 3 KB ids an exact cosine search ranks first, and
   their similarities."""
@@ -38,17 +32,6 @@ def exact_top3(encoder):
     order = np.argsort(-row)[:3]
     best[q['id']] = ([kb[i]['id'] for i in order], [float(row[i]) for i in order])
   return best
-
-
-@pytest.fixture(params=['milvus_lite', 'milvus_server', 'pgvector'])
-def store(request, tmp_path):
-  """(store URI, collection) on each kind of store; a fresh collection."""
-  collection = 'kb_' + os.urandom(4).hex()
-  if request.param == 'milvus_lite':
-    return str(tmp_path / 'kb.db'), collection
-  if request.param == 'milvus_server':
-    return request.getfixturevalue('milvus_server'), collection
-  return request.getfixturevalue('postgres_uri'), collection
 
 
 def count_entries(uri, collection):
@@ -151,10 +134,10 @@ def test_bad_documents_and_questions_are_error_rows(
   assert 'more than the 256 this embedding model takes' in errors['long']['msg']
 
 
-def test_unreachable_store_fails_at_build_naming_transform_and_store(tmp_path):
+def test_unreachable_store_fails_at_build_naming_transform_and_store(embedding_model):
   result = run_yaml(
       'pipelines/rag_ingest.yaml', env=OFFLINE,
-      jinja_variables={'store': 'http://127.0.0.1:9', 'embedding_model': '/nowhere'},
+      jinja_variables={'store': 'http://127.0.0.1:9', 'embedding_model': embedding_model},
       timeout=180)
   assert result.returncode != 0
   assert "WriteToVectorStore: store Milvus 'http://127.0.0.1:9'" in result.stderr
