@@ -12,6 +12,8 @@ from beam_llm import _config
 BACKENDS = {
     'SentenceTransformers':
         'beam_llm.embeddings.sentence_transformers:SentenceTransformersEmbedder',
+    'OpenAICompatible': 'beam_llm.embeddings.openai_compatible:OpenAIEmbedder',
+    'VertexAI': 'beam_llm.embeddings.vertex_ai:VertexAIEmbedder',
 }
 
 
