@@ -133,11 +133,14 @@ class MilvusStore(VectorStore):
       index.add_index(
           field_name='vector', index_type=self.index, metric_type='COSINE')
       try:
-        self._client.create_collection(
-            self.collection, schema=schema, index_params=index)
+        self._client.create_collection(self.collection, schema=schema)
       except Exception:  # Another worker may have made it meanwhile.
         if self.dimension() is None:
           raise
+      if not self._client.list_indexes(self.collection, field_name='vector'):
+        # Not waited for (sync=False): Milvus Lite lacks the call the wait
+        # uses, and loading the collection for search waits anyway.
+        self._client.create_index(self.collection, index, sync=False)
       existing = self.dimension()
     if existing != dim:
       raise BadRecord(
