@@ -21,6 +21,7 @@ from beam_llm.stores.base import VectorStore
 _MAX_ID = 512
 _MAX_TEXT = 65535
 _CONNECT_TIMEOUT_SECS = 10
+TOKEN_ENV = 'MILVUS_TOKEN'
 
 # One client per store URI per process: a Milvus Lite file admits one
 # process, and every DoFn instance of that process shares its client.
@@ -45,7 +46,9 @@ def _client(uri: str):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _CLIENTS[uri] = MilvusClient(path)
       else:
-        _CLIENTS[uri] = MilvusClient(uri=uri, timeout=_CONNECT_TIMEOUT_SECS)
+        _CLIENTS[uri] = MilvusClient(
+            uri=uri, token=os.environ.get(TOKEN_ENV, ''),
+            timeout=_CONNECT_TIMEOUT_SECS)
     return _CLIENTS[uri]
 
 
@@ -86,7 +89,8 @@ class MilvusStore(VectorStore):
       return
     try:
       from pymilvus import MilvusClient
-      client = MilvusClient(uri=self.uri, timeout=_CONNECT_TIMEOUT_SECS)
+      client = MilvusClient(uri=self.uri, token=os.environ.get(TOKEN_ENV, ''),
+                            timeout=_CONNECT_TIMEOUT_SECS)
       try:
         exists = client.has_collection(self.collection)
       finally:
