@@ -19,7 +19,8 @@ class WriteToVectorStore(beam.PTransform):
 
   The `store` string picks the store: a file path ending in `.db` is a
   Milvus Lite file (embedded, no server; one process at a time, so for
-  FnApiRunner / DirectRunner), `http://host:port` a Milvus server, and
+  FnApiRunner / DirectRunner), `http://host:port` a Milvus server (its
+  credentials, if any, from MILVUS_TOKEN on the workers), and
   `postgresql://...` PostgreSQL with pgvector (the Unix-socket form
   `postgresql://user@/db?host=/socket/dir` too; the password comes from
   PGPASSWORD, never from the pipeline). The store is checked when the
