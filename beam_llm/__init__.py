@@ -19,13 +19,14 @@ Transforms are imported on first use, so `import beam_llm` stays cheap.
 """
 import importlib
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 TRANSFORMS = {
     'RenderPrompt': 'beam_llm.transforms.render_prompt',
     'GenerateText': 'beam_llm.transforms.generate_text',
     'ParseJSON': 'beam_llm.transforms.parse_json',
     'FormatErrors': 'beam_llm.transforms.format_errors',
+    'ReadJsonLines': 'beam_llm.transforms.read_json_lines',
     'ChunkText': 'beam_llm.transforms.chunk_text',
     'EmbedText': 'beam_llm.transforms.embed_text',
     'WriteToVectorStore': 'beam_llm.transforms.write_to_vector_store',
