@@ -54,8 +54,8 @@ class SentenceTransformersEmbedder(EmbeddingHandler):
     return f'SentenceTransformers {self._model_id}'
 
   def check_at_build(self) -> None:
-    from beam_llm.handlers.huggingface import _why_unavailable
-    why = _why_unavailable(self._model_id, None)
+    from beam_llm.handlers.huggingface import why_unavailable
+    why = why_unavailable(self._model_id, None)
     if why:
       raise RuntimeError(
           f"{_OWNER}: embedding model {self._model_id!r} is not available: "
