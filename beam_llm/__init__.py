@@ -10,6 +10,10 @@ Register them in a pipeline with the inline python provider::
           GenerateText: beam_llm.GenerateText
           ParseJSON: beam_llm.ParseJSON
           FormatErrors: beam_llm.FormatErrors
+          ChunkText: beam_llm.ChunkText
+          EmbedText: beam_llm.EmbedText
+          WriteToVectorStore: beam_llm.WriteToVectorStore
+          SearchVectorStore: beam_llm.SearchVectorStore
 
 Transforms are imported on first use, so `import beam_llm` stays cheap.
 """
@@ -23,6 +27,10 @@ TRANSFORMS = {
     'ParseJSON': 'beam_llm.transforms.parse_json',
     'FormatErrors': 'beam_llm.transforms.format_errors',
     'ReadJsonLines': 'beam_llm.transforms.read_json_lines',
+    'ChunkText': 'beam_llm.transforms.chunk_text',
+    'EmbedText': 'beam_llm.transforms.embed_text',
+    'WriteToVectorStore': 'beam_llm.transforms.write_to_vector_store',
+    'SearchVectorStore': 'beam_llm.transforms.search_vector_store',
 }
 
 __all__ = sorted(TRANSFORMS)

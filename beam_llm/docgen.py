@@ -13,6 +13,7 @@ import typing
 import docstring_parser
 
 import beam_llm
+from beam_llm import embeddings
 from beam_llm import handlers
 
 
@@ -67,6 +68,9 @@ def reference() -> str:
   for name in sorted(handlers.BACKENDS):
     parts.append(_section(
         f'GenerateText backend `{name}`', handlers.backend_class('docgen', name)))
+  for name in sorted(embeddings.BACKENDS):
+    parts.append(_section(
+        f'EmbedText backend `{name}`', embeddings.backend_class('docgen', name)))
   return '\n'.join(parts)
 
 

