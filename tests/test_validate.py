@@ -1,15 +1,15 @@
 """`beam-llm validate`: every problem, one line each, no traceback, offline."""
+import glob
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
 from tests.conftest import ROOT
 
-PIPELINES = ['pipelines/apology.yaml', 'pipelines/chat_sentiment.yaml',
-             'pipelines/chat_sentiment_streaming.yaml',
-             'pipelines/chat_sentiment_gemma.yaml',
-             'pipelines/chat_sentiment_remote.yaml', 'pipelines/summarize.yaml']
+PIPELINES = sorted(  # Every bundled pipeline, with its default variables.
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'pipelines', '*.yaml')))
 
 BROKEN = textwrap.dedent('''\
     pipeline:

@@ -55,6 +55,8 @@ def create_store(
     instance = store_class(owner, store)(store, collection, index=index)
   except ValueError as exn:
     _config.fail(owner, 'index', str(exn))
+  if not _config.reachability_checks():
+    return instance  # `beam-llm validate` offline: the store is not contacted.
   try:
     instance.check_at_build(must_exist=must_exist)
   except StoreUnavailable as exn:
