@@ -22,6 +22,7 @@ BACKENDS = ['unset', 'torch', 'tensorflow'] + (
 
 def _env(keras_backend):
   env = dict(os.environ)
+  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
   env.pop('KERAS_BACKEND', None)
   if keras_backend != 'unset':
     env['KERAS_BACKEND'] = keras_backend
@@ -40,18 +41,28 @@ def _run(python, pipeline, variables, keras_backend):
 
 @pytest.fixture(scope='session')
 def hf_keras_python():
-  """A venv with only beam-llm[hf,keras], built once and kept between runs
-  (under .test-venvs/, keyed by setup.cfg)."""
+  """A venv with only beam-llm[hf,keras]'s dependencies, built once per
+  setup.cfg and kept in ~/.cache/beam-llm (like pip's cache: a new machine
+  builds it, a later run reuses it). beam_llm itself is not installed
+  there: runs put this checkout first on PYTHONPATH, so the code under test
+  is always the working tree's."""
+  import fcntl
   with open(os.path.join(ROOT, 'setup.cfg'), 'rb') as f:
     key = hashlib.sha256(f.read()).hexdigest()[:12]
-  venv = os.path.join(ROOT, '.test-venvs', f'hf-keras-{key}')
+  cache = os.path.join(os.path.expanduser('~'), '.cache', 'beam-llm', 'test-venvs')
+  os.makedirs(cache, exist_ok=True)
+  venv = os.path.join(cache, f'hf-keras-{key}')
   python = os.path.join(venv, 'bin', 'python')
-  if not os.path.exists(os.path.join(venv, 'ready')):
-    subprocess.run([sys.executable, '-m', 'venv', '--clear', venv], check=True)
-    subprocess.run(
-        [python, '-m', 'pip', 'install', '-q', 'torch==2.13.0', '-e',
-         f'{ROOT}[hf,keras]'], check=True, capture_output=True)
-    open(os.path.join(venv, 'ready'), 'w').close()
+  with open(venv + '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(os.path.join(venv, 'ready')):
+      subprocess.run([sys.executable, '-m', 'venv', '--clear', venv], check=True)
+      subprocess.run(
+          [python, '-m', 'pip', 'install', '-q', 'torch==2.13.0',
+           f'{ROOT}[hf,keras]'], check=True, capture_output=True)
+      subprocess.run([python, '-m', 'pip', 'uninstall', '-q', '-y', 'beam-llm'],
+                     check=True, capture_output=True)
+      open(os.path.join(venv, 'ready'), 'w').close()
   return python
 
 
