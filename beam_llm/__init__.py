@@ -22,6 +22,9 @@ TRANSFORMS = {
     'GenerateText': 'beam_llm.transforms.generate_text',
     'ParseJSON': 'beam_llm.transforms.parse_json',
     'FormatErrors': 'beam_llm.transforms.format_errors',
+    'Classify': 'beam_llm.transforms.semantic.classify',
+    'Extract': 'beam_llm.transforms.semantic.extract',
+    'SemanticFilter': 'beam_llm.transforms.semantic.semantic_filter',
 }
 
 __all__ = sorted(TRANSFORMS)
