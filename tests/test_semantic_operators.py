@@ -10,39 +10,51 @@ import yaml
 
 from beam_llm.testing.fake_llm_server import Faults
 from tests.beam_helpers import run_transform
-from tests.conftest import ROOT, read_json_lines, run_yaml
+from tests.conftest import CHATS, ROOT, read_json_lines, run_yaml
 
 LABELS = {-1: 'unhappy customer', 0: 'neutral', 1: 'happy customer'}
 PROVIDERS = {'type': 'python', 'config': {}, 'transforms': {
     n: f'beam_llm.{n}' for n in ('Classify', 'Extract', 'SemanticFilter', 'FormatErrors')}}
 
 
-def write_pipeline(tmp_path, operator, config, input_path=None):
-  """Chats -> operator -> results file + readable errors file."""
-  prefix = str(tmp_path / 'out')
-  spec = {
-      'pipeline': {'transforms': [
-          {'type': 'ReadFromJson', 'name': 'Chats',
-           'config': {'path': input_path or f'{ROOT}/pipelines/data/chats.jsonl'}},
-          {'type': operator, 'name': 'Op', 'input': 'Chats',
-           'config': {**config, 'error_handling': {'output': 'failed'}}},
-          {'type': 'WriteToJson', 'input': 'Op', 'config': {'path': prefix}},
-          {'type': 'FormatErrors', 'name': 'Errors', 'input': 'Op.failed',
-           'config': {'fields': ['chat_id']}},
-          {'type': 'WriteToJson', 'input': 'Errors', 'config': {'path': prefix + '-errors'}},
-      ]},
-      'providers': [PROVIDERS],
-  }
+def write_pipeline(tmp_path, branches, few=3):
+  """Chats -> each operator -> its results file + readable errors file.
+
+  `branches`: {name: (operator, config, input)}, input `Chats` (all sample
+  chats) or `Few` (the first `few`, for long generations). Returns the
+  pipeline file and {name: output prefix}.
+  """
+  (tmp_path / 'few.jsonl').write_text(''.join(open(CHATS).readlines()[:few]))
+  transforms = [
+      {'type': 'ReadFromJson', 'name': 'Chats', 'config': {'path': CHATS}},
+      {'type': 'ReadFromJson', 'name': 'Few', 'config': {'path': str(tmp_path / 'few.jsonl')}},
+  ]
+  prefixes = {}
+  for name, (operator, config, source) in branches.items():
+    prefix = prefixes[name] = str(tmp_path / name)
+    transforms += [
+        {'type': operator, 'name': name, 'input': source,
+         'config': {**config, 'error_handling': {'output': 'failed'}}},
+        {'type': 'WriteToJson', 'name': f'Write{name}', 'input': name,
+         'config': {'path': prefix}},
+        {'type': 'FormatErrors', 'name': f'{name}Errors', 'input': f'{name}.failed',
+         'config': {'fields': ['chat_id']}},
+        {'type': 'WriteToJson', 'name': f'Write{name}Errors', 'input': f'{name}Errors',
+         'config': {'path': prefix + '-errors'}},
+    ]
+  spec = {'pipeline': {'transforms': transforms}, 'providers': [PROVIDERS]}
   path = tmp_path / 'pipeline.yaml'
   path.write_text(yaml.safe_dump(spec, sort_keys=False))
-  return str(path), prefix
+  return str(path), prefixes
 
 
-def run_operator(tmp_path, operator, config, **kwargs):
-  path, prefix = write_pipeline(tmp_path, operator, config, **kwargs)
+def run_operators(tmp_path, branches):
+  """Runs the branches in one `apache_beam.yaml.main`; {name: (rows, errors)}."""
+  path, prefixes = write_pipeline(tmp_path, branches)
   result = run_yaml(path)
   assert result.returncode == 0, result.stderr[-3000:]
-  return read_json_lines(prefix), read_json_lines(prefix + '-errors')
+  return {name: (read_json_lines(p), read_json_lines(p + '-errors'))
+          for name, p in prefixes.items()}
 
 
 def hf(model, **config):
@@ -59,38 +71,73 @@ def ids(rows):
   return sorted(r['chat_id'] for r in rows)
 
 
+SCHEMA_FILE = f'{ROOT}/schemas/sentiment_summary.json'
+TOPICS = ['delivery', 'food', 'payment', 'app']
+
+
 # -- on a tiny random-weight model ---------------------------------------
 
 
-def test_classify_on_random_weights_every_row_gets_a_typed_label(
+def test_operators_on_random_weights_give_typed_rows_or_errors_none_lost(
     tiny_causal_lm, tmp_path, chats):
-  rows, errors = run_operator(tmp_path, 'Classify', {
-      'field': 'history', 'labels': LABELS, 'output': 'sentiment',
-      'instruction': "The customer's tone.", 'prompt_output': 'prompt',
-      'model_handler': hf(tiny_causal_lm), 'max_new_tokens': 24})
+  few = chats[:3]
+  out = run_operators(tmp_path, {
+      'Sentiment': ('Classify', {
+          'field': 'history', 'labels': LABELS, 'output': 'sentiment',
+          'instruction': "The customer's tone.", 'prompt_output': 'prompt',
+          'model_handler': hf(tiny_causal_lm), 'max_new_tokens': 24}, 'Chats'),
+      'Topics': ('Classify', {
+          'field': 'history', 'labels': TOPICS, 'multi_label': True, 'output': 'topics',
+          'model_handler': hf(tiny_causal_lm), 'max_new_tokens': 60}, 'Chats'),
+      'Unhappy': ('SemanticFilter', {
+          'field': 'history', 'condition': 'The customer is unhappy.',
+          'reason_output': 'why', 'model_handler': hf(tiny_causal_lm),
+          'max_new_tokens': 1000}, 'Few'),
+      'Extracted': ('Extract', {
+          'field': 'history', 'schema_file': SCHEMA_FILE,
+          'instruction': "Judge the customer's tone and summarize the chat.",
+          'model_handler': hf(tiny_causal_lm), 'max_new_tokens': 700}, 'Few'),
+      'CutOff': ('Extract', {
+          'template': '{% raw %}Chat {{ chat_id }}: {{ history }}{% endraw %}',
+          'schema_file': SCHEMA_FILE, 'chat': False,
+          'model_handler': hf(tiny_causal_lm), 'max_new_tokens': 10}, 'Few'),
+  })
   # Constrained decoding: gibberish weights, yet every answer is a label.
-  assert errors == []
-  assert ids(rows) == ids(chats)
+  rows, errors = out['Sentiment']
+  assert errors == [] and ids(rows) == ids(chats)
   for row in rows:
     assert set(row) == {'chat_id', 'user_id', 'history', 'sentiment', 'prompt'}
     assert row['sentiment'] in (-1, 0, 1) and isinstance(row['sentiment'], int)
     user = row['prompt'][1]['content']
     assert '- -1: unhappy customer' in user and row['history'] in user
 
-
-def test_multi_label_classify_on_random_weights_is_typed_or_an_error(
-    tiny_causal_lm, tmp_path, chats):
-  labels = ['delivery', 'food', 'payment', 'app']
-  rows, errors = run_operator(tmp_path, 'Classify', {
-      'field': 'history', 'labels': labels, 'multi_label': True, 'output': 'topics',
-      'model_handler': hf(tiny_causal_lm), 'max_new_tokens': 60})
+  rows, errors = out['Topics']
   assert ids(rows + errors) == ids(chats)  # None lost, none twice.
   assert rows, 'constrained decoding gave no typed row at all'
   for row in rows:
-    assert all(t in labels for t in row['topics'])
-    assert row['topics'] == [l for l in labels if l in row['topics']]  # Ordered, unique.
+    assert row['topics'] == [t for t in TOPICS if t in row['topics']]  # Ordered, unique.
   for error in errors:
     assert error['error_type'] == 'truncated' and 'the model answered' in error['msg']
+
+  rows, errors = out['Unhappy']
+  assert errors == [] and set(ids(rows)) <= set(ids(few))
+  for row in rows:
+    assert isinstance(row['why'], str) and len(row['why']) <= 200
+
+  rows, errors = out['Extracted']
+  assert errors == [] and ids(rows) == ids(few)
+  for row in rows:
+    assert set(row) == {'chat_id', 'user_id', 'history', 'sentiment', 'summary'}
+    assert row['sentiment'] in (-1, 0, 1) and 1 <= len(row['summary']) <= 512
+
+  rows, errors = out['CutOff']
+  assert rows == [] and ids(errors) == ids(few)
+  for error in errors:
+    assert error['error_type'] == 'truncated'
+    assert error['msg'].startswith('Extract (truncated): the JSON was cut off')
+    assert 'the model answered: \'{"sentiment": ' in error['msg']
+    element = json.loads(error['element'])
+    assert set(element) == {'chat_id', 'user_id', 'history'}  # The input row, as it came.
 
 
 def test_filter_on_random_weights_every_row_is_kept_dropped_or_an_error(
@@ -109,45 +156,6 @@ def test_filter_on_random_weights_every_row_is_kept_dropped_or_an_error(
     assert set(row._asdict()) == {'chat_id', 'user_id', 'history'}
 
 
-def test_filter_with_reason_through_yaml(tiny_causal_lm, tmp_path, chats):
-  rows, errors = run_operator(tmp_path, 'SemanticFilter', {
-      'field': 'history', 'condition': 'The customer is unhappy.',
-      'reason_output': 'why', 'model_handler': hf(tiny_causal_lm),
-      'max_new_tokens': 1000})
-  assert errors == []
-  assert set(ids(rows)) <= set(ids(chats))
-  for row in rows:
-    assert isinstance(row['why'], str) and len(row['why']) <= 200
-
-
-def test_extract_on_random_weights_gives_schema_typed_fields(
-    tiny_causal_lm, tmp_path, chats):
-  rows, errors = run_operator(tmp_path, 'Extract', {
-      'field': 'history', 'schema_file': f'{ROOT}/schemas/sentiment_summary.json',
-      'instruction': "Judge the customer's tone and summarize the chat.",
-      'model_handler': hf(tiny_causal_lm), 'max_new_tokens': 700})
-  assert errors == []
-  assert ids(rows) == ids(chats)
-  for row in rows:
-    assert set(row) == {'chat_id', 'user_id', 'history', 'sentiment', 'summary'}
-    assert row['sentiment'] in (-1, 0, 1) and 1 <= len(row['summary']) <= 512
-
-
-def test_extract_cut_off_answers_are_errors_with_the_raw_answer(
-    tiny_causal_lm, tmp_path, chats):
-  rows, errors = run_operator(tmp_path, 'Extract', {
-      'template': '{% raw %}Chat {{ chat_id }}: {{ history }}{% endraw %}',
-      'schema_file': f'{ROOT}/schemas/sentiment_summary.json',
-      'model_handler': hf(tiny_causal_lm), 'max_new_tokens': 10})
-  assert rows == []
-  assert ids(errors) == ids(chats)
-  for error in errors:
-    assert error['error_type'] == 'truncated'
-    assert 'the model answered: \'{"sentiment": ' in error['msg']
-    element = json.loads(error['element'])
-    assert set(element) == {'chat_id', 'user_id', 'history'}  # The input row, as it came.
-
-
 # -- on the OpenAI-compatible fake server ---------------------------------
 
 
@@ -159,77 +167,83 @@ def _text(prompt):
 UNHAPPY = ('annoyed', 'late', 'refund', 'rude', 'upset', 'give up', 'déçu')
 
 
+def _unhappy(text):
+  return any(w in text.lower() for w in UNHAPPY)
+
+
 def keyword_reply(prompt):
-  """A model that answers each operator's question from keywords."""
-  text = _text(prompt).lower()
-  unhappy = any(w in text for w in UNHAPPY)
-  if '"label"' in prompt:
-    return json.dumps({'label': -1 if unhappy else 0})
-  if '"holds"' in prompt:
-    return json.dumps({'holds': unhappy})
-  return json.dumps({'sentiment': -1 if unhappy else 0, 'summary': text[:40]})
-
-
-def test_classify_on_a_server_sends_the_labels_as_structured_output(
-    llm_server, tmp_path, chats):
-  server = llm_server(reply=keyword_reply, faults=Faults(script=['429'], retry_after=0.1))
-  rows, errors = run_operator(tmp_path, 'Classify', {
-      'field': 'history', 'labels': LABELS, 'output': 'sentiment',
-      'model_handler': openai(server)})
-  assert errors == [] and ids(rows) == ids(chats)
-  by_id = {r['chat_id']: r['sentiment'] for r in rows}
-  assert by_id[4116] == -1 and by_id[4119] == 0
-  bodies = [r.body for r in server.log if r.status == 200]
-  assert len(bodies) == len(chats)
-  schema = bodies[0]['response_format']['json_schema']['schema']
-  assert schema['properties']['label'] == {'type': 'integer', 'enum': [-1, 0, 1]}
-
-
-def test_answers_without_json_are_rescued_or_errors_with_the_raw_answer(
-    llm_server, tmp_path, chats):
-  def reply(prompt):
-    text = _text(prompt)
+  """A model that answers each operator's question from keywords; for
+  chats about pineapple it has no JSON to give."""
+  text = _text(prompt)
+  if '"label"' in prompt and 'PLAIN' in prompt:  # Answers without JSON.
     if 'pineapple' in text:
       return 'I cannot tell.'
-    return ' "Unhappy." ' if any(w in text.lower() for w in UNHAPPY) else 'neutral'
-  server = llm_server(reply=reply)
-  rows, errors = run_operator(tmp_path, 'Classify', {
-      'field': 'history', 'labels': ['unhappy', 'neutral', 'happy'],
-      'model_handler': openai(server)})
+    return ' "Unhappy." ' if _unhappy(text) else 'neutral'
+  if '"label"' in prompt:
+    return json.dumps({'label': -1 if _unhappy(text) else 0})
+  if '"holds"' in prompt:
+    return json.dumps({'holds': _unhappy(text)})
+  return json.dumps({'sentiment': -1 if _unhappy(text) else 0, 'summary': text[:40]})
+
+
+def test_operators_on_a_server_through_yaml(llm_server, tmp_path, chats):
+  # One 429 (retried), and one 400 (not retried: that row is an error).
+  server = llm_server(reply=keyword_reply,
+                      faults=Faults(script=['429', 'ok', '400'], retry_after=0.1))
+  out = run_operators(tmp_path, {
+      'Sentiment': ('Classify', {
+          'field': 'history', 'labels': LABELS, 'output': 'sentiment',
+          'model_handler': openai(server), 'max_batch_size': 1}, 'Chats'),
+      'Plain': ('Classify', {
+          'field': 'history', 'labels': ['unhappy', 'neutral', 'happy'],
+          'instruction': 'PLAIN', 'model_handler': openai(server)}, 'Chats'),
+      'Unhappy': ('SemanticFilter', {
+          'field': 'history', 'condition': 'The customer is unhappy.',
+          'model_handler': openai(server)}, 'Chats'),
+      'Extracted': ('Extract', {
+          'field': 'history', 'schema_file': SCHEMA_FILE,
+          'model_handler': openai(server), 'temperature': 0.5}, 'Chats'),
+  })
+  total = sum(len(rows) + len(errors) for rows, errors in out.values())
+  assert total == 3 * len(chats) + len(out['Unhappy'][0])
+
+  [failed] = [e for _, errors in out.values() for e in errors if e['error_type'] == 'client_error']
+  assert failed['msg'].startswith(('Classify: GenerateText (client_error)',
+                                   'SemanticFilter: GenerateText (client_error)',
+                                   'Extract: GenerateText (client_error)'))
+  assert set(json.loads(failed['element'])) == {'chat_id', 'user_id', 'history'}
+
+  rows, errors = out['Sentiment']
   assert ids(rows + errors) == ids(chats)
-  assert {r['label'] for r in rows} == {'unhappy', 'neutral'}
-  [error] = errors
+  for row in rows:
+    assert row['sentiment'] == (-1 if _unhappy(row['history']) else 0)
+  bodies = [r.body for r in server.log if r.status == 200 and '"label"' in r.prompt]
+  schema = bodies[0]['response_format']['json_schema']['schema']
+  assert schema['properties']['label'] in (
+      {'type': 'integer', 'enum': [-1, 0, 1]},
+      {'type': 'string', 'enum': ['unhappy', 'neutral', 'happy']})
+
+  # Answers without JSON: a bare label is accepted; anything else is an
+  # error row carrying the raw answer.
+  rows, errors = out['Plain']
+  assert {r['label'] for r in rows} <= {'unhappy', 'neutral'}
+  plain_errors = [e for e in errors if e['error_type'] != 'client_error']
+  [error] = plain_errors
   assert error['chat_id'] == 4116 and error['error_type'] == 'invalid_json'
   assert "the model answered: 'I cannot tell.'" in error['msg']
 
+  rows, errors = out['Unhappy']
+  unhappy = {c['chat_id'] for c in chats if _unhappy(c['history'])}
+  assert set(ids(rows)) <= unhappy and 0 < len(unhappy) < len(chats)
+  assert len(rows) + len(errors) in (len(unhappy), len(unhappy) + 1)
 
-def test_filter_and_extract_on_a_server(llm_server, tmp_path, chats):
-  server = llm_server(reply=keyword_reply)
-  kept, errors = run_operator(tmp_path / 'f', 'SemanticFilter', {
-      'field': 'history', 'condition': 'The customer is unhappy.',
-      'model_handler': openai(server)})
-  assert errors == []
-  unhappy = [c['chat_id'] for c in chats if any(w in c['history'].lower() for w in UNHAPPY)]
-  assert ids(kept) == sorted(unhappy) and 0 < len(unhappy) < len(chats)
-  rows, errors = run_operator(tmp_path / 'e', 'Extract', {
-      'field': 'history', 'schema_file': f'{ROOT}/schemas/sentiment_summary.json',
-      'model_handler': openai(server), 'temperature': 0.5})
-  assert errors == [] and ids(rows) == ids(chats)
+  rows, errors = out['Extracted']
+  assert ids(rows + errors) == ids(chats)
   assert {r['sentiment'] for r in rows} == {-1, 0}
-  last = server.log[-1].body
-  assert last['temperature'] == 0.5
-  assert last['response_format']['json_schema']['schema']['required'] == ['sentiment', 'summary']
-
-
-def test_a_server_error_row_names_the_operator(llm_server, tmp_path, chats):
-  server = llm_server(reply=keyword_reply, faults=Faults(script=['400']))
-  rows, errors = run_operator(tmp_path, 'SemanticFilter', {
-      'field': 'history', 'condition': 'The customer is unhappy.',
-      'model_handler': openai(server), 'max_batch_size': 1})
-  [error] = errors
-  assert error['error_type'] == 'client_error'
-  assert error['msg'].startswith('SemanticFilter: GenerateText (client_error)')
-  assert set(json.loads(error['element'])) == {'chat_id', 'user_id', 'history'}
+  extract_bodies = [r.body for r in server.log if '"sentiment"' in json.dumps(r.body)]
+  assert extract_bodies[0]['temperature'] == 0.5
+  assert extract_bodies[0]['response_format']['json_schema']['schema']['required'] == [
+      'sentiment', 'summary']
 
 
 # -- build-time checks -----------------------------------------------------
@@ -261,7 +275,7 @@ def test_bad_config_fails_at_build_naming_operator_and_option(
   import apache_beam as beam
   from apache_beam.yaml import main as yaml_main
   config = {'model_handler': hf('/nonexistent-model-dir'), **config}
-  path, _ = write_pipeline(tmp_path, operator, config)
+  path, _ = write_pipeline(tmp_path, {'Op': (operator, config, 'Chats')})
   with open(path) as f:
     text = f.read()
   with pytest.raises(Exception) as info:

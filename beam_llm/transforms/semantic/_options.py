@@ -6,6 +6,7 @@ the build-time checks and docgen read) and its `Args:` documentation gain
 GenerateText's options, so a generation option added there is an option of
 every operator, checked and documented the same way, with no second list.
 """
+import functools
 import inspect
 import textwrap
 import typing
@@ -30,11 +31,19 @@ def inherited_names() -> list:
 
 def inherits_generate_options(cls):
   """Class decorator: `cls.__init__(self, <own options>, **generate_options)`
-  gets a signature, type hints and docs that list GenerateText's options."""
-  init = cls.__init__
+  gets a signature, type hints and docs that list GenerateText's options,
+  and every option is checked against them (naming `cls`) before it runs."""
+  original = cls.__init__
+
+  @functools.wraps(original)
+  def init(self, **options):
+    _config.check_call_options(cls.__name__, init, options)
+    original(self, **options)
+
+  cls.__init__ = init
   own = [
       p.replace(kind=p.KEYWORD_ONLY)
-      for name, p in inspect.signature(init).parameters.items()
+      for name, p in inspect.signature(original).parameters.items()
       if name != 'self' and p.kind != p.VAR_KEYWORD
   ]
   own_names = {p.name for p in own}
@@ -48,7 +57,7 @@ def inherits_generate_options(cls):
   self_param = inspect.Parameter('self', inspect.Parameter.POSITIONAL_OR_KEYWORD)
   init.__signature__ = inspect.Signature([self_param] + own + inherited)
   init.__annotations__ = {
-      **typing.get_type_hints(init),
+      **typing.get_type_hints(original),
       **{p.name: gt_hints.get(p.name, Any) for p in inherited}
   }
   init.__annotations__.pop('generate_options', None)
@@ -73,11 +82,6 @@ def _inherited_docs(gt, names) -> str:
         textwrap.fill(
             text, width=78, initial_indent='    ', subsequent_indent='      '))
   return '\n'.join(lines)
-
-
-def check(owner: str, cls, options: Mapping[str, Any]) -> None:
-  """Checks every option (own and inherited) against `cls`'s signature."""
-  _config.check_call_options(owner, cls.__init__, options)
 
 
 def generate_text(

@@ -72,7 +72,6 @@ class Classify(_base.SemanticOperator):
     super().__init__()
     options = {k: v for k, v in locals().items()
                if k not in ('self', '__class__', 'generate_options')}
-    _options.check(_OWNER, Classify, {**options, **generate_options})
     descriptions = _labels(labels)
     names = list(descriptions)
     kind = 'integer' if isinstance(names[0], int) else 'string'

@@ -62,7 +62,6 @@ class Extract(_base.SemanticOperator):
     super().__init__()
     options = {k: v for k, v in locals().items()
                if k not in ('self', '__class__', 'generate_options')}
-    _options.check(_OWNER, Extract, {**options, **generate_options})
     schema = _config.load_json_schema(_OWNER, schema, schema_file)
     if schema.get('type') != 'object' or not schema.get('properties'):
       _config.fail(

@@ -60,7 +60,6 @@ class SemanticFilter(_base.SemanticOperator):
     super().__init__()
     options = {k: v for k, v in locals().items()
                if k not in ('self', '__class__', 'generate_options')}
-    _options.check(_OWNER, SemanticFilter, {**options, **generate_options})
     if not condition.strip():
       _config.fail(_OWNER, 'condition', 'is empty')
     properties = {'holds': {'type': 'boolean'}}
