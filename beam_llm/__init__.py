@@ -25,6 +25,7 @@ TRANSFORMS = {
     'Classify': 'beam_llm.transforms.semantic.classify',
     'Extract': 'beam_llm.transforms.semantic.extract',
     'SemanticFilter': 'beam_llm.transforms.semantic.semantic_filter',
+    'SummarizePerKey': 'beam_llm.transforms.semantic.summarize',
 }
 
 __all__ = sorted(TRANSFORMS)

@@ -14,7 +14,8 @@ from tests.conftest import CHATS, ROOT, read_json_lines, run_yaml
 
 LABELS = {-1: 'unhappy customer', 0: 'neutral', 1: 'happy customer'}
 PROVIDERS = {'type': 'python', 'config': {}, 'transforms': {
-    n: f'beam_llm.{n}' for n in ('Classify', 'Extract', 'SemanticFilter', 'FormatErrors')}}
+    n: f'beam_llm.{n}' for n in ('Classify', 'Extract', 'SemanticFilter', 'SummarizePerKey',
+                                  'FormatErrors')}}
 
 
 def write_pipeline(tmp_path, branches, few=3):
@@ -106,7 +107,7 @@ def test_operators_on_random_weights_give_typed_rows_or_errors_none_lost(
   rows, errors = out['Sentiment']
   assert errors == [] and ids(rows) == ids(chats)
   for row in rows:
-    assert set(row) == {'chat_id', 'user_id', 'history', 'sentiment', 'prompt'}
+    assert set(row) == {'chat_id', 'user_id', 'day', 'history', 'sentiment', 'prompt'}
     assert row['sentiment'] in (-1, 0, 1) and isinstance(row['sentiment'], int)
     user = row['prompt'][1]['content']
     assert '- -1: unhappy customer' in user and row['history'] in user
@@ -127,7 +128,7 @@ def test_operators_on_random_weights_give_typed_rows_or_errors_none_lost(
   rows, errors = out['Extracted']
   assert errors == [] and ids(rows) == ids(few)
   for row in rows:
-    assert set(row) == {'chat_id', 'user_id', 'history', 'sentiment', 'summary'}
+    assert set(row) == {'chat_id', 'user_id', 'day', 'history', 'sentiment', 'summary'}
     assert row['sentiment'] in (-1, 0, 1) and 1 <= len(row['summary']) <= 512
 
   rows, errors = out['CutOff']
@@ -137,7 +138,7 @@ def test_operators_on_random_weights_give_typed_rows_or_errors_none_lost(
     assert error['msg'].startswith('Extract (truncated): the JSON was cut off')
     assert 'the model answered: \'{"sentiment": ' in error['msg']
     element = json.loads(error['element'])
-    assert set(element) == {'chat_id', 'user_id', 'history'}  # The input row, as it came.
+    assert set(element) == {'chat_id', 'user_id', 'day', 'history'}  # The input row, as it came.
 
 
 def test_filter_on_random_weights_every_row_is_kept_dropped_or_an_error(
@@ -153,7 +154,7 @@ def test_filter_on_random_weights_every_row_is_kept_dropped_or_an_error(
   assert len(out['good']) + metrics['dropped_rows'] == len(chats)
   assert metrics.get('output_rows', 0) == len(out['good'])
   for row in out['good']:
-    assert set(row._asdict()) == {'chat_id', 'user_id', 'history'}
+    assert set(row._asdict()) == {'chat_id', 'user_id', 'day', 'history'}
 
 
 # -- on the OpenAI-compatible fake server ---------------------------------
@@ -211,7 +212,7 @@ def test_operators_on_a_server_through_yaml(llm_server, tmp_path, chats):
   assert failed['msg'].startswith(('Classify: GenerateText (client_error)',
                                    'SemanticFilter: GenerateText (client_error)',
                                    'Extract: GenerateText (client_error)'))
-  assert set(json.loads(failed['element'])) == {'chat_id', 'user_id', 'history'}
+  assert set(json.loads(failed['element'])) == {'chat_id', 'user_id', 'day', 'history'}
 
   rows, errors = out['Sentiment']
   assert ids(rows + errors) == ids(chats)

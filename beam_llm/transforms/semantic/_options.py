@@ -114,3 +114,9 @@ def generate_text(
     # GenerateText's own checks (values, backend options): name this operator.
     raise _config.ConfigError(
         str(exn).replace('GenerateText: ', f'{owner}: ', 1)) from None
+
+
+def handler_of(generate):
+  """The backend a GenerateText built (and checked) from the options, for
+  operators that call the model themselves (SummarizePerKey's combine)."""
+  return generate._handler  # pylint: disable=protected-access
