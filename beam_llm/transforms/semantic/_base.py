@@ -92,13 +92,15 @@ class SemanticOperator(beam.PTransform):
       schema: dict,
       decider: Decider,
       prompt_output: Optional[str],
-      error_handling: Optional[Mapping[str, Any]]):
+      error_handling: Optional[Mapping[str, Any]],
+      keep_fields: Optional[Sequence[str]] = None):
     from beam_llm.transforms.parse_json import ParseJSON
     from beam_llm.transforms.render_prompt import RenderPrompt
     self._owner = owner
     self._schema = schema
     self._decider = decider
     self._prompt_output = prompt_output
+    self._keep_fields = None if keep_fields is None else list(keep_fields)
     self._error_output = _config.error_output_name(owner, error_handling)
     try:
       self._render = RenderPrompt(
@@ -124,6 +126,13 @@ class SemanticOperator(beam.PTransform):
             self._owner, 'field' if len(self._render._variables) == 1 else
             'template', f'names field(s) {", ".join(missing)} that the input '
             f'does not have (input fields: {", ".join(sorted(names))})')
+    out_fields = fields
+    if self._keep_fields is not None:
+      for name in self._keep_fields:
+        _rows.require_field(self._owner, 'keep_fields', name, fields)
+      if fields is not None:
+        types = dict(fields)
+        out_fields = [(n, types[n]) for n in self._keep_fields]
     rendered = pcoll | 'Prompt' >> self._render
     prompt_type = _rows.input_fields(rendered['good'])
     prompt_type = dict(prompt_type)[PROMPT] if prompt_type else Any
@@ -151,8 +160,8 @@ class SemanticOperator(beam.PTransform):
         outcomes,
         'Decide',
         _DecideDoFn(self._owner, self._decider, list(self._schema['properties']),
-                    self._prompt_output, input_names),
-        _rows.row_type_with(fields, extra),
+                    self._prompt_output, input_names, self._keep_fields),
+        _rows.row_type_with(out_fields, extra),
         self._error_output,
         element_type=pcoll.element_type)
 
@@ -180,8 +189,10 @@ def _reason_of(msg: str) -> str:
 
 
 class _DecideDoFn(beam.DoFn):
-  def __init__(self, owner, decider, properties, prompt_output, input_names):
+  def __init__(
+      self, owner, decider, properties, prompt_output, input_names, keep_fields):
     self._owner = owner
+    self._keep_fields = keep_fields
     self._decider = decider
     self._properties = properties
     self._prompt_output = prompt_output
@@ -231,6 +242,8 @@ class _DecideDoFn(beam.DoFn):
     self._kept.inc()
     if self._prompt_output:
       fields = {**fields, self._prompt_output: getattr(wrapped, PROMPT)}
+    if self._keep_fields is not None:
+      row = beam.Row(**{n: getattr(row, n) for n in self._keep_fields})
     yield _rows.with_fields(row, **fields)
 
   def _error(self, row, error_type, msg):

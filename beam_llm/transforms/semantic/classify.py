@@ -48,6 +48,8 @@ class Classify(_base.SemanticOperator):
     chat: Send the prompt as system + user chat messages (instruct models,
       chat APIs); false sends one plain text prompt (base models, T5).
       Defaults to true.
+    keep_fields: Input fields to keep in the output, e.g. `[chat_id]`.
+      Defaults to all of them. Error rows always carry the whole input row.
     prompt_output: If set, the rendered prompt is kept in a field of that
       name, to see exactly what the model was asked.
     error_handling: `{output: <name>}` sends rows that fail to that output
@@ -66,6 +68,7 @@ class Classify(_base.SemanticOperator):
       multi_label: bool = False,
       output: str = 'label',
       chat: bool = True,
+      keep_fields: Optional[Sequence[str]] = None,
       prompt_output: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
@@ -96,7 +99,7 @@ class Classify(_base.SemanticOperator):
             'You are a careful classifier. You answer with JSON only.', user,
             chat), schema,
         _LabelDecider(names, multi_label, output, int if kind == 'integer' else str),
-        prompt_output, error_handling)
+        prompt_output, error_handling, keep_fields)
 
 
 def _labels(labels) -> dict:

@@ -1,6 +1,6 @@
 """Extract: a field -> the typed fields of a JSON Schema, in one step."""
 import json
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from beam_llm import _config
 from beam_llm import json_schema_types
@@ -40,6 +40,8 @@ class Extract(_base.SemanticOperator):
     chat: Send the prompt as system + user chat messages (instruct models,
       chat APIs); false sends one plain text prompt (base models, T5).
       Defaults to true.
+    keep_fields: Input fields to keep in the output, e.g. `[chat_id]`.
+      Defaults to all of them. Error rows always carry the whole input row.
     prompt_output: If set, the rendered prompt is kept in a field of that
       name, to see exactly what the model was asked.
     error_handling: `{output: <name>}` sends rows that fail to that output
@@ -56,6 +58,7 @@ class Extract(_base.SemanticOperator):
       template_file: Optional[str] = None,
       instruction: Optional[str] = None,
       chat: bool = True,
+      keep_fields: Optional[Sequence[str]] = None,
       prompt_output: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
@@ -79,7 +82,7 @@ class Extract(_base.SemanticOperator):
             'You extract information from text. You answer with JSON only.',
             user, chat), schema,
         _FieldsDecider(json_schema_types.fields(schema)), prompt_output,
-        error_handling)
+        error_handling, keep_fields)
 
 
 def _for_prompt(schema: dict) -> dict:

@@ -1,5 +1,5 @@
 """SemanticFilter: keeps the rows for which a plain-language condition holds."""
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from beam_llm import _config
 from beam_llm.transforms.semantic import _base
@@ -38,6 +38,8 @@ class SemanticFilter(_base.SemanticOperator):
     chat: Send the prompt as system + user chat messages (instruct models,
       chat APIs); false sends one plain text prompt (base models, T5).
       Defaults to true.
+    keep_fields: Input fields to keep in the output, e.g. `[chat_id]`.
+      Defaults to all of them. Error rows always carry the whole input row.
     prompt_output: If set, the rendered prompt is kept in a field of that
       name, to see exactly what the model was asked.
     error_handling: `{output: <name>}` sends rows that fail to that output
@@ -54,6 +56,7 @@ class SemanticFilter(_base.SemanticOperator):
       template_file: Optional[str] = None,
       reason_output: Optional[str] = None,
       chat: bool = True,
+      keep_fields: Optional[Sequence[str]] = None,
       prompt_output: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
@@ -85,7 +88,7 @@ class SemanticFilter(_base.SemanticOperator):
         _OWNER, {**options, **generate_options},
         _base.prompt_messages(
             'You judge texts carefully. You answer with JSON only.', user, chat),
-        schema, _Decision(reason_output), prompt_output, error_handling)
+        schema, _Decision(reason_output), prompt_output, error_handling, keep_fields)
 
 
 class _Decision(_base.Decider):
