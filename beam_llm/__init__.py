@@ -12,6 +12,7 @@ Register them in a pipeline with the inline python provider::
           FormatErrors: beam_llm.FormatErrors
 
 Transforms are imported on first use, so `import beam_llm` stays cheap.
+Other packages can add transforms and backends (beam_llm.extensions).
 """
 import importlib
 
@@ -34,6 +35,11 @@ __all__ = sorted(TRANSFORMS)
 def __getattr__(name):
   if name in TRANSFORMS:
     return getattr(importlib.import_module(TRANSFORMS[name]), name)
+  if not name.startswith('_') and name != 'extensions':
+    # Transforms other packages add (entry points; see beam_llm.extensions).
+    extensions = importlib.import_module('beam_llm.extensions')
+    if name in extensions.transforms():
+      return extensions.load_transform(name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
