@@ -88,3 +88,10 @@ def test_extension_reference_docs_are_generated(example_env):
   assert '## Redact' in text and '## GenerateText backend `Keyword`' in text
   assert '| `answers` | `Mapping[str, str]` | `required` | Keyword -> answer, tried in order. |' in text
   assert '| `mask` |' in text and '## Classify' not in text
+
+
+def test_the_generated_listing_without_extensions_is_the_shipped_one():
+  import yaml
+  from beam_llm.provider import PROVIDERS_FILE, listing
+  with open(PROVIDERS_FILE) as f:
+    assert yaml.safe_load(listing()) == yaml.safe_load(f)
