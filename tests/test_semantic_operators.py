@@ -284,3 +284,18 @@ def test_bad_config_fails_at_build_naming_operator_and_option(
         text, ['--runner=FnApiRunner'])
     constructor(beam.Pipeline(runner='FnApiRunner'))
   assert message in str(info.value)
+
+
+def test_labels_and_instructions_are_data_never_template_code(llm_server):
+  from beam_llm import Classify
+  server = llm_server(reply=lambda prompt: '{"label": "{% raw %}"}')
+  out, _ = run_transform(
+      Classify(field='text', labels=['{% raw %}', '{{ x }}'],
+               instruction='Mind {{ secrets }} and {# this #}.',
+               model_handler=openai(server), prompt_output='prompt'),
+      [{'text': 'say {{ y }}'}])
+  [row] = out['good']
+  assert row.label == '{% raw %}'
+  user = server.log[0].body['messages'][1]['content']
+  assert user.startswith('Mind {{ secrets }} and {# this #}.')
+  assert '- "{% raw %}"\n- "{{ x }}"' in user and '<text>\nsay {{ y }}\n</text>' in user
