@@ -16,13 +16,14 @@ Other packages can add transforms and backends (beam_llm.extensions).
 """
 import importlib
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 TRANSFORMS = {
     'RenderPrompt': 'beam_llm.transforms.render_prompt',
     'GenerateText': 'beam_llm.transforms.generate_text',
     'ParseJSON': 'beam_llm.transforms.parse_json',
     'FormatErrors': 'beam_llm.transforms.format_errors',
+    'ReadJsonLines': 'beam_llm.transforms.read_json_lines',
     'Classify': 'beam_llm.transforms.semantic.classify',
     'Extract': 'beam_llm.transforms.semantic.extract',
     'SemanticFilter': 'beam_llm.transforms.semantic.semantic_filter',

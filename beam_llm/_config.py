@@ -22,6 +22,44 @@ def fail(owner: str, key: str, problem: str) -> typing.NoReturn:
   raise ConfigError(f'{owner}: option {key!r} {problem}')
 
 
+def reachability_checks() -> bool:
+  """Whether build-time checks may contact hubs, servers and stores.
+
+  On by default (a model that cannot be fetched fails at build time, in
+  seconds). `beam-llm validate` turns it off unless asked to check
+  reachability, so validating stays offline and fast.
+  """
+  return os.environ.get('BEAM_LLM_CHECK_REACHABLE', '1') != '0'
+
+
+class MissingExtra(ImportError):
+  """A backend's client library is not installed."""
+
+
+def require_extra(owner: str, what: str, extra: str, modules) -> None:
+  """Fails at build time, naming the extra to install, if `modules` are missing.
+
+  Checked without importing them (find_spec), so building stays cheap.
+  """
+  import importlib.util
+  import sys
+  missing = []
+  for module in modules:
+    try:
+      # None in sys.modules is Python's mark for a module that must not load.
+      found = sys.modules.get(module, True) is not None and (
+          importlib.util.find_spec(module) is not None)
+    except ModuleNotFoundError:  # A missing parent package.
+      found = False
+    if not found:
+      missing.append(module)
+  if missing:
+    raise MissingExtra(
+        f"{owner}: {what} needs beam-llm's [{extra}] extra, which is not "
+        f"installed here (no module {', '.join(missing)}). Install it with: "
+        f"pip install 'beam-llm[{extra}]'")
+
+
 def check_call_options(
     owner: str,
     func: Callable,

@@ -12,6 +12,7 @@ from apache_beam.typehints import row_type
 from apache_beam.typehints.schemas import named_fields_from_element_type
 
 ERRORS_TAG = 'errors'
+ERROR_METRICS_NAMESPACE = 'beam_llm.errors'
 
 
 def input_fields(pcoll) -> Optional[list]:
@@ -85,7 +86,17 @@ def split_outputs(
     # No error output configured: a bad row fails the pipeline, loudly.
     _ = errors | f'{label}/FailOnError' >> beam.Map(_raise_error)
     return good
-  return {'good': good, error_output: errors}
+  counted = errors | f'{label}/CountErrors' >> beam.Map(_count_error)
+  counted.element_type = errors.element_type
+  return {'good': good, error_output: counted}
+
+
+def _count_error(error: beam.Row) -> beam.Row:
+  # One counter per reason (beam_llm.errors/<error_type>), per step: the run
+  # summary and Dataflow's UI show error rows by reason.
+  from apache_beam.metrics import Metrics
+  Metrics.counter(ERROR_METRICS_NAMESPACE, error.error_type or 'error').inc()
+  return error
 
 
 def _raise_error(error: beam.Row):

@@ -53,7 +53,7 @@ def test_the_same_model_unconstrained_produces_no_valid_json(tiny_causal_lm, cha
 
 def test_too_few_new_tokens_is_reported_as_truncated(tiny_causal_lm, chats):
   [text] = _generate(tiny_causal_lm, _prompts(chats[:1]), 12, SCHEMA)
-  assert text.startswith('{"sentiment": ')
+  assert text.startswith('{"sentiment":')
   with pytest.raises(json_extract.ParseFailure) as info:
     json_extract.parse(text, _validator())
   assert info.value.rung == 'truncated'

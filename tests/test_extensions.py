@@ -67,7 +67,7 @@ for spec in sys.argv[1:]:
 
 BAD_BACKENDS = [
     ({'type': 'Keywrd', 'config': {}},
-     "unknown backend 'Keywrd'; choose one of Gemini, HuggingFace, KerasNLP, Keyword,"),
+     "unknown backend 'Keywrd'; choose one of Gemini, HuggingFace, KerasHub, Keyword,"),
     ({'type': 'Keyword', 'config': {'answer': {}}},
      "Classify: option 'model_handler.config.answer' is unknown (did you mean 'answers'?)"),
 ]

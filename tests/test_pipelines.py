@@ -22,10 +22,12 @@ OUTPUTS = {
 }
 # Pipelines on a remote backend run against a local fake server instead.
 REMOTE = {'pipelines/chat_sentiment_remote.yaml'}
+# Streaming pipelines run in tests/test_streaming.py (and their tests: here).
+STREAMING = {'pipelines/chat_sentiment_streaming.yaml'}
 
 
 def test_every_pipeline_is_covered():
-  assert sorted(OUTPUTS) == PIPELINES
+  assert sorted(set(OUTPUTS) | STREAMING) == PIPELINES
 
 
 def assert_every_chat_exactly_once(prefix, suffixes, chats):
@@ -35,12 +37,12 @@ def assert_every_chat_exactly_once(prefix, suffixes, chats):
   assert sorted(seen) == sorted(c['chat_id'] for c in chats)
 
 
-@pytest.mark.parametrize('pipeline', PIPELINES)
+@pytest.mark.parametrize('pipeline', sorted(OUTPUTS))
 def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
     pipeline, tiny_causal_lm, tiny_gemma, tmp_path, chats, request):
   prefix = str(tmp_path / 'out')
-  variables = {'model': tiny_causal_lm, 'preset': tiny_gemma, 'output': prefix,
-               'max_new_tokens': 8}
+  variables = {'model': tiny_gemma if 'gemma' in pipeline else tiny_causal_lm,
+               'output': prefix, 'max_new_tokens': 8}
   if pipeline in REMOTE:
     # A server that answers with sentiment JSON, after a 429, a 503 and one
     # answer it garbles (that chat must land in the errors file).
@@ -67,7 +69,8 @@ def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
     assert [e['error_type'] for e in errors] == ['bad_response']
     assert len(read_json_lines(prefix)) == len(chats) - 1
   for error in errors:  # Error rows a person can read: why, and which chat.
-    assert error['msg'] and error['error_type'] and '"chat_id"' in error['element']
+    assert error['msg'] and error['error_type']
+    assert error['element']['chat_id'] == error['chat_id']
 
 
 @pytest.mark.parametrize('pipeline', PIPELINES)

@@ -102,3 +102,17 @@ def test_bad_config_names_the_transform_and_key(kwargs, message):
 def test_unknown_template_variable_fails_at_build_time():
   with pytest.raises(ConfigError, match=r"RenderPrompt: option 'template' uses variable\(s\) histroy"):
     run_transform(RenderPrompt(template='{{ histroy }}'), ROWS)
+
+
+def test_constant_variables_from_the_yaml_fill_the_template():
+  out, _ = run_transform(
+      RenderPrompt(template='{{ business }} chat {{ chat_id }}',
+                   variables={'business': 'The bakery'}), ROWS)
+  assert sorted(r.prompt for r in out['good']) == [
+      'The bakery chat 1', 'The bakery chat 2']
+
+
+def test_a_constant_variable_may_not_shadow_an_input_field():
+  with pytest.raises(ConfigError, match=r"RenderPrompt: option 'variables.history' is also a field"):
+    run_transform(RenderPrompt(template='{{ history }}',
+                               variables={'history': 'x'}), ROWS)

@@ -11,12 +11,27 @@ from beam_llm import _config
 # type name -> "module:class". Later backends register here.
 BACKENDS = {
     'HuggingFace': 'beam_llm.handlers.huggingface:HuggingFaceHandler',
-    'KerasNLP': 'beam_llm.handlers.keras_nlp:KerasNLPHandler',
+    'KerasHub': 'beam_llm.handlers.keras_hub_lm:KerasHubHandler',
     'OpenAICompatible':
         'beam_llm.handlers.openai_compatible:OpenAICompatibleHandler',
     'VertexAI': 'beam_llm.handlers.vertex_ai:VertexAIHandler',
     'Gemini': 'beam_llm.handlers.gemini:GeminiHandler',
 }
+
+# type name -> (the setup.cfg extra that installs it, modules it imports on
+# the worker). Checked at build time, so a missing client library is one
+# message naming the extra, not an ImportError on a worker.
+BACKEND_EXTRAS = {
+    'HuggingFace': ('hf', ('torch', 'transformers', 'llguidance')),
+    'KerasHub': ('keras', ('keras', 'keras_hub')),
+    'OpenAICompatible': ('openai', ('openai', 'httpx')),
+    'VertexAI': ('vertex', ('google.cloud.aiplatform',)),
+    'Gemini': ('gemini', ('google.genai', 'httpx')),
+}
+
+
+# Older names that keep working: keras-hub was called keras-nlp until 2024.
+ALIASES = {'KerasNLP': 'KerasHub'}
 
 
 def all_backends() -> dict:
@@ -26,7 +41,11 @@ def all_backends() -> dict:
 
 
 def backend_class(owner: str, name: Any):
+  name = ALIASES.get(name, name)
   if name in BACKENDS:
+    if name in BACKEND_EXTRAS:
+      extra, modules = BACKEND_EXTRAS[name]
+      _config.require_extra(owner, f'the {name} backend', extra, modules)
     module, cls = BACKENDS[name].split(':')
     return getattr(importlib.import_module(module), cls)
   from beam_llm import extensions

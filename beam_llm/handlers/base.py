@@ -15,7 +15,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.ml.inference.base import PredictionResult
 
 _LOG = logging.getLogger('beam_llm.GenerateText')
-_PROGRESS_EVERY_SECS = 30.0
+_PROGRESS_EVERY_SECS = 10.0
 
 
 @dataclasses.dataclass(frozen=True)

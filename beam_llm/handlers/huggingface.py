@@ -8,6 +8,7 @@ from typing import Literal, Optional, Tuple
 
 from beam_llm.handlers.base import fit_prompts
 from beam_llm.handlers.base import LocalModelHandler
+from beam_llm.handlers.json_constraint import compile_json_schema
 
 _OWNER = 'GenerateText'
 _HUB_ID = re.compile(r'^[\w.-]+(/[\w.-]+)?$')
@@ -79,7 +80,7 @@ class HuggingFaceHandler(LocalModelHandler):
 
   def check_at_build(self) -> None:
     for name in {self._model_id, self._tokenizer_id}:
-      why = _why_unavailable(name, self._revision)
+      why = why_unavailable(name, self._revision)
       if why:
         raise ModelUnavailable(f'{_OWNER}: ' + _unavailable_message(name, why))
 
@@ -132,8 +133,9 @@ class HuggingFaceHandler(LocalModelHandler):
         seq2seq=seq2seq,
         max_input_tokens=self._max_input_tokens or _context_length(
             config, tokenizer, seq2seq, self._max_new_tokens()),
-        grammar=_compile_schema(
-            self._generation.get('response_schema'), tokenizer, config),
+        constraint=compile_json_schema(
+            self._generation.get('response_schema'), tokenizer, config,
+            getattr(model, 'generation_config', None)),
         use_chat_template=self._use_chat_template,
         generate_kwargs=self._generate_kwargs(tokenizer))
 
@@ -159,14 +161,15 @@ class HuggingFaceModel:
   """A loaded transformers model behind `generate_batch` (see
   LocalModelHandler for why everything goes through that one method)."""
   def __init__(self, *, tokenizer, model, device, seq2seq: bool,
-               max_input_tokens: Optional[int], grammar, use_chat_template: bool,
+               max_input_tokens: Optional[int], constraint,
+               use_chat_template: bool,
                generate_kwargs: dict):
     self.tokenizer = tokenizer
     self.model = model
     self.device = device
     self.seq2seq = seq2seq
     self.max_input_tokens = max_input_tokens
-    self.grammar = grammar  # xgrammar CompiledGrammar for response_schema.
+    self.constraint = constraint  # JsonSchemaConstraint for response_schema.
     self.use_chat_template = use_chat_template
     self.generate_kwargs = generate_kwargs
 
@@ -182,10 +185,9 @@ class HuggingFaceModel:
     enc = self.tokenizer([t for _, t, _ in ok], return_tensors='pt',
                          padding=True).to(self.device)
     kwargs = dict(self.generate_kwargs)
-    if self.grammar is not None:
-      # One processor per generate call: it keeps per-row matcher state.
-      from xgrammar.contrib.hf import LogitsProcessor
-      kwargs['logits_processor'] = [LogitsProcessor(self.grammar)]
+    if self.constraint is not None:
+      # One processor per generate call: it keeps per-row parser state.
+      kwargs['logits_processor'] = [self.constraint.logits_processor()]
     with torch.inference_mode():
       out = self.model.generate(**enc, **kwargs)
     if not self.seq2seq:
@@ -208,24 +210,6 @@ class HuggingFaceModel:
         prompt, tokenize=False, add_generation_prompt=True)
 
 
-def _compile_schema(schema: Optional[dict], tokenizer, config):
-  """The schema as an xgrammar grammar over this tokenizer's vocabulary.
-
-  xgrammar (not a home-made token filter): it compiles JSON Schema to a
-  token-level grammar once, and masks each step's logits in C++, which keeps
-  constrained decoding cheap on CPU (see bench/RESULTS.md).
-  """
-  if not schema:
-    return None
-  import json
-
-  import xgrammar
-  info = xgrammar.TokenizerInfo.from_huggingface(
-      tokenizer, vocab_size=getattr(config, 'vocab_size', None))
-  return xgrammar.GrammarCompiler(info).compile_json_schema(
-      json.dumps(schema), any_whitespace=False)
-
-
 def _context_length(config, tokenizer, seq2seq: bool, max_new_tokens: int):
   limit = getattr(config, 'max_position_embeddings', None)
   if limit is None and seq2seq:
@@ -235,7 +219,7 @@ def _context_length(config, tokenizer, seq2seq: bool, max_new_tokens: int):
   return limit if seq2seq else max(limit - max_new_tokens, 1)
 
 
-def _why_unavailable(model: str, revision: Optional[str]) -> Optional[str]:
+def why_unavailable(model: str, revision: Optional[str]) -> Optional[str]:
   """Build-time check: None if `model` can load here, else why not.
 
   A hub id that is neither cached nor reachable fails now, in seconds, rather
@@ -257,6 +241,9 @@ def _why_unavailable(model: str, revision: Optional[str]) -> Optional[str]:
     return None
   if huggingface_hub.constants.HF_HUB_OFFLINE:
     return 'it is not in the local cache and HF_HUB_OFFLINE is set'
+  from beam_llm import _config
+  if not _config.reachability_checks():
+    return None
   try:
     huggingface_hub.model_info(model, revision=revision, timeout=10)
   except Exception as exn:  # pylint: disable=broad-except

@@ -15,14 +15,18 @@ _OWNER = 'FormatErrors'
 class FormatErrors(beam.PTransform):
   """Turns error rows into flat rows that read well in a JSON or CSV file.
 
-  `WriteToJson` writes an error row's nested `element` as a bare list of
-  values, losing the field names. This writes it as a JSON object in text
-  instead, and can copy chosen fields (an id, say) to the top level. Takes the
-  error output of any transform (beam-llm's or Beam's own `element`, `msg`,
-  `stack` rows); give several error outputs as a list input to merge them.
+  Merges the error outputs of several transforms (give them as a list input)
+  into one row type, so one errors file holds them all, with the failed row
+  under `element` as a JSON object (`WriteToJson` writes it with its field
+  names; fields a row lacks are left out), and can copy chosen fields (an id,
+  say) to the top level. Takes the error output of any transform (beam-llm's
+  or Beam's own `element`, `msg`, `stack` rows).
 
   Output fields: the copied `fields`, `error_type` (from the error row, or
-  `error` if it has none), `msg`, `element` (JSON text) and `stack`.
+  `error` if it has none), `msg`, `element` and `stack`. `element` is a row
+  whose fields are the union of the failed rows' fields; a field whose type
+  differs between the merged outputs is given as JSON text. Where no input
+  says what its rows hold, `element` is the whole row as JSON text.
 
   Args:
     fields: Fields of the failed element to copy to the top level, e.g.
@@ -45,26 +49,36 @@ class FormatErrors(beam.PTransform):
     error_types = _merged_error_types(pcoll)
     copied = [(name, Optional[_element_field_type(error_types, name)])
               for name in self._fields]
+    element_fields = [(name, Optional[_element_field_type(error_types, name)])
+                      for name in _element_field_names(error_types)]
+    element_type = (
+        row_type.RowTypeConstraint.from_fields(element_fields)
+        if element_fields else str)
     out_type = row_type.RowTypeConstraint.from_fields(
-        copied + [('error_type', str), ('msg', str), ('element', str),
+        copied + [('error_type', str), ('msg', str), ('element', element_type),
                   ('stack', str)])
-    as_text = [name for name, t in copied if t == Optional[str]]
+    as_text = {name for name, t in copied + element_fields if t == Optional[str]}
     return pcoll | 'Format' >> beam.Map(
-        _format, self._fields, as_text,
+        _format, self._fields, [name for name, _ in element_fields], as_text,
         self._include_stack).with_output_types(out_type)
 
 
-def _format(error, fields, as_text, include_stack) -> beam.Row:
+def _format(error, fields, element_fields, as_text, include_stack) -> beam.Row:
   element = getattr(error, 'element', error)
-  copied = {name: getattr(element, name, None) for name in fields}
-  for name in as_text:  # Typed str because the element type was not known.
-    if copied[name] is not None and not isinstance(copied[name], str):
-      copied[name] = json.dumps(_plain(copied[name]), default=str)
+
+  def value(name):
+    v = getattr(element, name, None)
+    if name in as_text and v is not None and not isinstance(v, str):
+      return json.dumps(_plain(v), ensure_ascii=False, default=str)
+    return v
+
   return beam.Row(
-      **copied,
+      **{name: value(name) for name in fields},
       error_type=getattr(error, 'error_type', None) or 'error',
       msg=str(getattr(error, 'msg', '')),
-      element=json.dumps(_plain(element), ensure_ascii=False, default=str),
+      element=beam.Row(**{name: value(name) for name in element_fields})
+      if element_fields else json.dumps(
+          _plain(element), ensure_ascii=False, default=str),
       stack=str(getattr(error, 'stack', '')) if include_stack else '')
 
 
@@ -102,6 +116,17 @@ def _has_typed_element(error_type) -> bool:
     return True
   except (TypeError, ValueError, KeyError):
     return False
+
+
+def _element_field_names(error_types: list) -> list:
+  """Every field of the typed errors' elements, in first-seen order."""
+  names = {}
+  for member in error_types:
+    if _has_typed_element(member):
+      element_type = dict(named_fields_from_element_type(member))['element']
+      names.update(dict.fromkeys(
+          n for n, _ in named_fields_from_element_type(element_type)))
+  return list(names)
 
 
 def _element_field_type(error_types: list, name: str) -> Any:

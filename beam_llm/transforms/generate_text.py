@@ -27,7 +27,7 @@ class GenerateText(beam.PTransform):
   Args:
     model_handler: The backend, as `{type: <backend>, config: {...}}`.
       On the worker: `HuggingFace` (transformers causal LMs and T5-style
-      seq2seq) and `KerasNLP` (keras-hub causal LMs such as Gemma). Remote,
+      seq2seq) and `KerasHub` (keras-hub causal LMs such as Gemma; `KerasNLP` is an alias). Remote,
       with retries, throttling, concurrency and a response cache
       (docs/remote.md): `OpenAICompatible`, `VertexAI`, `Gemini`. Every
       option of every backend: docs/transforms.md.
@@ -124,11 +124,16 @@ class GenerateText(beam.PTransform):
     self._usage_fields = usage_fields
     self._error_output = _config.error_output_name(_OWNER, error_handling)
 
+  def check_at_build(self) -> None:
+    """Checks that need no input (the model can be had); `beam-llm validate`
+    calls it too. Raises to fail."""
+    self._handler.check_at_build()
+
   def expand(self, pcoll):
     fields = _rows.input_fields(pcoll)
     _rows.require_field(_OWNER, 'prompt', self._prompt, fields)
     # Before any model loads: a hub model that cannot be fetched fails now.
-    self._handler.check_at_build()
+    self.check_at_build()
     if fields is not None:
       self._handler.check_input_fields([name for name, _ in fields])
     prompt = self._prompt

@@ -49,6 +49,10 @@ class RenderPrompt(beam.PTransform):
       GenerateText turns into the model's chat format.
     output: Name of the field that receives the rendered prompt. Defaults to
       `prompt`.
+    variables: Constant template variables, the same for every row, e.g.
+      `{business: "our shop", agent_name: "Sam"}`: wording a pipeline takes
+      from its Jinja variables instead of hard-coding it in the prompt. A
+      name may not also be an input field.
     error_handling: `{output: <name>}` sends rows whose template fails to
       render to that output, as Beam YAML error rows (`element`, `msg`,
       `stack`, `error_type`), instead of failing the pipeline.
@@ -59,6 +63,7 @@ class RenderPrompt(beam.PTransform):
       template_file: Optional[str] = None,
       messages: Optional[Sequence[Mapping[str, str]]] = None,
       output: str = 'prompt',
+      variables: Optional[Mapping[str, Any]] = None,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
     _config.check_call_options(
@@ -69,6 +74,7 @@ class RenderPrompt(beam.PTransform):
             template_file=template_file,
             messages=messages,
             output=output,
+            variables=variables,
             error_handling=error_handling))
     given = _config.exactly_one(
         _OWNER,
@@ -83,13 +89,19 @@ class RenderPrompt(beam.PTransform):
     self._is_chat = given == 'messages'
     self._output = output
     self._error_output = _config.error_output_name(_OWNER, error_handling)
+    self._constants = dict(variables or {})
     self._variables = _parse_and_collect_variables(self._sources)
 
   def expand(self, pcoll):
     fields = _rows.input_fields(pcoll)
     if fields is not None:
       names = {name for name, _ in fields}
-      missing = sorted(self._variables - names)
+      both = sorted(names & set(self._constants))
+      if both:
+        _config.fail(
+            _OWNER, f'variables.{both[0]}',
+            'is also a field of the input; rename one of them')
+      missing = sorted(self._variables - names - set(self._constants))
       if missing:
         _config.fail(
             _OWNER,
@@ -100,7 +112,8 @@ class RenderPrompt(beam.PTransform):
     return _rows.split_outputs(
         pcoll,
         'Render',
-        _RenderDoFn(self._sources, self._is_chat, self._output),
+        _RenderDoFn(self._sources, self._is_chat, self._output,
+                    self._constants),
         _rows.row_type_with(fields, [(self._output, out_type)]),
         self._error_output)
 
@@ -148,8 +161,9 @@ def _parse_and_collect_variables(sources) -> set:
 
 
 class _RenderDoFn(beam.DoFn):
-  def __init__(self, sources, is_chat: bool, output: str):
+  def __init__(self, sources, is_chat: bool, output: str, constants: dict):
     self._sources = sources
+    self._constants = constants
     self._is_chat = is_chat
     self._output = output
     self._rendered = Metrics.counter('beam_llm.RenderPrompt', 'rendered')
@@ -162,7 +176,7 @@ class _RenderDoFn(beam.DoFn):
 
   def process(self, row):
     try:
-      variables = _rows.as_dict(row)
+      variables = {**self._constants, **_rows.as_dict(row)}
       rendered = [(role, template.render(**variables))
                   for role, template in self._templates]
     except Exception as exn:  # Any template failure belongs to this row.

@@ -18,7 +18,7 @@ class Classify(_base.SemanticOperator):
   with an `enum` of them is GenerateText's `response_schema`, so a
   HuggingFace model can only write a valid label (constrained decoding) and
   OpenAICompatible / Gemini / VertexAI servers get it as structured output.
-  Backends without either (KerasNLP) are prompted for JSON and their answer
+  Backends without either (KerasHub) are prompted for JSON and their answer
   is checked the same way. An answer that is exactly one label, without
   JSON (`positive`), is accepted too.
 

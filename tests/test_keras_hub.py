@@ -1,4 +1,4 @@
-"""The KerasNLP backend on a tiny Gemma the test builds (2-layer backbone,
+"""The KerasHub backend on a tiny Gemma the test builds (2-layer backbone,
 SentencePiece word model trained in memory), saved with save_to_preset and
 loaded with from_preset: the path a user's preset takes."""
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 
 from beam_llm import GenerateText
-from beam_llm.handlers.keras_nlp import GEMMA_CHAT_TEMPLATE, KerasNLPHandler
+from beam_llm.handlers.keras_hub_lm import GEMMA_CHAT_TEMPLATE, KerasHubHandler
 from tests.beam_helpers import run_transform
 
 os.environ.setdefault('KERAS_BACKEND', 'torch')
@@ -15,7 +15,7 @@ os.environ.setdefault('KERAS_BACKEND', 'torch')
 def _handler(preset, **config):
   generation = {'max_new_tokens': 5}
   generation.update(config.pop('generation', {}))
-  return KerasNLPHandler(preset=preset, generation=generation, batching={}, **config)
+  return KerasHubHandler(preset=preset, generation=generation, batching={}, **config)
 
 
 def _reference(preset, prompt, max_new_tokens=5):
@@ -87,7 +87,8 @@ def test_generate_text_transform_with_keras(tiny_gemma):
 
 
 def test_missing_preset_directory_fails_at_build(tmp_path):
-  with pytest.raises(FileNotFoundError, match='holds no config.json'):
+  from beam_llm.handlers.keras_presets import PresetUnavailable
+  with pytest.raises(PresetUnavailable, match='holds no config.json'):
     _handler(str(tmp_path)).check_at_build()
 
 
@@ -103,8 +104,8 @@ def test_tensorflow_keras_backend(tiny_gemma):
   import subprocess
   import sys
   code = (
-      'from beam_llm.handlers.keras_nlp import KerasNLPHandler\n'
-      f'h = KerasNLPHandler(preset={tiny_gemma!r}, keras_backend="tensorflow", '
+      'from beam_llm.handlers.keras_hub_lm import KerasHubHandler\n'
+      f'h = KerasHubHandler(preset={tiny_gemma!r}, keras_backend="tensorflow", '
       'generation={"max_new_tokens": 3}, batching={})\n'
       'm = h.load_model()\n'
       'import keras\n'

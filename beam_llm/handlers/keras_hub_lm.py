@@ -1,4 +1,4 @@
-"""keras-nlp / keras-hub backend: Gemma and other keras-hub causal LMs.
+"""KerasHub backend (formerly KerasNLP): Gemma and other keras-hub causal LMs.
 
 Keras reads its backend (torch / jax / tensorflow) once, at import, from
 KERAS_BACKEND; so keras is imported only on the worker, in load_model, after
@@ -9,6 +9,7 @@ import sys
 from typing import Literal, Optional, Tuple
 
 from beam_llm import staging
+from beam_llm.handlers import keras_presets as presets
 from beam_llm.handlers.base import fit_prompts
 from beam_llm.handlers.base import LocalModelHandler
 
@@ -28,8 +29,9 @@ GEMMA_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 
-class KerasNLPHandler(LocalModelHandler):
-  """`model_handler: {type: KerasNLP, config: {...}}`.
+class KerasHubHandler(LocalModelHandler):
+  """`model_handler: {type: KerasHub, config: {...}}` (`KerasNLP`, its name
+  from keras-nlp days, works too).
 
   Args:
     preset: A keras-hub preset name (e.g. gemma2_instruct_2b_en; Kaggle
@@ -38,9 +40,15 @@ class KerasNLPHandler(LocalModelHandler):
       directory on any Beam filesystem (gs://, s3://, ...), copied once per
       worker machine.
     model_class: The keras-hub causal LM class. Defaults to GemmaCausalLM.
-    keras_backend: `torch`, `jax` or `tensorflow`. Every KerasNLP transform in
-      one pipeline must use the same one (Keras picks it once per process).
-      Defaults to torch.
+    keras_backend: `auto`, `torch`, `jax` or `tensorflow`. Keras picks its
+      backend once per process, when it is first imported, from the
+      KERAS_BACKEND environment variable; TensorFlow (which keras-hub
+      installs) imports Keras, and Beam YAML imports TensorFlow at start-up,
+      so in a full install Keras is usually loaded before the pipeline is
+      built. `auto` uses the backend Keras already runs, else KERAS_BACKEND,
+      else torch. Naming another backend than the loaded one fails at build
+      time: set KERAS_BACKEND before starting the pipeline instead.
+      Defaults to auto.
     device: `auto`, `cpu` or `cuda` (torch and jax backends). Defaults to
       auto.
     dtype: Weights dtype, e.g. `bfloat16` or `float32`. Defaults to the
@@ -59,14 +67,14 @@ class KerasNLPHandler(LocalModelHandler):
     chat_template: Jinja template turning `messages` into the model's prompt
       text. Defaults to Gemma's turn format.
   """
-  backend = 'KerasNLP'
+  backend = 'KerasHub'
 
   def __init__(
       self,
       *,
       preset: str,
       model_class: str = 'GemmaCausalLM',
-      keras_backend: Literal['torch', 'jax', 'tensorflow'] = 'torch',
+      keras_backend: Literal['auto', 'torch', 'jax', 'tensorflow'] = 'auto',
       device: Literal['auto', 'cpu', 'cuda'] = 'auto',
       dtype: Optional[str] = None,
       sampler: Optional[str] = None,
@@ -87,15 +95,23 @@ class KerasNLPHandler(LocalModelHandler):
     self._chat_template = chat_template
 
   def describe(self) -> str:
-    return f'KerasNLP {self._preset}'
+    return f'KerasHub {self._preset}'
 
   def check_at_build(self) -> None:
-    looks_local = self._preset.startswith(('/', '.')) or os.sep in self._preset
-    if looks_local and '://' not in self._preset and not os.path.isfile(
-        os.path.join(self._preset, 'config.json')):
-      raise FileNotFoundError(
-          f'{_OWNER}: KerasNLP preset directory {self._preset!r} does not '
-          'exist or holds no config.json (save one with save_to_preset)')
+    loaded = _loaded_keras_backend()
+    if loaded and self._keras_backend not in ('auto', loaded):
+      raise RuntimeError(
+          f'{_OWNER}: keras_backend is {self._keras_backend!r}, but Keras is '
+          f'already loaded in this process with the {loaded!r} backend '
+          '(TensorFlow, which Beam YAML imports at start-up, loads Keras). '
+          'Keras cannot switch backends: set the environment variable '
+          f'KERAS_BACKEND={self._keras_backend} before starting the '
+          'pipeline, or use keras_backend: auto')
+    why = presets.why_unavailable(self._preset)
+    if why:
+      raise presets.PresetUnavailable(
+          f'{_OWNER}: KerasHub preset {self._preset!r} is not available: '
+          f'{why}.\n' + presets.HOW_TO_FIX)
 
   def _load(self) -> 'KerasModel':
     _choose_keras_backend(self._keras_backend, self._device)
@@ -126,15 +142,23 @@ class KerasNLPHandler(LocalModelHandler):
     return keras_hub.samplers.GreedySampler()
 
 
+def _loaded_keras_backend() -> Optional[str]:
+  """The backend of a Keras already imported in this process, else None."""
+  keras = sys.modules.get('keras')
+  config = getattr(keras, 'config', None)
+  return config.backend() if config is not None else None
+
+
 def _choose_keras_backend(backend: str, device: str) -> None:
-  if 'keras' in sys.modules:
-    import keras
-    if keras.config.backend() != backend:
+  loaded = _loaded_keras_backend()
+  if backend == 'auto':
+    backend = loaded or os.environ.get('KERAS_BACKEND') or 'torch'
+  if loaded:
+    if loaded != backend:
       raise RuntimeError(
-          f'{_OWNER}: keras is already loaded with the '
-          f'{keras.config.backend()!r} backend in this worker; every KerasNLP '
-          f'transform in a pipeline must use the same keras_backend (got '
-          f'{backend!r})')
+          f'{_OWNER}: keras is already loaded with the {loaded!r} backend in '
+          f'this worker (asked for {backend!r}); set KERAS_BACKEND={backend} '
+          'in the worker environment, or use keras_backend: auto')
     return
   os.environ['KERAS_BACKEND'] = backend
   if device != 'auto':

@@ -1,0 +1,1 @@
+"""The `beam-llm` command (also `python -m beam_llm`): run pipelines quietly."""

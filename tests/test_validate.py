@@ -1,0 +1,90 @@
+"""`beam-llm validate`: every problem, one line each, no traceback, offline."""
+import json
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import ROOT
+
+PIPELINES = ['pipelines/apology.yaml', 'pipelines/chat_sentiment.yaml',
+             'pipelines/chat_sentiment_streaming.yaml',
+             'pipelines/chat_sentiment_gemma.yaml',
+             'pipelines/chat_sentiment_remote.yaml', 'pipelines/summarize.yaml']
+
+BROKEN = textwrap.dedent('''\
+    pipeline:
+      transforms:
+        - type: ReadFromJson
+          name: Read
+          config: {path: x.jsonl}
+        - type: RenderPrompt
+          input: Raed
+          config: {template: "hi", outptu: p}
+        - type: GenerateText
+          name: Gen
+          input: RenderPrompt
+          config:
+            model_handler: {type: HuggingFace, config: {model: /no/such/model}}
+            error_handling: {output: failed}
+        - type: ParseJSON
+          input: Gen
+          config: {field: response, schema_file: nope.json}
+    providers:
+      - type: python
+        config: {}
+        transforms: {RenderPrompt: beam_llm.RenderPrompt, GenerateText: beam_llm.GenerateText, ParseJSON: beam_llm.ParseJSON}
+    ''')
+
+
+def _validate(*args, env=None):
+  import os
+  return subprocess.run([sys.executable, '-m', 'beam_llm', 'validate', *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, **(env or {})})
+
+
+def test_every_bundled_pipeline_validates_clean():
+  result = _validate(*PIPELINES)
+  assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+  assert result.stdout.splitlines() == [f'{p}: OK' for p in PIPELINES]
+
+
+def test_a_broken_pipeline_gets_one_line_per_problem(tmp_path):
+  path = tmp_path / 'broken.yaml'
+  path.write_text(BROKEN)
+  result = _validate(str(path))
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stdout + result.stderr
+  lines = [l[len(str(path)) + 2:] for l in result.stdout.splitlines()]
+  assert lines == [
+      "line 6: RenderPrompt: input 'Raed' names no transform of this pipeline "
+      "(known: Gen, ParseJSON, Read, RenderPrompt)",
+      "line 6: RenderPrompt: option 'outptu' is unknown (did you mean "
+      "'output'?); known options: error_handling, messages, output, template, "
+      "template_file, variables",
+      "line 9: Gen (GenerateText): HuggingFace model '/no/such/model' is not "
+      "available: no such local directory '/no/such/model'. To run without "
+      "the hub, point the pipeline at a local model directory (one saved with "
+      "save_pretrained, or fetched on a connected machine with `hf download "
+      "/no/such/model --local-dir DIR`), e.g. --jinja_variables='{\"model\": "
+      "\"/path/to/DIR\"}'",
+      "line 15: ParseJSON: option 'schema_file': cannot read 'nope.json' "
+      f"(relative paths are resolved from '{ROOT}'): [Errno 2] No such file "
+      "or directory: 'nope.json'",
+      "line 9: Gen (GenerateText): error output 'failed' is not consumed: "
+      "give 'Gen.failed' as the input of a transform (e.g. a WriteToJson of "
+      "the errors), or rows that fail would be lost",
+  ]
+
+
+def test_offline_by_default_reachability_on_request():
+  # A hub id that is not cached: offline validation trusts it; with
+  # --check_reachable the (unreachable) hub is asked, and it fails.
+  variables = '--jinja_variables=' + json.dumps({'model': 'nobody/no-such-model'})
+  env = {'HF_ENDPOINT': 'http://127.0.0.1:1', 'HF_HUB_ETAG_TIMEOUT': '2'}
+  result = _validate('pipelines/summarize.yaml', variables, env=env)
+  assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+  result = _validate('pipelines/summarize.yaml', variables, '--check_reachable',
+                     env=env)
+  assert result.returncode == 1
+  assert "HuggingFace model 'nobody/no-such-model' is not available" in result.stdout
