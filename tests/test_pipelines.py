@@ -52,8 +52,7 @@ def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
         reply=sentiment_reply)
     variables.update(base_url=server.url + '/v1', max_new_tokens=256)
   if pipeline == 'pipelines/unhappy_digest.yaml':
-    # The random model calls every chat neutral (0): digest those, in rounds.
-    variables.update(keep_sentiment=0, max_input_tokens=400)
+    variables.update(max_sentiment=1, max_input_tokens=400)  # Digest every chat.
   result = run_yaml(pipeline, jinja_variables=variables)
   assert result.returncode == 0, result.stderr[-3000:]
   if OUTPUTS[pipeline] is None:
