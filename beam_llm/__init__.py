@@ -16,6 +16,7 @@ Register them in a pipeline with the inline python provider::
           SearchVectorStore: beam_llm.SearchVectorStore
 
 Transforms are imported on first use, so `import beam_llm` stays cheap.
+Other packages can add transforms and backends (beam_llm.extensions).
 """
 import importlib
 
@@ -31,6 +32,10 @@ TRANSFORMS = {
     'EmbedText': 'beam_llm.transforms.embed_text',
     'WriteToVectorStore': 'beam_llm.transforms.write_to_vector_store',
     'SearchVectorStore': 'beam_llm.transforms.search_vector_store',
+    'Classify': 'beam_llm.transforms.semantic.classify',
+    'Extract': 'beam_llm.transforms.semantic.extract',
+    'SemanticFilter': 'beam_llm.transforms.semantic.semantic_filter',
+    'SummarizePerKey': 'beam_llm.transforms.semantic.summarize',
 }
 
 __all__ = sorted(TRANSFORMS)
@@ -39,6 +44,11 @@ __all__ = sorted(TRANSFORMS)
 def __getattr__(name):
   if name in TRANSFORMS:
     return getattr(importlib.import_module(TRANSFORMS[name]), name)
+  if not name.startswith('_') and name != 'extensions':
+    # Transforms other packages add (entry points; see beam_llm.extensions).
+    extensions = importlib.import_module('beam_llm.extensions')
+    if name in extensions.transforms():
+      return extensions.load_transform(name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 

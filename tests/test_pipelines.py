@@ -13,10 +13,12 @@ PIPELINES = sorted(
 # pipeline -> the output files (suffixes of `output`) that together hold every chat.
 OUTPUTS = {
     'pipelines/chat_sentiment.yaml': ['', '-errors'],
+    'pipelines/chat_sentiment_building_blocks.yaml': ['', '-errors'],
     'pipelines/chat_sentiment_gemma.yaml': ['', '-errors'],
     'pipelines/summarize.yaml': ['', '-errors'],
     'pipelines/apology.yaml': ['', '-not_needed', '-errors'],
     'pipelines/chat_sentiment_remote.yaml': ['', '-errors'],
+    'pipelines/unhappy_digest.yaml': None,  # One row per day: checked below.
 }
 # The RAG pipelines need a vector store: tests/test_rag.py runs them on each.
 RAG = {'pipelines/rag_ingest.yaml', 'pipelines/rag_answer.yaml'}
@@ -52,8 +54,17 @@ def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
         faults=Faults(script=['429', '503', 'malformed', '400'], retry_after=0.2),
         reply=sentiment_reply)
     variables.update(base_url=server.url + '/v1', max_new_tokens=256)
+  if pipeline == 'pipelines/unhappy_digest.yaml':
+    variables.update(max_sentiment=1, max_input_tokens=400)  # Digest every chat.
   result = run_yaml(pipeline, jinja_variables=variables)
   assert result.returncode == 0, result.stderr[-3000:]
+  if OUTPUTS[pipeline] is None:
+    digests = read_json_lines(prefix)
+    errors = read_json_lines(prefix + '-errors')
+    assert digests and sum(d['count'] for d in digests) + len(errors) <= len(chats)
+    assert len({d['day'] for d in digests}) == len(digests)
+    assert all(isinstance(d['digest'], str) for d in digests)
+    return
   assert_every_chat_exactly_once(prefix, OUTPUTS[pipeline], chats)
   errors = read_json_lines(prefix + '-errors')
   if pipeline in REMOTE:

@@ -34,19 +34,35 @@ BACKEND_EXTRAS = {
 ALIASES = {'KerasNLP': 'KerasHub'}
 
 
+def all_backends() -> dict:
+  """Built-in backends and those other packages add (beam_llm.extensions)."""
+  from beam_llm import extensions
+  return {**extensions.backends(), **BACKENDS}
+
+
 def backend_class(owner: str, name: Any):
   name = ALIASES.get(name, name)
-  if name not in BACKENDS:
-    _config.fail(
-        owner,
-        'model_handler.type',
-        f'names an unknown backend {name!r}; choose one of '
-        f'{", ".join(sorted(BACKENDS))}')
-  if name in BACKEND_EXTRAS:
-    extra, modules = BACKEND_EXTRAS[name]
-    _config.require_extra(owner, f'the {name} backend', extra, modules)
-  module, cls = BACKENDS[name].split(':')
-  return getattr(importlib.import_module(module), cls)
+  if name in BACKENDS:
+    if name in BACKEND_EXTRAS:
+      extra, modules = BACKEND_EXTRAS[name]
+      _config.require_extra(owner, f'the {name} backend', extra, modules)
+    module, cls = BACKENDS[name].split(':')
+    return getattr(importlib.import_module(module), cls)
+  from beam_llm import extensions
+  if isinstance(name, str) and name in extensions.backends():
+    cls = extensions.load_backend(name)
+    from beam_llm.handlers.base import TextGenerationHandler
+    if not (isinstance(cls, type) and issubclass(cls, TextGenerationHandler)):
+      _config.fail(
+          owner, 'model_handler.type',
+          f'names backend {name!r}, whose entry point '
+          f'({extensions.backends()[name]}) is not a TextGenerationHandler')
+    return cls
+  _config.fail(
+      owner,
+      'model_handler.type',
+      f'names an unknown backend {name!r}; choose one of '
+      f'{", ".join(sorted(all_backends()))}')
 
 
 def create_handler(

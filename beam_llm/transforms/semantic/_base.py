@@ -1,0 +1,263 @@
+"""What the semantic operators share: a prompt built from the operator's
+options, then RenderPrompt -> GenerateText -> ParseJSON, then one step that
+turns the parsed answer into the operator's fields (or an error row).
+
+The building blocks do the work (sandboxed rendering, batching, backends,
+constrained decoding, the parse ladder); this module only wires them and
+routes every failure of any step to one error output whose `element` is the
+operator's input row, as it came in.
+"""
+import json
+from typing import Any, Mapping, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.typehints import row_type
+
+from beam_llm import _config
+from beam_llm import _rows
+from beam_llm.transforms.semantic import _options
+
+# Fields the operator adds to rows on their way through the building blocks.
+ROW = 'beam_llm_row'
+PROMPT = 'beam_llm_prompt'
+ANSWER = 'beam_llm_answer'
+_INTERNAL = (ROW, PROMPT, ANSWER)
+
+
+class Unplaceable(Exception):
+  """The answer parsed, but the operator cannot use it (becomes an error row)."""
+  def __init__(self, error_type: str, reason: str):
+    super().__init__(reason)
+    self.error_type = error_type
+
+
+class Decider:
+  """An operator's last step, run on the worker (so: small and picklable).
+
+  `decide(parsed)` gets the parsed answer's properties and returns the
+  fields to add to the input row, or None to drop the row (a filter), or
+  raises Unplaceable. `rescue(text)` may turn an answer that is not JSON
+  (a server without structured output answering `positive`) into properties.
+  """
+  output_fields: Sequence[tuple] = ()
+
+  def decide(self, parsed: dict) -> Optional[dict]:
+    return parsed
+
+  def rescue(self, text: str) -> Optional[dict]:
+    return None
+
+
+def literal(text: str) -> str:
+  """Text for a Jinja template that renders as itself (labels, conditions,
+  instructions are data to RenderPrompt, never template code)."""
+  return str(text).replace('{', "{{ '{' }}")
+
+
+def content_source(
+    owner: str,
+    field: Optional[str],
+    template: Optional[str],
+    template_file: Optional[str]) -> str:
+  """The Jinja source of the text the operator works on."""
+  given = _config.exactly_one(
+      owner, field=field, template=template, template_file=template_file)
+  if given == 'field':
+    if not field.isidentifier():
+      _config.fail(owner, 'field', f'{field!r} is not a plain field name')
+    return '<text>\n{{ ' + field + ' }}\n</text>'
+  if given == 'template_file':
+    return _config.read_text_file(owner, 'template_file', template_file)
+  return template
+
+
+def prompt_messages(system: str, user_source: str, chat: bool):
+  """RenderPrompt options: system + user chat messages, or one text."""
+  if chat:
+    return {'messages': [
+        {'role': 'system', 'content': literal(system)},
+        {'role': 'user', 'content': user_source},
+    ]}
+  return {'template': literal(system) + '\n\n' + user_source}
+
+
+class SemanticOperator(beam.PTransform):
+  """Base: subclasses call `_build` in __init__ and define nothing else."""
+  def _build(
+      self,
+      owner: str,
+      options: Mapping[str, Any],
+      render_options: Mapping[str, Any],
+      schema: dict,
+      decider: Decider,
+      prompt_output: Optional[str],
+      error_handling: Optional[Mapping[str, Any]],
+      keep_fields: Optional[Sequence[str]] = None):
+    from beam_llm.transforms.parse_json import ParseJSON
+    from beam_llm.transforms.render_prompt import RenderPrompt
+    self._owner = owner
+    self._schema = schema
+    self._decider = decider
+    self._prompt_output = prompt_output
+    self._keep_fields = None if keep_fields is None else list(keep_fields)
+    self._error_output = _config.error_output_name(owner, error_handling)
+    try:
+      self._render = RenderPrompt(
+          **render_options, output=PROMPT, error_handling={'output': 'errors'})
+    except _config.ConfigError as exn:
+      raise _config.ConfigError(
+          str(exn).replace('RenderPrompt', owner, 1)) from None
+    self._generate = _options.generate_text(owner, options, PROMPT, ANSWER, schema)
+    self._parse = ParseJSON(
+        field=ANSWER, schema=schema, error_handling={'output': 'errors'})
+
+  def expand(self, pcoll):
+    fields = _rows.input_fields(pcoll)
+    if fields is not None:
+      clash = sorted({n for n, _ in fields} & set(_INTERNAL))
+      if clash:
+        _config.fail(self._owner, 'input',
+                     f'has field {clash[0]!r}, a name this transform uses itself')
+      names = {n for n, _ in fields}
+      missing = sorted(self._render._variables - names)
+      if missing:
+        _config.fail(
+            self._owner, 'field' if len(self._render._variables) == 1 else
+            'template', f'names field(s) {", ".join(missing)} that the input '
+            f'does not have (input fields: {", ".join(sorted(names))})')
+    out_fields = fields
+    if self._keep_fields is not None:
+      for name in self._keep_fields:
+        _rows.require_field(self._owner, 'keep_fields', name, fields)
+      if fields is not None:
+        types = dict(fields)
+        out_fields = [(n, types[n]) for n in self._keep_fields]
+    rendered = pcoll | 'Prompt' >> self._render
+    prompt_type = _rows.input_fields(rendered['good'])
+    prompt_type = dict(prompt_type)[PROMPT] if prompt_type else Any
+    generated = rendered['good'] | 'Generate' >> self._generate
+    input_names = [n for n, _ in fields] if fields is not None else None
+    wrap_type = Any
+    if fields is not None:
+      wrap_type = row_type.RowTypeConstraint.from_fields([
+          (ROW, row_type.RowTypeConstraint.from_fields(fields)),
+          (PROMPT, prompt_type), (ANSWER, str)])
+    wrapped = generated['good'] | 'Wrap' >> beam.Map(
+        _wrap, input_names).with_output_types(wrap_type)
+    parsed = wrapped | 'Parse' >> self._parse
+    outcomes = (
+        rendered['errors'] | 'RenderErrors' >> beam.Map(lambda e: ('render', e)),
+        generated['errors'] | 'GenerateErrors' >> beam.Map(
+            lambda e: ('generate', e)),
+        parsed['errors'] | 'ParseErrors' >> beam.Map(lambda e: ('parse', e)),
+        parsed['good'] | 'Parsed' >> beam.Map(lambda r: ('parsed', r)),
+    ) | 'Outcomes' >> beam.Flatten()
+    extra = list(self._decider.output_fields)
+    if self._prompt_output:
+      extra.append((self._prompt_output, prompt_type))
+    return _rows.split_outputs(
+        outcomes,
+        'Decide',
+        _DecideDoFn(self._owner, self._decider, list(self._schema['properties']),
+                    self._prompt_output, input_names, self._keep_fields),
+        _rows.row_type_with(out_fields, extra),
+        self._error_output,
+        element_type=pcoll.element_type)
+
+
+def _wrap(row, input_names):
+  values = _rows.as_dict(row)
+  names = input_names or [n for n in values if n not in _INTERNAL]
+  return beam.Row(**{
+      ROW: beam.Row(**{n: values[n] for n in names}),
+      PROMPT: values[PROMPT],
+      ANSWER: values[ANSWER]
+  })
+
+
+def _strip_internal(row, input_names):
+  values = _rows.as_dict(row)
+  names = input_names or [n for n in values if n not in _INTERNAL]
+  return beam.Row(**{n: values[n] for n in names})
+
+
+def _reason_of(msg: str) -> str:
+  """`ParseJSON (schema): why` -> `why`."""
+  head, sep, rest = msg.partition('): ')
+  return rest if sep and head.startswith(('ParseJSON', 'RenderPrompt')) else msg
+
+
+class _DecideDoFn(beam.DoFn):
+  def __init__(
+      self, owner, decider, properties, prompt_output, input_names, keep_fields):
+    self._owner = owner
+    self._keep_fields = keep_fields
+    self._decider = decider
+    self._properties = properties
+    self._prompt_output = prompt_output
+    self._input_names = input_names
+    namespace = f'beam_llm.{owner}'
+    self._kept = Metrics.counter(namespace, 'output_rows')
+    self._dropped = Metrics.counter(namespace, 'dropped_rows')
+    self._failed = Metrics.counter(namespace, 'error_rows')
+    self._rescued = Metrics.counter(namespace, 'rescued_answers')
+
+  def process(self, outcome):
+    kind, value = outcome
+    if kind == 'parsed':
+      parsed = {p: getattr(value, p) for p in self._properties}
+      yield from self._finish(value, parsed)
+    elif kind == 'parse':
+      wrapped = value.element
+      raw = getattr(wrapped, ANSWER)
+      rescued = self._decider.rescue(raw) if raw else None
+      if rescued is not None:
+        self._rescued.inc()
+        yield from self._finish(wrapped, rescued)
+        return
+      yield from self._error(
+          getattr(wrapped, ROW), value.error_type,
+          f'{self._owner} ({value.error_type}): {_reason_of(value.msg)}; '
+          f'the model answered: {raw!r}')
+    else:  # A prompt that did not render, or a generation that failed.
+      msg = (f'{self._owner}: {value.msg}' if kind == 'generate' else
+             f'{self._owner} ({value.error_type}): {_reason_of(value.msg)}')
+      yield from self._error(
+          _strip_internal(value.element, self._input_names), value.error_type,
+          msg)
+
+  def _finish(self, wrapped, parsed):
+    row = getattr(wrapped, ROW)
+    try:
+      fields = self._decider.decide(parsed)
+    except Unplaceable as exn:
+      yield from self._error(
+          row, exn.error_type, f'{self._owner} ({exn.error_type}): {exn}; '
+          f'the model answered: {getattr(wrapped, ANSWER)!r}')
+      return
+    if fields is None:
+      self._dropped.inc()
+      return
+    self._kept.inc()
+    if self._prompt_output:
+      fields = {**fields, self._prompt_output: getattr(wrapped, PROMPT)}
+    if self._keep_fields is not None:
+      row = beam.Row(**{n: getattr(row, n) for n in self._keep_fields})
+    yield _rows.with_fields(row, **fields)
+
+  def _error(self, row, error_type, msg):
+    self._failed.inc()
+    yield from _rows.tag_error(_rows.error_row(row, msg, error_type))
+
+
+def normalized(text: str) -> str:
+  """An answer without quotes, trailing punctuation, case or spacing."""
+  text = text.strip()
+  try:
+    value = json.loads(text)
+    if isinstance(value, (str, int, bool)) and not isinstance(value, float):
+      text = str(value).strip()
+  except ValueError:
+    pass
+  return text.strip('"\'`*. \n\t').lower()

@@ -1,0 +1,95 @@
+"""Extract: a field -> the typed fields of a JSON Schema, in one step."""
+import json
+from typing import Any, Mapping, Optional, Sequence
+
+from beam_llm import _config
+from beam_llm import json_schema_types
+from beam_llm.transforms.semantic import _base
+from beam_llm.transforms.semantic import _options
+
+_OWNER = 'Extract'
+
+
+@_options.inherits_generate_options
+class Extract(_base.SemanticOperator):
+  """Extracts the fields of a JSON Schema from each row's text.
+
+  RenderPrompt + GenerateText(`response_schema`) + ParseJSON in one step:
+  the prompt (your instruction, the text, and the schema, whose
+  `description`s the model reads) is written for you, the schema constrains
+  the answer (constrained decoding on HuggingFace, structured output on the
+  remote backends), and the answer is parsed and validated like ParseJSON
+  does. The schema's properties become typed fields of the output row
+  (integer -> int, number -> float, string -> str, boolean -> bool, array ->
+  list, object -> row; not required -> nullable), next to the input fields.
+
+  Args:
+    schema: The JSON Schema (inline) of the object to extract; its top level
+      must be an object with `properties`. Give exactly one of `schema` and
+      `schema_file`.
+    schema_file: Path of a JSON file holding the schema.
+    field: The input field holding the text to extract from. Give exactly
+      one of `field`, `template` and `template_file`.
+    template: A Jinja template (RenderPrompt's sandbox; input fields are its
+      variables) for the text, when it is made of several fields. Wrap it in
+      `{% raw %}...{% endraw %}` inside a pipeline file.
+    template_file: Path of a file holding that template.
+    instruction: What to extract, in plain words, e.g. `Judge the
+      customer's tone and summarize the chat.` Defaults to a generic request
+      to fill in the schema.
+    chat: Send the prompt as system + user chat messages (instruct models,
+      chat APIs); false sends one plain text prompt (base models, T5).
+      Defaults to true.
+    keep_fields: Input fields to keep in the output, e.g. `[chat_id]`.
+      Defaults to all of them. Error rows always carry the whole input row.
+    prompt_output: If set, the rendered prompt is kept in a field of that
+      name, to see exactly what the model was asked.
+    error_handling: `{output: <name>}` sends rows that fail to that output
+      as error rows (`element` is the input row; `error_type` is the failing
+      step's: `render`, a GenerateText type such as `prompt_too_long`, or a
+      ParseJSON type: `truncated`, `empty`, `invalid_json`, `schema`).
+  """
+  def __init__(
+      self,
+      schema: Optional[Mapping[str, Any]] = None,
+      schema_file: Optional[str] = None,
+      field: Optional[str] = None,
+      template: Optional[str] = None,
+      template_file: Optional[str] = None,
+      instruction: Optional[str] = None,
+      chat: bool = True,
+      keep_fields: Optional[Sequence[str]] = None,
+      prompt_output: Optional[str] = None,
+      error_handling: Optional[Mapping[str, Any]] = None,
+      **generate_options):
+    super().__init__()
+    options = {k: v for k, v in locals().items()
+               if k not in ('self', '__class__', 'generate_options')}
+    schema = _config.load_json_schema(_OWNER, schema, schema_file)
+    if schema.get('type') != 'object' or not schema.get('properties'):
+      _config.fail(
+          _OWNER, 'schema', 'must describe an object with properties '
+          '(its properties become the output fields)')
+    source = _base.content_source(_OWNER, field, template, template_file)
+    user = _base.literal(
+        (instruction or 'Extract the information described by the JSON '
+         'Schema below from the text.') + '\n\n') + source + _base.literal(
+             '\n\nAnswer with one JSON object that follows this JSON Schema:\n'
+             + json.dumps(_for_prompt(schema), ensure_ascii=False))
+    self._build(
+        _OWNER, {**options, **generate_options},
+        _base.prompt_messages(
+            'You extract information from text. You answer with JSON only.',
+            user, chat), schema,
+        _FieldsDecider(json_schema_types.fields(schema)), prompt_output,
+        error_handling, keep_fields)
+
+
+def _for_prompt(schema: dict) -> dict:
+  """The schema without keys that only cost tokens ($schema, title)."""
+  return {k: v for k, v in schema.items() if k not in ('$schema', '$id', 'title')}
+
+
+class _FieldsDecider(_base.Decider):
+  def __init__(self, fields):
+    self.output_fields = fields

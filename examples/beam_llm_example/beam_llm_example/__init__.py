@@ -1,0 +1,1 @@
+"""An example beam-llm extension: the `Keyword` backend and `Redact` transform."""
