@@ -18,7 +18,8 @@ providers:
 """
 
 GOOD = {
-    'render': {'template_file': 'pipelines/prompts/chat_sentiment.j2'},
+    'render': {'template_file': 'pipelines/prompts/chat_sentiment.j2',
+               'variables': {'agent': 'the support agent'}},
     'generate': {
         'model_handler': {'type': 'HuggingFace', 'config': {'model': 'MODEL'}},
         'max_new_tokens': 16,
