@@ -8,6 +8,7 @@ import collections
 from typing import Dict
 
 _PREFIX = 'beam_llm.'
+_ERRORS = 'beam_llm.errors'
 
 
 def beam_llm_counters(result) -> Dict[str, Dict[str, int]]:
@@ -18,12 +19,31 @@ def beam_llm_counters(result) -> Dict[str, Dict[str, int]]:
     counters = result.metrics().query(MetricsFilter())['counters']
   except (NotImplementedError, KeyError, AttributeError):
     return {}
+  error_steps = [_owner(c.key.step) for c in counters
+                 if c.key.metric.namespace == _ERRORS]
   for counter in counters:
     namespace = counter.key.metric.namespace
-    if namespace.startswith(_PREFIX):
-      value = counter.committed if counter.committed is not None else counter.attempted
-      totals[namespace][counter.key.metric.name] += int(value or 0)
+    if not namespace.startswith(_PREFIX):
+      continue
+    if namespace == _ERRORS and _inside_another(_owner(counter.key.step),
+                                                error_steps):
+      continue  # Re-emitted by the composite around it: count it once.
+    value = counter.committed if counter.committed is not None else counter.attempted
+    totals[namespace][counter.key.metric.name] += int(value or 0)
   return {ns: dict(v) for ns, v in totals.items()}
+
+
+def _owner(step: str) -> str:
+  """The transform that owns an error-counting step (`.../T/Label/CountErrors`)."""
+  return step.rsplit('/', 2)[0] if step.count('/') >= 2 else ''
+
+
+def _inside_another(owner: str, owners) -> bool:
+  # A semantic operator (Classify, Extract, ...) runs RenderPrompt,
+  # GenerateText and ParseJSON inside it and re-emits their error rows as its
+  # own: only the outermost count is the number of error rows that came out.
+  return any(other and owner != other and owner.startswith(other + '/')
+             for other in owners)
 
 
 def render(counters: Dict[str, Dict[str, int]], wall_secs: float) -> str:
