@@ -81,10 +81,10 @@ def _huggingface(options):
 
 _KERAS_PROBE = r'''
 import json, sys, keras_hub
-from beam_llm.handlers.keras_nlp import KerasNLPHandler
+from beam_llm.handlers.keras_hub_lm import KerasHubHandler
 out = []
 for options in json.loads(sys.argv[1]):
-  s = KerasNLPHandler(preset='unused', generation=options, batching={})._make_sampler(keras_hub)
+  s = KerasHubHandler(preset='unused', generation=options, batching={})._make_sampler(keras_hub)
   c = s.get_config()
   greedy = type(s).__name__ == 'GreedySampler'
   out.append(None if greedy else {'temperature': c.get('temperature'),
