@@ -171,3 +171,32 @@ def test_yaml_pipeline_writes_lineage_as_an_object(llm_server, tmp_path):
         'revision': None, 'endpoint': server.url + '/v1',
         'response_schema_hash': None, 'schema_hash': schema_hash}
   assert 'sk-yaml' not in json.dumps(rows) + result.stdout + result.stderr
+
+
+def test_every_backend_describes_its_model_without_secrets(tiny_causal_lm):
+  from beam_llm.handlers import create_handler
+  secret_url = 'http://user:sk-url-secret@127.0.0.1:9/v1?key=sk-url-secret'
+  specs = {
+      'HuggingFace': {'model': tiny_causal_lm, 'revision': 'main'},
+      'KerasHub': {'preset': '/models/gemma'},
+      'OpenAICompatible': {'model': 'm', 'base_url': secret_url},
+      'Gemini': {'model': 'gemini-2.0-flash', 'base_url': secret_url},
+      'VertexAI': {'endpoint': '1234', 'project': 'p', 'location': 'l',
+                   'api_endpoint': secret_url},
+  }
+  described = {
+      name: create_handler('GenerateText', {'type': name, 'config': config},
+                           {}, {}).describe_model()
+      for name, config in specs.items()}
+  assert described['HuggingFace'] == {
+      'backend': 'HuggingFace', 'model': tiny_causal_lm, 'revision': 'main',
+      'endpoint': None}
+  assert described['KerasHub']['model'] == '/models/gemma'
+  assert described['OpenAICompatible']['endpoint'] == 'http://127.0.0.1:9/v1'
+  assert described['Gemini'] == {
+      'backend': 'Gemini', 'model': 'gemini-2.0-flash', 'revision': None,
+      'endpoint': 'http://127.0.0.1:9/v1'}
+  assert described['VertexAI'] == {
+      'backend': 'VertexAI', 'model': '1234', 'revision': None,
+      'endpoint': 'http://127.0.0.1:9/v1 p/l'}
+  assert 'sk-url-secret' not in repr(described)
