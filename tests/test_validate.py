@@ -60,7 +60,7 @@ def test_a_broken_pipeline_gets_one_line_per_problem(tmp_path):
       "line 6: RenderPrompt: input 'Raed' names no transform of this pipeline "
       "(known: Gen, ParseJSON, Read, RenderPrompt)",
       "line 6: RenderPrompt: option 'outptu' is unknown (did you mean "
-      "'output'?); known options: error_handling, messages, output, template, "
+      "'output'?); known options: error_handling, lineage, messages, output, template, "
       "template_file, variables",
       "line 9: Gen (GenerateText): HuggingFace model '/no/such/model' is not "
       "available: no such local directory '/no/such/model'. To run without "

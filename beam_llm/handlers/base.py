@@ -111,6 +111,12 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
   def describe(self) -> str:
     return self.backend
 
+  def describe_model(self) -> dict:
+    """What identifies the model, for lineage: backend, model, revision,
+    endpoint (None where it does not apply). Never a secret."""
+    return {'backend': self.backend, 'model': None, 'revision': None,
+            'endpoint': None}
+
   def generate(self, model, prompts: list) -> list:
     raise NotImplementedError
 

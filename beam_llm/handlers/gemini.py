@@ -83,6 +83,14 @@ class GeminiHandler(remote_base.RemoteHandler):
   def describe(self) -> str:
     return f'Gemini {self._model}'
 
+  def describe_model(self) -> dict:
+    from beam_llm import lineage
+    endpoint = lineage.safe_endpoint(self._base_url) or (
+        f'vertexai:{self._project or "default"}/{self._location}'
+        if self._vertexai else 'gemini-api')
+    return {**super().describe_model(), 'model': self._model,
+            'endpoint': endpoint}
+
   def target(self) -> str:
     where = (f'vertexai|{self._project}|{self._location}'
              if self._vertexai else 'gemini-api')

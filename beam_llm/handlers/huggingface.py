@@ -79,6 +79,10 @@ class HuggingFaceHandler(LocalModelHandler):
   def describe(self) -> str:
     return f'HuggingFace {self._model_id}'
 
+  def describe_model(self) -> dict:
+    return {**super().describe_model(), 'model': self._model_id,
+            'revision': self._revision}
+
   def check_at_build(self) -> None:
     for name in {self._model_id, self._tokenizer_id}:
       why = why_unavailable(name, self._revision)

@@ -99,6 +99,9 @@ class KerasHubHandler(LocalModelHandler):
   def describe(self) -> str:
     return f'KerasHub {self._preset}'
 
+  def describe_model(self) -> dict:
+    return {**super().describe_model(), 'model': self._preset}
+
   def check_at_build(self) -> None:
     loaded = _loaded_keras_backend()
     if loaded and self._keras_backend not in ('auto', loaded):

@@ -77,6 +77,11 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
   def describe(self) -> str:
     return f'OpenAICompatible {self._model} at {self._base_url}'
 
+  def describe_model(self) -> dict:
+    from beam_llm import lineage
+    return {**super().describe_model(), 'model': self._model,
+            'endpoint': lineage.safe_endpoint(self._base_url)}
+
   def target(self) -> str:
     return self._base_url
 

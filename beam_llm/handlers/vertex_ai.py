@@ -132,6 +132,14 @@ class VertexAIHandler(remote_base.RemoteHandler):
   def describe(self) -> str:
     return f'VertexAI endpoint {self._endpoint}'
 
+  def describe_model(self) -> dict:
+    from beam_llm import lineage
+    where = f'{self._project or "default"}/{self._location}'
+    if self._api_endpoint:
+      where = f'{lineage.safe_endpoint(self._api_endpoint)} {where}'
+    return {**super().describe_model(), 'model': self._endpoint,
+            'endpoint': where}
+
   def check_input_fields(self, names) -> None:
     missing = [f for f in self._row_fields if f not in names]
     if missing:

@@ -8,6 +8,7 @@ from apache_beam.ml.inference.base import RunInference
 from beam_llm import _config
 from beam_llm import _rows
 from beam_llm import handlers
+from beam_llm import lineage as lineage_policy
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import GenerationFailure
 from beam_llm.handlers.base import RowPrompt
@@ -61,6 +62,10 @@ class GenerateText(beam.PTransform):
     usage_fields: Add the token counts the backend reports for each row as
       fields `input_tokens` and `output_tokens` (null when the backend does
       not report them). Defaults to false.
+    lineage: Add (or fill in) the row field `lineage` with the run id, the
+      model (`backend`, `model`, `revision`, `endpoint`; never an API key)
+      and `response_schema_hash`, keeping the `template_hash` RenderPrompt
+      put there (docs/lineage.md). Defaults to false.
     error_handling: `{output: <name>}` sends rows that fail to generate to
       that output as Beam YAML error rows (`element`, `msg`, `stack`,
       `error_type`), instead of failing the pipeline. Error types:
@@ -90,6 +95,7 @@ class GenerateText(beam.PTransform):
       large_model: bool = False,
       model_copies: Optional[int] = None,
       usage_fields: bool = False,
+      lineage: bool = False,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
     options = {
@@ -125,6 +131,13 @@ class GenerateText(beam.PTransform):
     self._prompt = prompt
     self._output = output
     self._usage_fields = usage_fields
+    self._lineage = None
+    if lineage:
+      schema = generation['response_schema']
+      self._lineage = {
+          **self._handler.describe_model(),
+          'response_schema_hash':
+              None if schema is None else lineage_policy.json_hash(schema)}
     self._error_output = _config.error_output_name(_OWNER, error_handling)
 
   def check_at_build(self) -> None:
@@ -151,21 +164,29 @@ class GenerateText(beam.PTransform):
     else:
       results = keyed | 'RunInference' >> RunInference(
           KeyedModelHandler(self._handler))
+    added = [(self._output, str)]
+    if self._usage_fields:
+      added += [('input_tokens', Optional[int]), ('output_tokens', Optional[int])]
+    lineage = None
+    if self._lineage is not None:
+      lineage = {**self._lineage,
+                 'run_id': lineage_policy.run_id(pcoll.pipeline)}
+      added.append((lineage_policy.FIELD, lineage_policy.LINEAGE))
     return _rows.split_outputs(
         results,
         'Collect',
-        _CollectDoFn(self._output, self._usage_fields),
-        _rows.row_type_with(fields, [(self._output, str)] + (
-            [('input_tokens', Optional[int]), ('output_tokens', Optional[int])]
-            if self._usage_fields else [])),
+        _CollectDoFn(self._output, self._usage_fields, lineage),
+        _rows.row_type_with(fields, added),
         self._error_output,
         element_type=pcoll.element_type)
 
 
 class _CollectDoFn(beam.DoFn):
   """(row, PredictionResult) -> the row with its response, or an error row."""
-  def __init__(self, output: str, usage_fields: bool):
+  def __init__(self, output: str, usage_fields: bool,
+               lineage: Optional[dict] = None):
     self._output = output
+    self._lineage = lineage
     self._usage_fields = usage_fields
 
   def process(self, keyed):
@@ -177,12 +198,14 @@ class _CollectDoFn(beam.DoFn):
               row, f'{_OWNER} ({response.error_type}): {response.msg}',
               response.error_type))
     else:
-      usage = {}
+      added = {}
       if isinstance(response, Generation):
         if self._usage_fields:
-          usage = {'input_tokens': response.input_tokens,
+          added = {'input_tokens': response.input_tokens,
                    'output_tokens': response.output_tokens}
         response = response.text
       elif self._usage_fields:
-        usage = {'input_tokens': None, 'output_tokens': None}
-      yield _rows.with_fields(row, **{self._output: response}, **usage)
+        added = {'input_tokens': None, 'output_tokens': None}
+      if self._lineage:
+        added[lineage_policy.FIELD] = lineage_policy.merged(row, self._lineage)
+      yield _rows.with_fields(row, **{self._output: response}, **added)

@@ -9,6 +9,7 @@ from beam_llm import _rows
 from beam_llm import json_extract
 from beam_llm import json_validation
 from beam_llm import json_schema_types
+from beam_llm import lineage as lineage_policy
 
 _OWNER = 'ParseJSON'
 
@@ -43,6 +44,9 @@ class ParseJSON(beam.PTransform):
     coerce: Whether to turn numbers written as text ("-1") into numbers where
       the schema asks for an integer or number and nothing is lost ("1.5" is
       never made an integer). Defaults to true.
+    lineage: Add (or fill in) the row field `lineage` with the run id and
+      `schema_hash`, a hash of the schema, keeping what RenderPrompt and
+      GenerateText put there (docs/lineage.md). Defaults to false.
     error_handling: `{output: <name>}` sends rows that cannot be parsed or do
       not validate to that output as Beam YAML error rows (`element`, `msg`,
       `stack`, `error_type`: one of `empty`, `truncated`, `invalid_json`,
@@ -55,6 +59,7 @@ class ParseJSON(beam.PTransform):
       schema_file: Optional[str] = None,
       repair: bool = True,
       coerce: bool = True,
+      lineage: bool = False,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
     _config.check_call_options(
@@ -66,22 +71,36 @@ class ParseJSON(beam.PTransform):
             schema_file=schema_file,
             repair=repair,
             coerce=coerce,
+            lineage=lineage,
             error_handling=error_handling))
     self._schema = _object_schema(
         _config.load_json_schema(_OWNER, schema, schema_file))
     self._field = field
     self._repair = repair
     self._coerce = coerce
+    self._lineage = lineage
     self._error_output = _config.error_output_name(_OWNER, error_handling)
 
   def expand(self, pcoll):
     fields = _rows.input_fields(pcoll)
     _rows.require_field(_OWNER, 'field', self._field, fields)
+    added = list(json_schema_types.fields(self._schema))
+    lineage = None
+    if self._lineage:
+      names = {name for name, _ in added}
+      if lineage_policy.FIELD in names:
+        _config.fail(_OWNER, 'lineage',
+                     f'cannot be used with a schema that has a property named '
+                     f'{lineage_policy.FIELD!r}')
+      lineage = {'run_id': lineage_policy.run_id(pcoll.pipeline),
+                 'schema_hash': lineage_policy.json_hash(self._schema)}
+      added.append((lineage_policy.FIELD, lineage_policy.LINEAGE))
     return _rows.split_outputs(
         pcoll,
         'Parse',
-        _ParseDoFn(self._field, self._schema, self._repair, self._coerce),
-        _rows.row_type_with(fields, json_schema_types.fields(self._schema)),
+        _ParseDoFn(self._field, self._schema, self._repair, self._coerce,
+                   lineage),
+        _rows.row_type_with(fields, added),
         self._error_output)
 
 
@@ -96,8 +115,10 @@ def _object_schema(schema: dict) -> dict:
 
 
 class _ParseDoFn(beam.DoFn):
-  def __init__(self, field: str, schema: dict, repair: bool, coerce: bool):
+  def __init__(self, field: str, schema: dict, repair: bool, coerce: bool,
+               lineage: Optional[dict] = None):
     self._field = field
+    self._lineage = lineage
     self._schema = schema
     self._repair = repair
     self._coerce = coerce
@@ -135,7 +156,10 @@ class _ParseDoFn(beam.DoFn):
     self._parsed.inc()
     if rung == 'repair':
       self._repaired.inc()
-    yield _rows.with_fields(row, **self._fields_of(value))
+    fields = self._fields_of(value)
+    if self._lineage:
+      fields[lineage_policy.FIELD] = lineage_policy.merged(row, self._lineage)
+    yield _rows.with_fields(row, **fields)
 
   def _error(self, row, error_type: str, reason: str):
     self._failed.inc()

@@ -7,6 +7,7 @@ from apache_beam.typehints import row_type
 
 from beam_llm import _config
 from beam_llm import _rows
+from beam_llm import lineage as lineage_policy
 
 _OWNER = 'RenderPrompt'
 _MESSAGE_KEYS = {'role', 'content', 'content_file'}
@@ -53,6 +54,10 @@ class RenderPrompt(beam.PTransform):
       `{business: "our shop", agent_name: "Sam"}`: wording a pipeline takes
       from its Jinja variables instead of hard-coding it in the prompt. A
       name may not also be an input field.
+    lineage: Add (or fill in) the row field `lineage` with the run id and
+      `template_hash`, a hash of the template source (of the messages'
+      templates in chat form), which GenerateText and ParseJSON keep when
+      they add theirs (docs/lineage.md). Defaults to false.
     error_handling: `{output: <name>}` sends rows whose template fails to
       render to that output, as Beam YAML error rows (`element`, `msg`,
       `stack`, `error_type`), instead of failing the pipeline.
@@ -64,6 +69,7 @@ class RenderPrompt(beam.PTransform):
       messages: Optional[Sequence[Mapping[str, str]]] = None,
       output: str = 'prompt',
       variables: Optional[Mapping[str, Any]] = None,
+      lineage: bool = False,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
     _config.check_call_options(
@@ -75,6 +81,7 @@ class RenderPrompt(beam.PTransform):
             messages=messages,
             output=output,
             variables=variables,
+            lineage=lineage,
             error_handling=error_handling))
     given = _config.exactly_one(
         _OWNER,
@@ -87,6 +94,7 @@ class RenderPrompt(beam.PTransform):
     self._sources = (
         _chat_sources(messages) if given == 'messages' else [(None, template)])
     self._is_chat = given == 'messages'
+    self._lineage = lineage
     self._output = output
     self._error_output = _config.error_output_name(_OWNER, error_handling)
     self._constants = dict(variables or {})
@@ -109,12 +117,18 @@ class RenderPrompt(beam.PTransform):
             f'uses variable(s) {", ".join(missing)} that are not fields of the '
             f'input (input fields: {", ".join(sorted(names))})')
     out_type = Sequence[Message] if self._is_chat else str
+    added = [(self._output, out_type)]
+    lineage = None
+    if self._lineage:
+      lineage = {'run_id': lineage_policy.run_id(pcoll.pipeline),
+                 'template_hash': lineage_policy.template_hash(self._sources)}
+      added.append((lineage_policy.FIELD, lineage_policy.LINEAGE))
     return _rows.split_outputs(
         pcoll,
         'Render',
         _RenderDoFn(self._sources, self._is_chat, self._output,
-                    self._constants),
-        _rows.row_type_with(fields, [(self._output, out_type)]),
+                    self._constants, lineage),
+        _rows.row_type_with(fields, added),
         self._error_output)
 
 
@@ -170,8 +184,10 @@ def _render(template, variables: dict) -> str:
 
 
 class _RenderDoFn(beam.DoFn):
-  def __init__(self, sources, is_chat: bool, output: str, constants: dict):
+  def __init__(self, sources, is_chat: bool, output: str, constants: dict,
+               lineage: Optional[dict] = None):
     self._sources = sources
+    self._lineage = lineage
     self._constants = constants
     self._is_chat = is_chat
     self._output = output
@@ -203,4 +219,7 @@ class _RenderDoFn(beam.DoFn):
       value = [beam.Row(role=role, content=text) for role, text in rendered]
     else:
       value = rendered[0][1]
-    yield _rows.with_fields(row, **{self._output: value})
+    added = {self._output: value}
+    if self._lineage:
+      added[lineage_policy.FIELD] = lineage_policy.merged(row, self._lineage)
+    yield _rows.with_fields(row, **added)
