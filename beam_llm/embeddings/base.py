@@ -14,6 +14,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Union
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.ml.inference.base import PredictionResult
+from beam_llm.handlers.base import BUG_TYPES
 
 _LOG = logging.getLogger('beam_llm.EmbedText')
 _NAMESPACE = 'beam_llm.EmbedText'
@@ -88,6 +89,8 @@ class EmbeddingHandler(ModelHandler[Any, Union[Vector, EmbeddingFailure], Any]):
             f'{self.backend} returned {len(vectors)} vectors for '
             f'{len(texts)} texts')
       return vectors
+    except BUG_TYPES:
+      raise  # Our bug or a config error: fail loudly, never an error row.
     except Exception as exn:  # pylint: disable=broad-except
       if len(texts) == 1:
         return [EmbeddingFailure(f'{type(exn).__name__}: {exn}', 'embedding')]

@@ -132,10 +132,9 @@ class RemoteEmbedder(EmbeddingHandler):
   def _send_all(self, loaded, batches: List[List[str]]) -> list:
     client, caller = loaded.client, loaded.caller
     classify = self._classify
-    outcomes = caller.run_all([
-        functools.partial(caller.call,
-                          functools.partial(self.send, client, batch), classify)
-        for batch in batches])
+    futures = [caller.submit(functools.partial(self.send, client, batch), classify)
+               for batch in batches]
+    outcomes = [f.result() for f in futures]
     ns = self.get_metrics_namespace()
     for out in outcomes:
       for name, value in (('requests', out.attempts), ('retries', out.retries),

@@ -18,7 +18,7 @@ _LOG = logging.getLogger('beam_llm.GenerateText')
 _PROGRESS_EVERY_SECS = 10.0
 # Exceptions that mean a bug or a config error, never one row's problem.
 # (Not IndexError: torch raises it for a prompt past a model's positions.)
-_BUGS = (TypeError, AttributeError, NameError, ImportError, AssertionError,
+BUG_TYPES = (TypeError, AttributeError, NameError, ImportError, AssertionError,
          NotImplementedError, SyntaxError)
 
 
@@ -164,7 +164,7 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
       return []
     try:
       responses = self.generate(model, prompts)
-    except _BUGS:
+    except BUG_TYPES:
       raise
     except Exception as exn:  # pylint: disable=broad-except
       if len(prompts) == 1:
@@ -176,7 +176,7 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
       for p in prompts:
         try:
           alone.append(self.generate(model, [p])[0])
-        except _BUGS:
+        except BUG_TYPES:
           raise
         except Exception as row_exn:  # pylint: disable=broad-except
           alone.append(row_exn)
