@@ -24,8 +24,8 @@ def test_good_lines_are_read_and_each_bad_line_is_one_error_row(tmp_path):
                     jinja_variables={'input': str(path), 'output': out})
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(read_json_lines(out), key=lambda r: r['chat_id']) == [
-      {'chat_id': 1, 'user_id': 10, 'history': 'hi'},
-      {'chat_id': 2, 'user_id': 11, 'history': 'late pizza'}]
+      {'chat_id': 1, 'user_id': 10, 'history': 'hi', 'day': None},
+      {'chat_id': 2, 'user_id': 11, 'history': 'late pizza', 'day': None}]
   errors = read_json_lines(out + '-errors')
   assert sorted((e['element']['line'], e['error_type']) for e in errors) == sorted(BAD)
   assert all(e['element']['file'] == str(path) for e in errors)
