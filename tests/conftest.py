@@ -116,6 +116,17 @@ def milvus_server(tmp_path_factory):
         raise RuntimeError('milvus_lite server did not start: ' +
                            (data / 'server.log').read_text()[-2000:])
       time.sleep(0.2)
+  # The port opens before the gRPC service answers: wait until it does.
+  from pymilvus import MilvusClient
+  while True:
+    try:
+      MilvusClient(uri=uri, timeout=5).list_collections()
+      break
+    except Exception:  # pylint: disable=broad-except
+      if proc.poll() is not None or time.monotonic() > deadline:
+        proc.kill()
+        raise
+      time.sleep(0.5)
   yield uri
   proc.terminate()
   try:
