@@ -20,7 +20,7 @@ from beam_llm.stores.base import VectorStore
 
 _MAX_ID = 512
 _MAX_TEXT = 65535
-_CONNECT_TIMEOUT_SECS = 10
+_CONNECT_TIMEOUT_SECS = 30  # A loaded or just-started server can be slow to answer.
 TOKEN_ENV = 'MILVUS_TOKEN'
 
 # One client per store URI per process: a Milvus Lite file admits one
