@@ -60,6 +60,19 @@ def require_extra(owner: str, what: str, extra: str, modules) -> None:
         f"pip install 'beam-llm[{extra}]'")
 
 
+def check_model_handler_spec(owner: str, spec: Any, example_type: str) -> None:
+  """Checks the shape of a YAML `model_handler: {type, config}` block."""
+  if not isinstance(spec, Mapping):
+    fail(owner, 'model_handler',
+         f'must be a mapping like {{type: {example_type}, config: {{...}}}}')
+  unknown = set(spec) - {'type', 'config'}
+  if unknown:
+    fail(owner, f'model_handler.{sorted(unknown)[0]}',
+         'is unknown; model_handler takes type and config')
+  if 'type' not in spec:
+    fail(owner, 'model_handler.type', 'is required')
+
+
 def check_call_options(
     owner: str,
     func: Callable,

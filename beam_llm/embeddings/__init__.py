@@ -29,15 +29,7 @@ def backend_class(owner: str, name: Any):
 
 def create_handler(owner: str, spec: Mapping[str, Any], batching: Mapping[str, Any]):
   """Builds the backend named by a YAML `model_handler: {type, config}`."""
-  if not isinstance(spec, Mapping):
-    _config.fail(owner, 'model_handler',
-                 'must be a mapping like {type: SentenceTransformers, config: {...}}')
-  unknown = set(spec) - {'type', 'config'}
-  if unknown:
-    _config.fail(owner, f'model_handler.{sorted(unknown)[0]}',
-                 'is unknown; model_handler takes type and config')
-  if 'type' not in spec:
-    _config.fail(owner, 'model_handler.type', 'is required')
+  _config.check_model_handler_spec(owner, spec, 'SentenceTransformers')
   cls = backend_class(owner, spec['type'])
   config = spec.get('config') or {}
   _config.check_call_options(

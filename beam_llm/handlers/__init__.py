@@ -71,15 +71,7 @@ def create_handler(
     generation: Mapping[str, Any],
     batching: Mapping[str, Any]):
   """Builds the backend named by a YAML `model_handler: {type, config}`."""
-  if not isinstance(spec, Mapping):
-    _config.fail(owner, 'model_handler',
-                 'must be a mapping like {type: HuggingFace, config: {...}}')
-  unknown = set(spec) - {'type', 'config'}
-  if unknown:
-    _config.fail(owner, f'model_handler.{sorted(unknown)[0]}',
-                 'is unknown; model_handler takes type and config')
-  if 'type' not in spec:
-    _config.fail(owner, 'model_handler.type', 'is required')
+  _config.check_model_handler_spec(owner, spec, 'HuggingFace')
   cls = backend_class(owner, spec['type'])
   if generation.get('response_schema') and not cls.supports_response_schema:
     _config.fail(owner, 'response_schema',
