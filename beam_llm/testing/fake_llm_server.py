@@ -52,6 +52,9 @@ class Faults:
   # ('429', '503', '400', ...), or 'CODE:validation' (that status with a
   # request-validation message, as llama-cpp-python sends with a 500).
   script: List[str] = dataclasses.field(default_factory=list)
+  # When set, scripted faults go only to requests whose prompt contains
+  # this text (tests that need a fault on a known row, not a random one).
+  script_for: str = ''
   # Put the request's auth headers into error bodies (tests redaction).
   leak_auth_in_errors: bool = False
 
@@ -141,10 +144,10 @@ class FakeLLMServer:
   def prompts_answered(self) -> List[str]:
     return [r.prompt for r in self.log if r.status == 200 and r.fault == 'ok']
 
-  def _choose_fault(self) -> str:
+  def _choose_fault(self, prompt: str) -> str:
     f = self.faults
     with self._lock:
-      if f.script:
+      if f.script and f.script_for in prompt:
         return f.script.pop(0)
       x = self._random.random()
     for name, p in (('429', f.rate_limited), ('5xx', f.server_error),
@@ -267,7 +270,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       if entry.form not in accepted:
         entry.fault, entry.status = 'refused', status
         return self._error(status, 'INVALID_ARGUMENT', message)
-      entry.fault = fake._choose_fault()
+      entry.fault = fake._choose_fault(entry.prompt)
       self._answer(entry, path, body)
     finally:
       with fake._lock:
