@@ -118,9 +118,12 @@ def milvus_server(tmp_path_factory):
       time.sleep(0.2)
   # The port opens before the gRPC service answers: wait until it does.
   from pymilvus import MilvusClient
+  from beam_llm.stores.milvus import GRPC_OPTIONS
   while True:
     try:
-      MilvusClient(uri=uri, timeout=5).list_collections()
+      # pymilvus shares one channel per address in a process, made with the
+      # first client's options: the store's own.
+      MilvusClient(uri=uri, timeout=5, grpc_options=GRPC_OPTIONS).list_collections()
       break
     except Exception:  # pylint: disable=broad-except
       if proc.poll() is not None or time.monotonic() > deadline:

@@ -41,7 +41,8 @@ def count_entries(uri, collection):
     with psycopg.connect(uri) as conn:
       return conn.execute(f'SELECT count(*) FROM {collection}').fetchone()[0]
   from pymilvus import MilvusClient
-  client = MilvusClient(uri)
+  from beam_llm.stores.milvus import GRPC_OPTIONS
+  client = MilvusClient(uri, grpc_options=GRPC_OPTIONS)
   try:
     client.load_collection(collection)
     return client.query(collection, filter='', output_fields=['count(*)'])[0]['count(*)']

@@ -33,6 +33,13 @@ def _is_lite(uri: str) -> bool:
   return '://' not in uri or uri.startswith('file://')
 
 
+# pymilvus pings every 10 s even on an idle channel; a server that enforces
+# gRPC's default ping policy (milvus_lite's server mode does) answers with
+# GOAWAY "too many pings", and the next call on the shared channel fails
+# UNAVAILABLE. Ping only while a call is in flight.
+GRPC_OPTIONS = {'grpc.keepalive_permit_without_calls': False}
+
+
 def _lite_path(uri: str) -> str:
   return os.path.abspath(uri[len('file://'):] if uri.startswith('file://') else uri)
 
@@ -48,7 +55,7 @@ def _client(uri: str):
       else:
         _CLIENTS[uri] = MilvusClient(
             uri=uri, token=os.environ.get(TOKEN_ENV, ''),
-            timeout=_CONNECT_TIMEOUT_SECS)
+            timeout=_CONNECT_TIMEOUT_SECS, grpc_options=GRPC_OPTIONS)
     return _CLIENTS[uri]
 
 
@@ -90,7 +97,7 @@ class MilvusStore(VectorStore):
     try:
       from pymilvus import MilvusClient
       client = MilvusClient(uri=self.uri, token=os.environ.get(TOKEN_ENV, ''),
-                            timeout=_CONNECT_TIMEOUT_SECS)
+                            timeout=_CONNECT_TIMEOUT_SECS, grpc_options=GRPC_OPTIONS)
       try:
         exists = client.has_collection(self.collection)
       finally:
