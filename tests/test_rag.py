@@ -56,7 +56,10 @@ def count_entries(uri, collection):
     with psycopg.connect(uri) as conn:
       return conn.execute(f'SELECT count(*) FROM {collection}').fetchone()[0]
   from pymilvus import MilvusClient
-  client = MilvusClient(uri)
+  # A server gets a connection of its own: pymilvus shares one per URI, and
+  # the one the server fixture opened, idle since, is dropped by the server
+  # ("too many pings"), which pymilvus then fails to recover within 5 s.
+  client = MilvusClient(uri, dedicated=True, timeout=30) if '://' in uri else MilvusClient(uri)
   try:
     client.load_collection(collection)
     return client.query(collection, filter='', output_fields=['count(*)'])[0]['count(*)']
