@@ -123,7 +123,9 @@ def milvus_server(tmp_path_factory):
     try:
       # pymilvus shares one channel per address in a process, made with the
       # first client's options: the store's own.
-      MilvusClient(uri=uri, timeout=5, grpc_options=GRPC_OPTIONS).list_collections()
+      probe = MilvusClient(uri=uri, timeout=5, grpc_options=GRPC_OPTIONS)
+      probe.list_collections()
+      probe.close()
       break
     except Exception:  # pylint: disable=broad-except
       if proc.poll() is not None or time.monotonic() > deadline:

@@ -1,6 +1,7 @@
 """Every pipeline in pipelines/, run for real through
 `python -m apache_beam.yaml.main` on tiny local models, and under --tests."""
 import glob
+import json
 import os
 
 import pytest
@@ -32,10 +33,58 @@ def test_every_pipeline_is_covered():
   assert sorted(set(OUTPUTS) | STREAMING | RAG) == PIPELINES
 
 
-def assert_every_chat_exactly_once(prefix, suffixes, chats):
+# Input lines no pipeline can read, mixed into the input of every run: each
+# must cost one error row (its line, the file and the reason), not the run.
+# (line, error_type, what the reason says)
+BAD_CHAT_LINES = [
+    ('{"chat_id": 9001, "user_id": 1, "history": "cut o', 'invalid_json', 'not valid JSON'),
+    ('this is not json', 'invalid_json', 'not valid JSON'),
+    ('{"chat_id": "9002", "user_id": 1, "history": "typed wrong"}', 'schema',
+     "chat_id: '9002' is not of type 'integer'"),
+    ('{"chat_id": 9003, "history": "no user_id"}', 'schema',
+     "'user_id' is a required property"),
+]
+
+
+def write_with_bad_lines(path, good, bad_lines):
+  """Writes the `good` records as JSON lines with the bad lines (and a blank
+  line, which is skipped) in between them."""
+  lines = [json.dumps(record) for record in good]
+  for i, (line, _, _) in enumerate(bad_lines):
+    lines.insert(i * (len(lines) // len(bad_lines) + 1), line)
+  lines.insert(len(lines) // 2, '')
+  path.write_text('\n'.join(lines) + '\n')
+  return str(path)
+
+
+def is_bad_line(error):
+  """An error row of ReadJsonLines: the failed element is a line of a file."""
+  return isinstance(error['element'], dict) and error['element'].get('line') is not None
+
+
+def assert_bad_lines_are_error_rows(errors, path, bad_lines):
+  """Each of `bad_lines` is exactly one error row, with the file, the line and
+  the reason; returns the other error rows."""
+  read = [e for e in errors if is_bad_line(e)]
+  assert sorted((e['element']['line'], e['error_type']) for e in read) == sorted(
+      (line, error_type) for line, error_type, _ in bad_lines)
+  reasons = {line: reason for line, _, reason in bad_lines}
+  for error in read:
+    assert error['element']['file'] == path
+    assert error['msg'].startswith(f"ReadJsonLines ({error['error_type']}): ")
+    assert reasons[error['element']['line']] in error['msg']
+  return [e for e in errors if not is_bad_line(e)]
+
+
+def assert_every_chat_exactly_once(prefix, suffixes, chats, path):
+  """Every good chat of the input at `path` is in exactly one of the outputs,
+  and every bad line is one error row."""
   seen = []
   for suffix in suffixes:
-    seen += [row['chat_id'] for row in read_json_lines(prefix + suffix)]
+    rows = read_json_lines(prefix + suffix)
+    if suffix == '-errors':
+      rows = assert_bad_lines_are_error_rows(rows, path, BAD_CHAT_LINES)
+    seen += [row['chat_id'] for row in rows]
   assert sorted(seen) == sorted(c['chat_id'] for c in chats)
 
 
@@ -43,8 +92,10 @@ def assert_every_chat_exactly_once(prefix, suffixes, chats):
 def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
     pipeline, tiny_causal_lm, tiny_gemma, tmp_path, chats, request):
   prefix = str(tmp_path / 'out')
+  # The bundled chats, with lines that are not valid chats among them.
+  data = write_with_bad_lines(tmp_path / 'chats.jsonl', chats, BAD_CHAT_LINES)
   variables = {'model': tiny_gemma if 'gemma' in pipeline else tiny_causal_lm,
-               'output': prefix, 'max_new_tokens': 8}
+               'input': data, 'output': prefix, 'max_new_tokens': 8}
   if pipeline in REMOTE:
     # A server that answers with sentiment JSON, after a 429, a 503, an
     # answer it garbles (retried) and one request it refuses (that chat
@@ -60,13 +111,14 @@ def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
   assert result.returncode == 0, result.stderr[-3000:]
   if OUTPUTS[pipeline] is None:
     digests = read_json_lines(prefix)
-    errors = read_json_lines(prefix + '-errors')
+    errors = assert_bad_lines_are_error_rows(
+        read_json_lines(prefix + '-errors'), data, BAD_CHAT_LINES)
     assert digests and sum(d['count'] for d in digests) + len(errors) <= len(chats)
     assert len({d['day'] for d in digests}) == len(digests)
     assert all(isinstance(d['digest'], str) for d in digests)
     return
-  assert_every_chat_exactly_once(prefix, OUTPUTS[pipeline], chats)
-  errors = read_json_lines(prefix + '-errors')
+  assert_every_chat_exactly_once(prefix, OUTPUTS[pipeline], chats, data)
+  errors = [e for e in read_json_lines(prefix + '-errors') if not is_bad_line(e)]
   if pipeline in REMOTE:
     assert [e['error_type'] for e in errors] == ['client_error']
     assert len(read_json_lines(prefix)) == len(chats) - 1

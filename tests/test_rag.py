@@ -8,10 +8,25 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, read_json_lines, run_yaml
+from tests.test_pipelines import assert_bad_lines_are_error_rows, write_with_bad_lines
 
 KB = os.path.join(ROOT, 'pipelines', 'data', 'kb.jsonl')
 QUESTIONS = os.path.join(ROOT, 'pipelines', 'data', 'questions.jsonl')
 OFFLINE = {'HF_HUB_OFFLINE': '1'}
+# Input lines that are not documents / questions: each costs one error row
+# (line, error_type, what the reason says), not the run.
+BAD_DOC_LINES = [
+    ('{"id": "f98", "text": "cut o', 'invalid_json', 'not valid JSON'),
+    ('not json', 'invalid_json', 'not valid JSON'),
+    ('{"id": "f99", "text": 42}', 'schema', "text: 42 is not of type 'string'"),
+    ('{"text": "A document without an id."}', 'schema', "'id' is a required property"),
+]
+BAD_QUESTION_LINES = [
+    ('{"id": "q98", "question": "When do yo', 'invalid_json', 'not valid JSON'),
+    ('["q99", "a list, not an object"]', 'not_an_object', 'expected a JSON object, got array'),
+    ('{"id": true, "question": "Typed wrong?"}', 'schema',
+     "id: True is not of type 'string', 'integer'"),
+]
 
 
 def _lines(path):
@@ -42,7 +57,10 @@ def count_entries(uri, collection):
       return conn.execute(f'SELECT count(*) FROM {collection}').fetchone()[0]
   from pymilvus import MilvusClient
   from beam_llm.stores.milvus import GRPC_OPTIONS
-  client = MilvusClient(uri, grpc_options=GRPC_OPTIONS)
+  # The store's channel options (no idle pings), and for a server a
+  # connection of its own: pymilvus shares one per address in a process.
+  server = {'dedicated': True, 'timeout': 30} if '://' in uri else {}
+  client = MilvusClient(uri, grpc_options=GRPC_OPTIONS, **server)
   try:
     client.load_collection(collection)
     return client.query(collection, filter='', output_fields=['count(*)'])[0]['count(*)']
@@ -57,24 +75,30 @@ def test_ingest_twice_then_answer_on_each_store(
     store, embedding_model, tiny_causal_lm, exact_top3, tmp_path):
   uri, collection = store
   common = {'store': uri, 'collection': collection, 'embedding_model': embedding_model}
+  # The sample KB and questions, with lines that are neither among them.
+  docs = write_with_bad_lines(tmp_path / 'kb.jsonl', _lines(KB), BAD_DOC_LINES)
+  asked = write_with_bad_lines(
+      tmp_path / 'questions.jsonl', _lines(QUESTIONS), BAD_QUESTION_LINES)
   for run in ('first', 'again'):  # Upsert by chunk id: no duplicates.
     result = run_yaml(
         'pipelines/rag_ingest.yaml', env=OFFLINE,
-        jinja_variables={**common, 'errors': str(tmp_path / f'{run}-errors'),
+        jinja_variables={**common, 'input': docs, 'errors': str(tmp_path / f'{run}-errors'),
                          'metadata': ['category']})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert read_json_lines(str(tmp_path / f'{run}-errors')) == []
+    errors = read_json_lines(str(tmp_path / f'{run}-errors'))
+    assert assert_bad_lines_are_error_rows(errors, docs, BAD_DOC_LINES) == []
     assert count_entries(uri, collection) == 30  # One chunk per short fact.
 
   prefix = str(tmp_path / 'answers')
   result = run_yaml(
       'pipelines/rag_answer.yaml', env=OFFLINE,
-      jinja_variables={**common, 'model': tiny_causal_lm, 'output': prefix,
+      jinja_variables={**common, 'input': asked, 'model': tiny_causal_lm, 'output': prefix,
                        'max_new_tokens': 4, 'use_chat_template': False})
   assert result.returncode == 0, result.stderr[-3000:]
   rows = read_json_lines(prefix)
   questions = _lines(QUESTIONS)
-  assert read_json_lines(prefix + '-errors') == []
+  errors = read_json_lines(prefix + '-errors')
+  assert assert_bad_lines_are_error_rows(errors, asked, BAD_QUESTION_LINES) == []
   assert sorted(r['id'] for r in rows) == sorted(q['id'] for q in questions)
   kb = {d['id']: d['text'] for d in _lines(KB)}
   for row in rows:
@@ -94,8 +118,9 @@ def test_bad_documents_and_questions_are_error_rows(
   docs = tmp_path / 'docs.jsonl'
   docs.write_text('\n'.join(json.dumps(d) for d in [
       {'id': 'ok', 'text': 'The shop opens at nine. ' * 40},  # Several chunks.
-      {'id': None, 'text': 'A document without an id.'},
-      {'id': 'no_text', 'text': None},
+      {'id': None, 'text': 'A document without an id.'},  # Not a document:
+      {'id': 'no_text', 'text': None},  # ReadJsonLines rejects these two.
+      {'id': ' ', 'text': 'A blank id.'},
       {'id': 'empty', 'text': '   '},
   ]) + '\n')
   questions = tmp_path / 'questions.jsonl'
@@ -111,12 +136,15 @@ def test_bad_documents_and_questions_are_error_rows(
       jinja_variables={**common, 'input': str(docs), 'errors': str(tmp_path / 'ingest-errors'),
                        'chunk_size': 200, 'chunk_overlap': 40})
   assert result.returncode == 0, result.stderr[-3000:]
-  errors = read_json_lines(str(tmp_path / 'ingest-errors'))
-  assert sorted(((e['id'], e['error_type']) for e in errors), key=str) == [
-      ('empty', 'bad_document'), ('no_text', 'bad_document'), (None, 'bad_document')]
-  assert {e['msg'] for e in errors} == {
-      'ChunkText: the document has no id', 'ChunkText: the document has no text',
-      'ChunkText: the document text is empty'}
+  errors = assert_bad_lines_are_error_rows(
+      read_json_lines(str(tmp_path / 'ingest-errors')), str(docs), [
+          ('{"id": null, "text": "A document without an id."}', 'schema',
+           "id: None is not of type 'string', 'integer'"),
+          ('{"id": "no_text", "text": null}', 'schema',
+           "text: None is not of type 'string'")])
+  assert sorted((e['id'], e['error_type'], e['msg']) for e in errors) == [
+      (' ', 'bad_document', 'ChunkText: the document has no id'),
+      ('empty', 'bad_document', 'ChunkText: the document text is empty')]
   assert count_entries(store, 'documents') == 6  # 960 characters, 200 a chunk.
 
   prefix = str(tmp_path / 'answers')
