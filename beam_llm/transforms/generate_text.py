@@ -46,10 +46,12 @@ class GenerateText(beam.PTransform):
     generation_config: Further generation options passed to the backend as
       they are (e.g. `repetition_penalty`, `num_beams` for HuggingFace).
     response_schema: A JSON Schema the answer must follow. Generation is
-      constrained to it (HuggingFace: token masking with xgrammar), so the
-      output always parses and validates, unless `max_new_tokens` cuts it
-      off, which ParseJSON reports as `truncated`. Give at most one of
-      `response_schema` and `response_schema_file`.
+      constrained to it (HuggingFace: token masking with llguidance;
+      OpenAICompatible and Gemini: the API's structured output; KerasHub
+      and VertexAI refuse it at build time), so the output always parses
+      and validates, unless `max_new_tokens` cuts it off, which ParseJSON
+      reports as `truncated`. Give at most one of `response_schema` and
+      `response_schema_file`.
     response_schema_file: Path of a JSON file holding that schema.
     min_batch_size: Smallest batch RunInference forms (models on the
       worker; remote backends send each row as it comes).

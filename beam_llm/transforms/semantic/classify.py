@@ -17,9 +17,9 @@ class Classify(_base.SemanticOperator):
   written for you. The answer is constrained to the labels: a JSON Schema
   with an `enum` of them is GenerateText's `response_schema`, so a
   HuggingFace model can only write a valid label (constrained decoding) and
-  OpenAICompatible / Gemini / VertexAI servers get it as structured output.
-  Backends without either (KerasHub) are prompted for JSON and their answer
-  is checked the same way. An answer that is exactly one label, without
+  OpenAICompatible / Gemini servers get it as structured output.
+  Backends without either (KerasHub, VertexAI) are prompted for JSON and
+  their answer is checked the same way. An answer that is exactly one label, without
   JSON (`positive`), is accepted too.
 
   The label lands in the `output` field, typed: a string (or an integer,

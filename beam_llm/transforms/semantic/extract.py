@@ -17,8 +17,9 @@ class Extract(_base.SemanticOperator):
   RenderPrompt + GenerateText(`response_schema`) + ParseJSON in one step:
   the prompt (your instruction, the text, and the schema, whose
   `description`s the model reads) is written for you, the schema constrains
-  the answer (constrained decoding on HuggingFace, structured output on the
-  remote backends), and the answer is parsed and validated like ParseJSON
+  the answer (constrained decoding on HuggingFace, structured output on
+  OpenAICompatible and Gemini; other backends are only prompted for it), and
+  the answer is parsed and validated like ParseJSON
   does. The schema's properties become typed fields of the output row
   (integer -> int, number -> float, string -> str, boolean -> bool, array ->
   list, object -> row; not required -> nullable), next to the input fields.

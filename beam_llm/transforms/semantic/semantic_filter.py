@@ -17,7 +17,7 @@ class SemanticFilter(_base.SemanticOperator):
 
   The condition is plain language (`The customer is unhappy.`). The model
   answers with a JSON boolean, constrained to it (constrained decoding on
-  HuggingFace, structured output on the remote backends), optionally after
+  HuggingFace, structured output on OpenAICompatible and Gemini), optionally after
   a one-sentence reason; rows where it holds come out unchanged (plus the
   reason, with `reason_output`), rows where it does not are dropped
   (counted in the `dropped_rows` metric), and rows the model could not
