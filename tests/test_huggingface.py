@@ -60,6 +60,18 @@ def test_seq2seq_t5_generation_matches_plain_transformers(tiny_seq2seq_lm):
   assert responses == [_reference(tiny_seq2seq_lm, p, seq2seq=True) for p in PROMPTS]
 
 
+def test_a_model_without_chat_template_gives_bad_prompt_rows_saying_what_to_set(
+    tiny_seq2seq_lm):
+  handler = _handler(tiny_seq2seq_lm, use_chat_template=True)
+  model = handler.load_model()
+  model.tokenizer.chat_template = None  # As real T5 checkpoints ship.
+  responses = [r.inference for r in handler.run_inference(
+      ['plain text', [{'role': 'user', 'content': 'a message'}]], model)]
+  for response in responses:
+    assert isinstance(response, GenerationFailure) and response.error_type == 'bad_prompt'
+    assert 'no chat template' in response.msg and 'use_chat_template: false' in response.msg
+
+
 def test_chat_messages_use_the_tokenizer_chat_template(tiny_causal_lm):
   handler = _handler(tiny_causal_lm)
   model = handler.load_model()

@@ -229,6 +229,8 @@ def fit_prompts(
     except Exception as exn:  # e.g. no chat template: this row's problem.
       responses[i] = GenerationFailure(f'chat template: {exn}', 'bad_prompt')
   ok = []
+  if not texts:  # Tokenizers fail on an empty batch.
+    return responses, ok
   for (i, text), n in zip(texts, count_tokens([t for _, t in texts])):
     if max_tokens and n > max_tokens:
       responses[i] = GenerationFailure(

@@ -208,6 +208,13 @@ class HuggingFaceModel:
       if not self.use_chat_template:
         return prompt
       prompt = [{'role': 'user', 'content': prompt}]
+    if not getattr(self.tokenizer, 'chat_template', None):
+      # transformers 5 no longer raises here; it returns text the tokenizer
+      # then fails on (IndexError) for the whole batch.
+      raise ValueError(
+          'this model has no chat template: send plain text with '
+          'use_chat_template: false (GenerateText) or chat: false '
+          '(Classify, Extract, SemanticFilter), or use a chat model')
     return self.tokenizer.apply_chat_template(
         prompt, tokenize=False, add_generation_prompt=True)
 
