@@ -190,7 +190,8 @@ def main(argv=None):
   parser.add_argument('--sdist', help='llama-cpp-python sdist (.tar.gz)')
   parser.add_argument('--workdir', default='/tmp/llama-check')
   parser.add_argument('--structured_output', default='auto')
-  parser.add_argument('--max_new_tokens', type=int, default=64)
+  parser.add_argument('--max_new_tokens', type=int, default=None,
+                      help="the pipeline's (256) unless given")
   args = parser.parse_args(argv)
   os.makedirs(args.workdir, exist_ok=True)
 
@@ -219,8 +220,9 @@ def main(argv=None):
       os.remove(old)
     variables = {'base_url': f'http://127.0.0.1:{proxy.server_address[1]}/v1',
                  'model': 'tiny-llm', 'output': output,
-                 'structured_output': args.structured_output,
-                 'max_new_tokens': args.max_new_tokens}
+                 'structured_output': args.structured_output}
+    if args.max_new_tokens:
+      variables['max_new_tokens'] = args.max_new_tokens
     command = [sys.executable, '-m', 'beam_llm', 'run',
                'pipelines/chat_sentiment_remote.yaml',
                f'--jinja_variables={json.dumps(variables)}']
