@@ -145,11 +145,18 @@ class Recorder(http.server.BaseHTTPRequestHandler):
     answer = conn.getresponse()
     data = answer.read()
     if self.command == 'POST':
+      record = {'path': self.path, 'form': form, 'status': answer.status,
+                'error': data[:300].decode('utf-8', 'replace')
+                if answer.status >= 400 else ''}
+      if answer.status == 200:
+        try:
+          reply = json.loads(data)
+          record['finish_reason'] = reply['choices'][0].get('finish_reason')
+          record['usage'] = reply.get('usage') or {}
+        except (ValueError, KeyError, IndexError, TypeError):
+          record['finish_reason'] = 'unreadable'
       with self.lock:
-        self.records.append({'path': self.path, 'form': form,
-                             'status': answer.status,
-                             'error': data[:300].decode('utf-8', 'replace')
-                             if answer.status >= 400 else ''})
+        self.records.append(record)
     self.send_response(answer.status)
     for k, v in answer.getheaders():
       if k.lower() not in ('content-length', 'transfer-encoding', 'connection'):
@@ -197,7 +204,7 @@ def main(argv=None):
 
   from beam_llm.testing import tiny_models
   model_dir = os.path.join(args.workdir, 'tiny-llm')
-  tiny_models.build_causal_lm(model_dir)
+  tiny_models.build_causal_lm(model_dir, max_positions=4096)
   gguf = os.path.join(args.workdir, 'tiny-llm.gguf')
   llama_dir = llama_sources(args)
   subprocess.check_call([sys.executable, '-c', CONVERT, llama_dir, GPT2_REGEX,
@@ -206,7 +213,7 @@ def main(argv=None):
   port = free_port()
   server = subprocess.Popen(
       [args.llama_python, '-m', 'llama_cpp.server', '--model', gguf,
-       '--host', '127.0.0.1', '--port', str(port), '--n_ctx', '2048'],
+       '--host', '127.0.0.1', '--port', str(port), '--n_ctx', '4096'],
       stdout=open(os.path.join(args.workdir, 'server.log'), 'w'),
       stderr=subprocess.STDOUT)
   proxy = None
@@ -245,6 +252,11 @@ def main(argv=None):
       'typed_rows': len(typed), 'error_rows': len(errors),
       'errors_by_type': dict(collections.Counter(e.get('error_type') for e in errors)),
       'requests_by_form_and_status': {f'{f} -> {s}': n for (f, s), n in sorted(forms.items())},
+      'finish_reasons': dict(collections.Counter(
+          r['finish_reason'] for r in Recorder.records if 'finish_reason' in r)),
+      'max_prompt_tokens': max((r['usage'].get('prompt_tokens', 0)
+                                for r in Recorder.records if r.get('usage')),
+                               default=0),
       'form_switches_logged': [line.strip() for line in log.splitlines()
                                if 'refused structured output' in line],
       'first_refusal': next((r['error'] for r in Recorder.records if r['status'] >= 400), ''),

@@ -317,6 +317,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       accepted, status, message = STRUCTURED[fake.structured]
       if entry.form not in accepted:
         entry.fault, entry.status = 'refused', status
+        if message is _VALIDATION:
+          return self._validation_error(status)
         return self._error(status, 'INVALID_ARGUMENT', message)
       entry.fault = fake._choose_fault(entry.prompt)
       self._answer(entry, path, body)
@@ -364,7 +366,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                          headers, details)
     if fault.endswith(':validation'):  # llama-cpp-python's refusal shape.
       entry.status = int(fault.split(':')[0])
-      return self._error(entry.status, 'internal_server_error', _VALIDATION)
+      return self._validation_error(entry.status)
     if fault.isdigit():
       entry.status = int(fault)
       return self._error(entry.status, 'UNAVAILABLE' if entry.status >= 500
@@ -404,6 +406,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return _predict if endpoint in known else None
     return None
 
+  def _validation_error(self, code):
+    """llama-cpp-python's error body (FastAPI's, OpenAI-shaped)."""
+    self._json(code, {'error': {'message': _VALIDATION,
+                                'type': 'internal_server_error',
+                                'param': None, 'code': None}})
+
   def _error(self, code, status, message, headers=None, details=None):
     if self.fake.faults.leak_auth_in_errors:
       message += (f' (authorization: {self.headers.get("Authorization")}, '
@@ -437,12 +445,15 @@ def _form_of(body: dict) -> str:
   return 'guided_json' if 'guided_json' in body else 'none'
 
 
-# What llama-cpp-python's server answers (HTTP 500) to a response_format it
-# does not take.
+# What llama-cpp-python's server (0.3.36, checked with
+# scripts/check_llama_cpp_server.py) answers with an HTTP 500 to a
+# response_format it does not take: its pydantic error and a traceback line.
 _VALIDATION = (
-    "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"
-    "  Input should be 'text' or 'json_object' [type=literal_error, "
-    "input_value='json_schema', input_type=str]")
+    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', "
+    "'response_format', 'type'), 'msg': \"Input should be 'text' or "
+    "'json_object'\", 'input': 'json_schema', 'ctx': {'expected': \"'text' "
+    "or 'json_object'\"}}\n\n  File \"llama_cpp/server/app.py\", line 376, "
+    "in create_chat_completion\n    POST /v1/chat/completions")
 
 
 # Server -> (forms it takes, status and message of its refusal of others).
@@ -452,8 +463,10 @@ STRUCTURED = {
     'openai': ({'none', 'json_schema', 'json_object'}, 400,
                "Unrecognized request argument supplied: guided_json"),
     # llama-cpp-python's server: json_object (with a `schema`), not
-    # json_schema, refused with an HTTP 500 carrying pydantic's message.
-    'llama-cpp-python': ({'none', 'json_object'}, 500, _VALIDATION),
+    # json_schema, refused with an HTTP 500 carrying pydantic's message. A
+    # `guided_json` field passes and is ignored: the answer is unconstrained.
+    'llama-cpp-python': ({'none', 'json_object', 'guided_json'}, 500,
+                         _VALIDATION),
     # vLLM: every form.
     'vllm': ({'none', 'json_schema', 'json_object', 'guided_json'}, 400, ''),
     # A server without structured output that rejects what it does not know.
