@@ -45,6 +45,18 @@ def test_the_form_a_server_takes_is_found_once_and_kept(
   assert server.log[-1].form == form and server.log[-1].status == 200
 
 
+def test_concurrent_first_requests_wait_for_one_probe_of_the_form(llm_server):
+  # Against the real llama-cpp-python server, 12 rows sent at once all went
+  # out as json_schema first (12 refusals); one probe settles it.
+  server = llm_server(structured='llama-cpp-python', latency_secs=0.05)
+  h = handler(server, max_concurrency=8)
+  answers = h.generate(h.load_model(), [f'chat {i}' for i in range(8)])
+  assert all(isinstance(a, Generation) for a in answers), answers
+  assert sum(r.fault == 'refused' for r in server.log) == 1
+  assert [r.form for r in server.log if r.status == 200] == ['json_object'] * 8
+  assert server.max_in_flight > 1  # Concurrent again once the form is known.
+
+
 def test_a_form_chosen_explicitly_and_refused_fails_its_rows_at_once(llm_server):
   server = llm_server(structured='llama-cpp-python')
   h = handler(server, structured_output='json_schema')

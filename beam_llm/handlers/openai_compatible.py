@@ -143,19 +143,27 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
             if k not in ('extra_body', 'response_schema')}
     body.update(request.get('extra_body') or {})
     schema = request.get('response_schema')
-    form = client.forms.form
-    while True:
-      try:
-        return self._post(client.openai, body if schema is None else
-                          structured_forms.apply(form, body, schema),
-                          chat, timeout_secs)
-      except Exception as exn:  # pylint: disable=broad-except
-        failure = self.classify(exn) if schema is not None else None
-        if not structured_forms.is_schema_refusal(failure):
-          raise
-        form = client.forms.refused(form, failure.msg)
-        if form is None:
-          raise
+    if schema is None:
+      return self._post(client.openai, body, chat, timeout_secs)
+    form, probe = client.forms.begin(timeout_secs)
+    try:
+      while True:
+        try:
+          answer = self._post(client.openai,
+                              structured_forms.apply(form, body, schema),
+                              chat, timeout_secs)
+          client.forms.accepted(form)
+          return answer
+        except Exception as exn:  # pylint: disable=broad-except
+          failure = self.classify(exn)
+          if not structured_forms.is_schema_refusal(failure):
+            raise
+          form = client.forms.refused(form, failure.msg)
+          if form is None:
+            raise
+    finally:
+      if probe:
+        client.forms.end_probe()
 
   def _post(self, client, body: dict, chat: bool, timeout_secs: float):
     import httpx

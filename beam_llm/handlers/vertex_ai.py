@@ -5,13 +5,13 @@ with `${...}` placeholders), never from Python code, so a pipeline stays pure
 YAML. The client is imported on the worker only.
 """
 import re
-import string
 import threading
 from typing import Any, Mapping, Optional
 
 from beam_llm import _config
 from beam_llm import remote
 from beam_llm.handlers import remote_base
+from beam_llm.handlers import vertex_templates as templates
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import RowPrompt
 from beam_llm.handlers.base import as_messages
@@ -20,21 +20,17 @@ _OWNER = 'GenerateText'
 # What a template can refer to, for each row.
 _VARIABLES = ('prompt', 'messages', 'max_new_tokens', 'temperature', 'top_p',
               'top_k')
-_ROW = 'row.'  # `${row.FIELD}`: a field of the input row.
 _DEFAULT_INSTANCE = {'prompt': '${prompt}'}
 _DEFAULT_PARAMETERS = {
     'max_tokens': '${max_new_tokens}', 'temperature': '${temperature}',
     'top_p': '${top_p}', 'top_k': '${top_k}'}
-_TEXT_FIELDS = ('content', 'text', 'generated_text', 'output', 'outputs')
 # Longest the load-time endpoint lookup keeps retrying a service that does
 # not answer (also bounded by deadline_secs).
 _LOOKUP_SECS = 60.0
 
 
-class _Template(string.Template):
-  """`${name}` and `${row.field}`."""
-  idpattern = r'(?a:[_a-z][_a-z0-9]*(?:\.[_a-z][_a-z0-9]*)?)'
-
+# What google-cloud-aiplatform accepts as a PSC address (endpoint_override).
+_PSC_ADDRESS = re.compile(r'[a-zA-Z0-9-.]+')
 
 # aiplatform.init sets process-wide defaults; connect one handler at a time.
 _INIT_LOCK = threading.Lock()
@@ -44,9 +40,14 @@ _INIT_LOCK = threading.Lock()
 class VertexAIHandler(remote_base.RemoteHandler):
   """`model_handler: {type: VertexAI, config: {...}}`.
 
-  A model deployed to a Vertex AI endpoint (public, or private with Private
-  Service Access), called with `predict` through `google-cloud-aiplatform`
-  over REST: one instance per request, one request per row. When the model
+  A model deployed to a Vertex AI endpoint, called with `predict` through
+  `google-cloud-aiplatform` over REST: one instance per request, one request
+  per row. Every kind of endpoint is supported: shared public endpoints (the
+  default), dedicated public endpoints (`dedicated_endpoint`: their own DNS
+  name, `ENDPOINT.REGION-PROJECT.prediction.vertexai.goog`, over HTTPS),
+  Private Service Connect endpoints (`psc_address`: an address inside the
+  VPC, over HTTPS) and Private Service Access endpoints (`private`). The
+  retries, error rows and remote policy are the same for all. When the model
   loads on a worker, the endpoint is looked up (GetEndpoint); if it does not
   exist, cannot be reached, or has no model deployed to answer, the
   pipeline stops there with an error that says which.
@@ -72,6 +73,25 @@ class VertexAIHandler(remote_base.RemoteHandler):
     private: The endpoint is a private endpoint (Private Service Access):
       predictions go to its private URI, which answers only inside its
       peered VPC network, so the workers must run there. Defaults to false.
+    dedicated_endpoint: The endpoint is a dedicated public endpoint:
+      predictions go over HTTPS to its own DNS name, which the endpoint
+      reports (`dedicatedEndpointDns`) when it is looked up; the shared API
+      host is used only for that look-up. A shared endpoint is then an error
+      at load. (An endpoint that has a dedicated DNS name is called there
+      even when this is false, as google-cloud-aiplatform does: the shared
+      host does not serve it.) Defaults to false.
+    psc_address: The IP address or DNS name of the Private Service Connect
+      endpoint (the forwarding rule in your VPC) through which to reach a
+      PSC endpoint, e.g. `10.128.0.5`; predictions go over HTTPS to it, so
+      the workers must run in that VPC. A host only: no scheme, port or
+      path. Defaults to none.
+    ca_cert: Path on the workers of a PEM file of the certificate
+      authorities that a dedicated or PSC endpoint's TLS certificate is
+      checked against, e.g. the CA of the certificate your PSC endpoint
+      serves. Defaults to the system's (or the file named by
+      REQUESTS_CA_BUNDLE). Certificates are always checked (the client
+      library would skip the check for PSC endpoints; beam-llm does not):
+      one that does not check out stops the pipeline.
     instance: Template of the instance sent for a row. Defaults to
       `{prompt: "${prompt}"}` (vLLM and most Model Garden text models; add
       e.g. `max_tokens: "${max_new_tokens}"` for those that read options
@@ -97,6 +117,9 @@ class VertexAIHandler(remote_base.RemoteHandler):
       project: Optional[str] = None,
       location: str = 'us-central1',
       private: bool = False,
+      dedicated_endpoint: bool = False,
+      psc_address: Optional[str] = None,
+      ca_cert: Optional[str] = None,
       instance: Optional[Mapping[str, Any]] = None,
       parameters: Optional[Mapping[str, Any]] = None,
       response_field: Optional[str] = None,
@@ -110,8 +133,9 @@ class VertexAIHandler(remote_base.RemoteHandler):
         _DEFAULT_PARAMETERS if parameters is None else parameters)
     for key, template in (('instance', self._instance),
                           ('parameters', self._parameters)):
-      unknown = sorted(n for n in set(_placeholders(template)) - set(_VARIABLES)
-                       if not n.startswith(_ROW))
+      unknown = sorted(
+          n for n in set(templates.placeholders(template)) - set(_VARIABLES)
+          if not n.startswith(templates.ROW))
       if unknown:
         _config.fail(
             _OWNER, f'model_handler.config.{key}',
@@ -119,15 +143,48 @@ class VertexAIHandler(remote_base.RemoteHandler):
             + ', '.join(f'${{{v}}}' for v in _VARIABLES)
             + ' and ${row.FIELD}')
     self._row_fields = sorted(
-        n[len(_ROW):] for n in _placeholders([self._instance, self._parameters])
-        if n.startswith(_ROW))
+        n[len(templates.ROW):]
+        for n in templates.placeholders([self._instance, self._parameters])
+        if n.startswith(templates.ROW))
     self.wants_row_fields = bool(self._row_fields)
     self._endpoint = endpoint
     self._project = project
     self._location = location
-    self._private = private
+    self._check_endpoint_kind(private, dedicated_endpoint, psc_address, ca_cert)
+    self._private = private or bool(psc_address)
+    self._dedicated = dedicated_endpoint
+    self._psc_address = psc_address
+    self._ca_cert = ca_cert
+    self._own_address = False  # Known once the endpoint is looked up.
+    # Per-thread timeout of the current attempt, read by the session of a
+    # dedicated or PSC endpoint (whose predict takes none); made on the
+    # worker (a threading.local does not pickle).
+    self._timeouts = None
     self._response_field = response_field
     self._api_endpoint = api_endpoint
+
+  @staticmethod
+  def _check_endpoint_kind(private, dedicated, psc_address, ca_cert) -> None:
+    chosen = [k for k, v in (('private', private),
+                             ('dedicated_endpoint', dedicated),
+                             ('psc_address', psc_address)) if v]
+    if len(chosen) > 1:
+      _config.fail(
+          _OWNER, f'model_handler.config.{chosen[1]}',
+          f'cannot be used with {chosen[0]}: an endpoint is either shared, '
+          'dedicated, Private Service Connect (psc_address) or Private '
+          'Service Access (private)')
+    if psc_address is not None and not _PSC_ADDRESS.fullmatch(str(psc_address)):
+      _config.fail(
+          _OWNER, 'model_handler.config.psc_address',
+          f'{psc_address!r} is not an IP address or DNS name (give the PSC '
+          'endpoint\'s address alone, e.g. 10.128.0.5: no scheme, port or '
+          'path; requests go to it over HTTPS)')
+    if ca_cert and not (dedicated or psc_address):
+      _config.fail(
+          _OWNER, 'model_handler.config.ca_cert',
+          'is for endpoints reached over their own HTTPS address: set '
+          'dedicated_endpoint or psc_address too')
 
   def describe(self) -> str:
     return f'VertexAI endpoint {self._endpoint}'
@@ -155,6 +212,7 @@ class VertexAIHandler(remote_base.RemoteHandler):
     from google.api_core import exceptions
     from google.api_core import retry
     from google.cloud import aiplatform
+    self._timeouts = threading.local()
     credentials = None
     if self._api_endpoint and self._api_endpoint.startswith('http://'):
       from google.auth.credentials import AnonymousCredentials
@@ -190,8 +248,9 @@ class VertexAIHandler(remote_base.RemoteHandler):
         raise remote_base.RemoteUnavailable(
             f'{_OWNER} [VertexAI]: cannot look up {where}: {exn}')
       except ValueError as exn:  # PrivateEndpoint on a public endpoint.
+        key = 'psc_address' if self._psc_address else 'private: true'
         raise remote_base.RemoteUnavailable(
-            f'{_OWNER} [VertexAI]: {where}: {exn} (private: true needs a '
+            f'{_OWNER} [VertexAI]: {where}: {exn} ({key} needs a '
             'private endpoint)')
       except Exception as exn:  # pylint: disable=broad-except
         raise remote_base.RemoteUnavailable(
@@ -201,8 +260,29 @@ class VertexAIHandler(remote_base.RemoteHandler):
       raise remote_base.RemoteUnavailable(
           f'{_OWNER} [VertexAI]: {where} has no deployed model, so nothing '
           'can answer predictions; deploy a model to it first')
+    self._check_kind(endpoint, where)
     self._tune_transport(endpoint)
     return endpoint
+
+  def _check_kind(self, endpoint, where: str) -> None:
+    """The endpoint is of the kind the options say; notes its address."""
+    def fail(problem):
+      raise remote_base.RemoteUnavailable(f'{_OWNER} [VertexAI]: {where} {problem}')
+    psc = bool(endpoint.private_service_connect_config)
+    if self._psc_address and not psc:
+      fail('is not a Private Service Connect endpoint, so psc_address cannot '
+           'reach it (a Private Service Access endpoint takes private: true)')
+    if self._private and not self._psc_address and not endpoint.network:
+      fail('is a Private Service Connect endpoint: set psc_address to the '
+           'address of its PSC endpoint in your VPC instead of private: true')
+    dns = (not self._private) and endpoint.dedicated_endpoint_enabled
+    if self._dedicated and not dns:
+      fail('is not a dedicated endpoint (it has no DNS name of its own): '
+           'leave dedicated_endpoint out to call it on the shared API host')
+    if dns and not endpoint.dedicated_endpoint_dns:
+      fail('is a dedicated endpoint without a DNS name yet; wait until it '
+           'and its model are ready')
+    self._own_address = dns or bool(self._psc_address)
 
   def _resource_name(self) -> str:
     if '/' in self._endpoint:
@@ -218,6 +298,22 @@ class VertexAIHandler(remote_base.RemoteHandler):
     if they move, the client's defaults still work, only less well.
     """
     n = self.policy.max_concurrency
+    if self._own_address:
+      import google.auth.credentials
+      from google.cloud.aiplatform import constants
+      from beam_llm.handlers import vertex_transport
+      credentials = google.auth.credentials.with_scopes_if_required(
+          endpoint.credentials, constants.base.DEFAULT_AUTHED_SCOPES)
+      session = vertex_transport.session_for(
+          credentials, n, self._timeouts, self._ca_cert,
+          self.policy.timeout_secs)
+      # The attribute each class's predict reads (and would otherwise fill
+      # with a session of its own on first use).
+      if self._psc_address:
+        endpoint._authorized_session = session  # pylint: disable=protected-access
+      else:
+        endpoint.authorized_session = session
+      return
     if self._private:
       import urllib3
       # PrivateEndpoint.predict takes no timeout and retries 3 times by
@@ -240,7 +336,8 @@ class VertexAIHandler(remote_base.RemoteHandler):
     values = {'max_new_tokens': g.get('max_new_tokens'), 'top_p': None,
               'top_k': None, **self.params.sampling_options()}
     if isinstance(prompt, RowPrompt):
-      values.update({_ROW + k: _plain(v) for k, v in prompt.fields.items()})
+      values.update({templates.ROW + k: templates.plain(v)
+                     for k, v in prompt.fields.items()})
       prompt = prompt.prompt
     if isinstance(prompt, str):
       values['prompt'] = prompt
@@ -248,27 +345,52 @@ class VertexAIHandler(remote_base.RemoteHandler):
     else:
       values['prompt'] = None
       values['messages'] = as_messages(prompt)
-      if 'prompt' in _placeholders(self._instance):
+      if 'prompt' in templates.placeholders(self._instance):
         raise remote_base.PromptError(
             'the instance template uses ${prompt}, which needs a text prompt; '
             'use ${messages} for chat prompts')
-    parameters = _fill(self._parameters, values, drop_unset=True)
+    parameters = templates.fill(self._parameters, values, drop_unset=True)
     parameters.update(g.get('generation_config') or {})
-    return {'instance': _fill(self._instance, values),
+    return {'instance': templates.fill(self._instance, values),
             'parameters': parameters or None}
 
   def send(self, endpoint, request: dict, timeout_secs: float) -> Generation:
-    kwargs = {} if self._private else {'timeout': timeout_secs}
-    answer = endpoint.predict(
-        instances=[request['instance']], parameters=request['parameters'],
-        **kwargs)
+    if self._own_address:
+      # The session's adapter applies it (see vertex_transport): predict's
+      # own timeout would make the client swap in a session adapter of its
+      # own past 120 s.
+      self._timeouts.secs = timeout_secs
+      kwargs = ({'endpoint_override': self._psc_address} if self._psc_address
+                else {'use_dedicated_endpoint': True})
+    else:
+      kwargs = {} if self._private else {'timeout': timeout_secs}
+    try:
+      answer = endpoint.predict(
+          instances=[request['instance']], parameters=request['parameters'],
+          **kwargs)
+    except Exception as exn:  # pylint: disable=broad-except
+      if self._own_address:
+        from beam_llm.handlers import vertex_transport
+        if vertex_transport.is_certificate_error(exn):
+          # Not a fault of the service: every row would fail the same way.
+          raise remote_base.RemoteUnavailable(
+              f'{_OWNER} [VertexAI]: the TLS certificate of endpoint '
+              f'{self._endpoint!r} is not trusted ({exn}); set ca_cert to '
+              'the certificate authorities that issued it') from exn
+      raise
     predictions = answer.predictions
     if not predictions:
       raise remote.BadResponse('the answer has no predictions')
-    return Generation(_text_of(predictions[0], self._response_field).strip())
+    return Generation(
+        templates.text_of(predictions[0], self._response_field).strip())
 
   def classify(self, exn: BaseException) -> Optional[remote.Failure]:
     from google.api_core import exceptions
+    if self._own_address:
+      from beam_llm.handlers import vertex_transport
+      if isinstance(exn, vertex_transport.EndpointHTTPError):
+        return remote.classify_status(
+            exn.status, str(exn), remote.retry_after_from_headers(exn.headers))
     if isinstance(exn, exceptions.DeadlineExceeded):
       return remote.Failure(remote.TIMEOUT, str(exn), retryable=True)
     if isinstance(exn, exceptions.GoogleAPICallError) and exn.code:
@@ -285,65 +407,3 @@ class VertexAIHandler(remote_base.RemoteHandler):
         return remote.classify_status(int(m.group(1)), str(exn))
     return remote.generic_failure(exn)
 
-
-def _placeholders(template) -> list:
-  if isinstance(template, str):
-    return [m.group('named') or m.group('braced')
-            for m in _Template.pattern.finditer(template)
-            if m.group('named') or m.group('braced')]
-  if isinstance(template, Mapping):
-    return [n for v in template.values() for n in _placeholders(v)]
-  if isinstance(template, (list, tuple)):
-    return [n for v in template for n in _placeholders(v)]
-  return []
-
-
-def _fill(template, values: dict, drop_unset: bool = False):
-  """The template with placeholders replaced by `values`."""
-  if isinstance(template, str):
-    m = _Template.pattern.fullmatch(template)
-    if m and (m.group('named') or m.group('braced')):
-      return values.get(m.group('named') or m.group('braced'))
-    return _Template(template).substitute(
-        {k: '' if v is None else str(v) for k, v in values.items()})
-  if isinstance(template, Mapping):
-    filled = {k: _fill(v, values, drop_unset) for k, v in template.items()}
-    return {k: v for k, v in filled.items()
-            if not (drop_unset and v is None)}
-  if isinstance(template, (list, tuple)):
-    return [_fill(v, values, drop_unset) for v in template]
-  return template
-
-
-def _plain(value):
-  """Row values as JSON-able data (nested rows as objects)."""
-  if hasattr(value, '_asdict'):
-    return {k: _plain(v) for k, v in value._asdict().items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  return value
-
-
-def _text_of(prediction, field: Optional[str]) -> str:
-  if field:
-    value = prediction
-    for part in field.split('.'):
-      if isinstance(value, Mapping) and part in value:
-        value = value[part]
-      elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-        value = value[int(part)]
-      else:
-        raise remote.BadResponse(
-            f'the prediction has no {field!r} (response_field): '
-            f'{str(prediction)[:200]}')
-  else:
-    value = prediction
-    if isinstance(value, Mapping):
-      value = next((value[k] for k in _TEXT_FIELDS if k in value), None)
-  if isinstance(value, list) and len(value) == 1:
-    value = value[0]
-  if not isinstance(value, str):
-    raise remote.BadResponse(
-        'the prediction holds no text (set response_field to its path): '
-        f'{str(prediction)[:200]}')
-  return value

@@ -5,7 +5,12 @@ It speaks just enough of three protocols for the real client libraries:
 - OpenAI: `POST /v1/chat/completions` and `POST /v1/completions`.
 - Vertex AI: `GET /v1/projects/P/locations/L/endpoints/E` (GetEndpoint) and
   `POST .../endpoints/E:predict`; `POST /private/E:predict` plays a private
-  (PSA) endpoint's predict URI.
+  (PSA) endpoint's predict URI. With `tls=(certfile, keyfile)` the server
+  also listens for HTTPS (`tls_address`), which plays the host of dedicated
+  endpoints (GetEndpoint names it as their `dedicatedEndpointDns`) and of
+  Private Service Connect endpoints (their PSC address); as on Vertex AI,
+  those endpoints answer predict only there, and the shared API only for
+  the others.
 - Gemini: `POST /v1beta/models/M:generateContent`.
 
 Faults are drawn per request (every attempt, retries included) from seeded
@@ -69,6 +74,7 @@ class LoggedRequest:
   fault: str = ''
   status: int = 0
   form: str = 'none'  # The structured-output form the request carried.
+  tls: bool = False  # Whether it came over the HTTPS listener.
 
 
 def default_reply(prompt: str) -> str:
@@ -86,6 +92,11 @@ class FakeLLMServer:
       endpoints=('1234',),
       private_endpoints=('5678',),
       undeployed_endpoints=('4321',),
+      dedicated_endpoints=('2468',),
+      psc_endpoints=('1357',),
+      tls: Optional[tuple] = None,
+      tls_host: str = '127.0.0.1',
+      tls_port: int = 0,
       seed: int = 0,
       port: int = 0,
       reject_when_full: bool = False,
@@ -96,6 +107,8 @@ class FakeLLMServer:
     self.endpoints = set(endpoints)
     self.private_endpoints = set(private_endpoints)
     self.undeployed_endpoints = set(undeployed_endpoints)
+    self.dedicated_endpoints = set(dedicated_endpoints)
+    self.psc_endpoints = set(psc_endpoints)
     self.log: List[LoggedRequest] = []
     self.retry_after_windows: List[tuple] = []  # (sent at, in force until)
     self.max_in_flight = 0
@@ -114,7 +127,18 @@ class FakeLLMServer:
     self.rejected = 0
     self._httpd = _Server(('127.0.0.1', port), _Handler)
     self._httpd.fake = self
-    self._thread = None
+    self._httpd.tls = False
+    self._tls_httpd = None
+    if tls:
+      import ssl
+      context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+      context.load_cert_chain(*tls)
+      self._tls_httpd = _Server((tls_host, tls_port), _Handler)
+      self._tls_httpd.socket = context.wrap_socket(
+          self._tls_httpd.socket, server_side=True)
+      self._tls_httpd.fake = self
+      self._tls_httpd.tls = True
+    self._threads = []
 
   @property
   def port(self) -> int:
@@ -124,16 +148,30 @@ class FakeLLMServer:
   def url(self) -> str:
     return f'http://127.0.0.1:{self.port}'
 
+  @property
+  def tls_address(self) -> Optional[str]:
+    """`HOST:PORT` of the HTTPS listener (`HOST` alone on port 443)."""
+    if not self._tls_httpd:
+      return None
+    host, port = self._tls_httpd.server_address[:2]
+    return host if port == 443 else f'{host}:{port}'
+
+  def _servers(self):
+    return [s for s in (self._httpd, self._tls_httpd) if s]
+
   def start(self) -> 'FakeLLMServer':
-    self._thread = threading.Thread(
-        target=self._httpd.serve_forever, kwargs={'poll_interval': 0.05},
-        daemon=True)
-    self._thread.start()
+    for httpd in self._servers():
+      thread = threading.Thread(
+          target=httpd.serve_forever, kwargs={'poll_interval': 0.05},
+          daemon=True)
+      thread.start()
+      self._threads.append(thread)
     return self
 
   def stop(self) -> None:
-    self._httpd.shutdown()
-    self._httpd.server_close()
+    for httpd in self._servers():
+      httpd.shutdown()
+      httpd.server_close()
 
   def __enter__(self):
     return self.start()
@@ -220,15 +258,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return self._error(404, 'NOT_FOUND', f'no route {path}')
     project, location, endpoint = m.groups()
     name = f'projects/{project}/locations/{location}/endpoints/{endpoint}'
-    if endpoint not in (self.fake.endpoints | self.fake.private_endpoints
-                        | self.fake.undeployed_endpoints):
+    fake = self.fake
+    if endpoint not in (fake.endpoints | fake.private_endpoints
+                        | fake.undeployed_endpoints | fake.dedicated_endpoints
+                        | fake.psc_endpoints):
       return self._error(404, 'NOT_FOUND', f'Endpoint `{name}` not found.')
     deployed = {'id': '42', 'model': f'projects/{project}/locations/{location}/models/7'}
     resource = {'name': name, 'displayName': 'fake', 'createTime': '2024-01-01T00:00:00Z'}
-    if endpoint in self.fake.private_endpoints:
+    if endpoint in fake.private_endpoints:
       deployed['privateEndpoints'] = {
-          'predictHttpUri': f'{self.fake.url}/private/{endpoint}:predict'}
+          'predictHttpUri': f'{fake.url}/private/{endpoint}:predict'}
       resource['network'] = 'projects/1/global/networks/fake'
+    if endpoint in fake.dedicated_endpoints:
+      resource['dedicatedEndpointEnabled'] = True
+      resource['dedicatedEndpointDns'] = fake.tls_address or ''
+    if endpoint in fake.psc_endpoints:
+      resource['privateServiceConnectConfig'] = {
+          'enablePrivateServiceConnect': True, 'projectAllowlist': [project]}
+      deployed['privateEndpoints'] = {
+          'serviceAttachment': f'projects/t/regions/{location}/serviceAttachments/sa'}
     if endpoint not in self.fake.undeployed_endpoints:
       resource['deployedModels'] = [deployed]
     self._json(200, resource)
@@ -246,7 +294,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     entry = LoggedRequest(
         arrived, path, _prompt_of(path, body), body,
         self.headers.get('Authorization') or self.headers.get('x-goog-api-key')
-        or '')
+        or '', tls=self.server.tls)
     with fake._lock:
       fake.log.append(entry)
       if fake.first_arrival is None:
@@ -269,6 +317,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       accepted, status, message = STRUCTURED[fake.structured]
       if entry.form not in accepted:
         entry.fault, entry.status = 'refused', status
+        if message is _VALIDATION:
+          return self._validation_error(status)
         return self._error(status, 'INVALID_ARGUMENT', message)
       entry.fault = fake._choose_fault(entry.prompt)
       self._answer(entry, path, body)
@@ -316,7 +366,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                          headers, details)
     if fault.endswith(':validation'):  # llama-cpp-python's refusal shape.
       entry.status = int(fault.split(':')[0])
-      return self._error(entry.status, 'internal_server_error', _VALIDATION)
+      return self._validation_error(entry.status)
     if fault.isdigit():
       entry.status = int(fault)
       return self._error(entry.status, 'UNAVAILABLE' if entry.status >= 500
@@ -346,9 +396,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     m = re.search(r'/endpoints/([^/:]+):predict$|^/private/([^/:]+):predict$', path)
     if m:
       endpoint = m.group(1) or m.group(2)
-      known = (self.fake.private_endpoints if m.group(2) else self.fake.endpoints)
+      fake = self.fake
+      if m.group(2):
+        known = fake.private_endpoints
+      elif self.server.tls:  # A dedicated endpoint's DNS, or a PSC address.
+        known = fake.dedicated_endpoints | fake.psc_endpoints
+      else:  # The shared API serves neither.
+        known = fake.endpoints
       return _predict if endpoint in known else None
     return None
+
+  def _validation_error(self, code):
+    """llama-cpp-python's error body (FastAPI's, OpenAI-shaped)."""
+    self._json(code, {'error': {'message': _VALIDATION,
+                                'type': 'internal_server_error',
+                                'param': None, 'code': None}})
 
   def _error(self, code, status, message, headers=None, details=None):
     if self.fake.faults.leak_auth_in_errors:
@@ -383,12 +445,15 @@ def _form_of(body: dict) -> str:
   return 'guided_json' if 'guided_json' in body else 'none'
 
 
-# What llama-cpp-python's server answers (HTTP 500) to a response_format it
-# does not take.
+# What llama-cpp-python's server (0.3.36, checked with
+# scripts/check_llama_cpp_server.py) answers with an HTTP 500 to a
+# response_format it does not take: its pydantic error and a traceback line.
 _VALIDATION = (
-    "1 validation error for CreateChatCompletionRequest\nresponse_format.type\n"
-    "  Input should be 'text' or 'json_object' [type=literal_error, "
-    "input_value='json_schema', input_type=str]")
+    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', "
+    "'response_format', 'type'), 'msg': \"Input should be 'text' or "
+    "'json_object'\", 'input': 'json_schema', 'ctx': {'expected': \"'text' "
+    "or 'json_object'\"}}\n\n  File \"llama_cpp/server/app.py\", line 376, "
+    "in create_chat_completion\n    POST /v1/chat/completions")
 
 
 # Server -> (forms it takes, status and message of its refusal of others).
@@ -398,8 +463,10 @@ STRUCTURED = {
     'openai': ({'none', 'json_schema', 'json_object'}, 400,
                "Unrecognized request argument supplied: guided_json"),
     # llama-cpp-python's server: json_object (with a `schema`), not
-    # json_schema, refused with an HTTP 500 carrying pydantic's message.
-    'llama-cpp-python': ({'none', 'json_object'}, 500, _VALIDATION),
+    # json_schema, refused with an HTTP 500 carrying pydantic's message. A
+    # `guided_json` field passes and is ignored: the answer is unconstrained.
+    'llama-cpp-python': ({'none', 'json_object', 'guided_json'}, 500,
+                         _VALIDATION),
     # vLLM: every form.
     'vllm': ({'none', 'json_schema', 'json_object', 'guided_json'}, 400, ''),
     # A server without structured output that rejects what it does not know.
