@@ -43,6 +43,9 @@ __all__ = sorted(TRANSFORMS)
 
 def __getattr__(name):
   if name in TRANSFORMS:
+    # Beam YAML is loading the shipped listing: let its next provider find
+    # the extension transforms (see beam_llm.extensions).
+    importlib.import_module('beam_llm.extensions').register_provider_type()
     return getattr(importlib.import_module(TRANSFORMS[name]), name)
   if not name.startswith('_') and name != 'extensions':
     # Transforms other packages add (entry points; see beam_llm.extensions).

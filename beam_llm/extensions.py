@@ -10,8 +10,9 @@ A package extends beam-llm without forking it by declaring entry points:
 
 A backend is then usable in every transform that takes `model_handler`
 (GenerateText and the semantic operators), checked at build time like the
-built-ins; a transform is importable as `beam_llm.<Name>`, is in the listing
-`python -m beam_llm.provider --extensions` writes, and in the reference
+built-ins; a transform is importable as `beam_llm.<Name>`, is provided by the
+listing shipped in beam-llm (its `beamLlmExtensions` provider, see
+`register_provider_type`), and is in the reference
 `python -m beam_llm.docgen --extensions` writes. Built-in names win over an
 extension's (a clash is reported by `python -m beam_llm.provider`).
 
@@ -20,10 +21,13 @@ are the ones beam-llm's own transforms use. docs/extending.md walks through
 an example package (examples/beam_llm_example).
 """
 import functools
+import sys
 from typing import Any, Dict
 
 BACKENDS_GROUP = 'beam_llm.backends'
 TRANSFORMS_GROUP = 'beam_llm.transforms'
+# The Beam YAML provider type that provides the installed extension transforms.
+PROVIDER_TYPE = 'beamLlmExtensions'
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,6 +52,37 @@ def load_backend(name: str):
 
 def load_transform(name: str):
   return _found(TRANSFORMS_GROUP)[name].load()
+
+
+def register_provider_type() -> None:
+  """Teaches Beam YAML the provider type `beamLlmExtensions`, if Beam YAML is
+  loaded (nothing to do otherwise, and `import beam_llm` stays cheap).
+
+  Beam YAML reads a providers listing before any Python of ours runs and has
+  no entry-point hook, so a static listing cannot name the transforms that
+  installed packages add. But it builds the providers of a listing in order,
+  and the shipped listing's first provider (`type: python`) imports
+  beam_llm's transforms, which calls this. Its second provider,
+  `type: beamLlmExtensions`, then resolves to the extension transforms.
+  """
+  yaml_provider = sys.modules.get('apache_beam.yaml.yaml_provider')
+  if yaml_provider is not None:
+    yaml_provider.ExternalProvider.register_provider_type(PROVIDER_TYPE)(
+        _extensions_provider)
+
+
+def _extensions_provider(urns):
+  """The provider of every installed extension transform that no built-in
+  shadows (`urns`, the listing's `transforms`, is empty: they are found)."""
+  import beam_llm
+  from apache_beam.yaml import yaml_provider
+  if urns:
+    raise ValueError(f'{PROVIDER_TYPE} finds its transforms through entry '
+                     f'points; leave its transforms empty, not {sorted(urns)}')
+  return yaml_provider.InlineProvider({
+      name: load_transform(name)
+      for name in transforms() if name not in beam_llm.TRANSFORMS
+  })
 
 
 def clashes() -> list:

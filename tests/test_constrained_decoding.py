@@ -27,7 +27,7 @@ def _generate(model_dir, prompts, max_new_tokens, schema):
   if schema:
     generation['response_schema'] = schema
   handler = HuggingFaceHandler(model=model_dir, generation=generation, batching={})
-  return [r.inference for r in handler.run_inference(prompts, handler.load_model())]
+  return [r.inference.text for r in handler.run_inference(prompts, handler.load_model())]
 
 
 def test_random_weights_constrained_output_validates_for_every_chat(

@@ -31,8 +31,10 @@ def test_reference_doc_is_up_to_date():
 
 def test_providers_listing_names_every_transform():
   with open(PROVIDERS_FILE) as f:
-    [provider] = yaml.safe_load(f)
+    [provider, extension_provider] = yaml.safe_load(f)
   assert provider['transforms'] == {n: f'beam_llm.{n}' for n in beam_llm.TRANSFORMS}
+  # Extension transforms: found through entry points (tests/test_extensions.py).
+  assert extension_provider == {'type': 'beamLlmExtensions', 'config': {}, 'transforms': {}}
 
 
 def test_import_is_cheap():

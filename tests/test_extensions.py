@@ -32,13 +32,11 @@ def python(env, *args):
 
 
 def test_a_pipeline_uses_the_extension_transform_and_backend(example_env, tmp_path, chats):
-  listing = tmp_path / 'providers.yaml'
-  listing.write_text(python(example_env, '-m', 'beam_llm.provider', '--extensions'))
-  assert '    Redact: beam_llm.Redact' in listing.read_text()
-  assert '    Classify: beam_llm.Classify' in listing.read_text()
+  # The pipeline includes the listing shipped in beam-llm (by its package
+  # path, through Beam YAML's Jinja pass), which finds the extension's Redact.
   prefix = str(tmp_path / 'out')
   result = run_yaml('examples/beam_llm_example/pipeline.yaml', env=example_env,
-                    jinja_variables={'providers': str(listing), 'output': prefix})
+                    jinja_variables={'output': prefix})
   assert result.returncode == 0, result.stderr[-3000:]
   rows = read_json_lines(prefix)
   assert read_json_lines(prefix + '-errors') == []
@@ -95,8 +93,37 @@ def test_extension_reference_docs_are_generated(example_env):
   assert '| `mask` |' in text and '## Classify' not in text
 
 
-def test_the_generated_listing_without_extensions_is_the_shipped_one():
-  import yaml
-  from beam_llm.provider import PROVIDERS_FILE, listing
-  with open(PROVIDERS_FILE) as f:
-    assert yaml.safe_load(listing()) == yaml.safe_load(f)
+def test_the_shipped_listing_by_path_provides_the_extension_transform(example_env, tmp_path):
+  # `- include: <path>` (the path `python -m beam_llm.provider` prints) reads
+  # the same listing without Jinja: Redact is found there too, and the
+  # pipeline builds. Without the example package, Redact is unknown.
+  path = python(example_env, '-m', 'beam_llm.provider').strip()
+  spec = json.dumps({
+      'pipeline': {'transforms': [
+          {'type': 'Create', 'config': {'elements': [{'text': 'order #12'}]}},
+          {'type': 'Redact', 'input': 'Create', 'config': {'field': 'text'}}]},
+      'providers': [{'include': path}]})
+  assert json.loads(python(example_env, '-c', CHECK, spec)) == 'built'
+  bare = subprocess.run([sys.executable, '-c', CHECK, spec], cwd=ROOT,
+                        capture_output=True, text=True)
+  assert 'Redact' in json.loads(bare.stdout) and 'built' not in bare.stdout
+
+
+def test_validate_checks_extension_transforms_like_built_ins(example_env, tmp_path):
+  # One message per problem, naming the transform and the key, no traceback.
+  pipeline = tmp_path / 'p.yaml'
+  pipeline.write_text(
+      "pipeline:\n  transforms:\n"
+      "    - {type: Create, config: {elements: [{text: a}]}}\n"
+      "    - {type: Redact, input: Create, config: {field: text, mask: ''}}\n"
+      "    - {type: Redact, name: R2, input: Create, config: {fild: text}}\n"
+      "providers:\n{% include 'beam_llm/provider/providers.yaml' %}\n")
+  out = subprocess.run([sys.executable, '-m', 'beam_llm', 'validate', str(pipeline)],
+                       cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, **example_env})
+  assert out.returncode == 1, out.stderr[-2000:]
+  problems = out.stdout.strip().splitlines()
+  assert len(problems) == 2, out.stdout
+  assert "Redact: option 'mask' is empty" in problems[0]
+  assert "option 'fild' is unknown (did you mean 'field'?)" in problems[1]
+  assert 'Traceback' not in out.stdout + out.stderr

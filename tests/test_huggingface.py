@@ -5,6 +5,7 @@ import torch
 import transformers
 
 from beam_llm import GenerateText
+from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import GenerationFailure
 from beam_llm.handlers.huggingface import HuggingFaceHandler
 from beam_llm.handlers.huggingface import ModelUnavailable
@@ -25,6 +26,12 @@ def _handler(model, **config):
 
 def _reference(model_dir, prompt, seq2seq=False, max_new_tokens=6):
   """Plain transformers, one prompt at a time: the ground truth."""
+  return _reference_generation(model_dir, prompt, seq2seq, max_new_tokens).text
+
+
+def _reference_generation(model_dir, prompt, seq2seq=False, max_new_tokens=6):
+  """The ground truth with its token counts: the prompt's tokens, and the
+  tokens generated (those after an early stop are padding)."""
   tok = transformers.AutoTokenizer.from_pretrained(model_dir)
   cls = (transformers.AutoModelForSeq2SeqLM
          if seq2seq else transformers.AutoModelForCausalLM)
@@ -36,7 +43,8 @@ def _reference(model_dir, prompt, seq2seq=False, max_new_tokens=6):
         pad_token_id=tok.pad_token_id)
   if not seq2seq:
     out = out[:, enc['input_ids'].shape[1]:]
-  return tok.decode(out[0], skip_special_tokens=True).strip()
+  return Generation(tok.decode(out[0], skip_special_tokens=True).strip(),
+                    enc['input_ids'].shape[1], int((out[0] != tok.pad_token_id).sum()))
 
 
 def test_causal_lm_batched_generation_matches_one_at_a_time(tiny_causal_lm):
@@ -47,9 +55,12 @@ def test_causal_lm_batched_generation_matches_one_at_a_time(tiny_causal_lm):
   responses = [r.inference for r in results]
   assert [r.example for r in results] == PROMPTS
   # Left padding + attention mask: the batch answers as single prompts do,
-  # and only the new text is returned, never the echoed prompt.
-  assert responses == [_reference(tiny_causal_lm, p) for p in PROMPTS]
-  assert all(isinstance(r, str) and r for r in responses)
+  # and only the new text is returned, never the echoed prompt. Each row's
+  # token counts are its own (issue 12: per-row usage), padding excluded.
+  assert responses == [_reference_generation(tiny_causal_lm, p) for p in PROMPTS]
+  assert all(r.text and r.output_tokens for r in responses)
+  assert handler.usage == {'input_tokens': sum(r.input_tokens for r in responses),
+                           'output_tokens': sum(r.output_tokens for r in responses)}
 
 
 def test_seq2seq_t5_generation_matches_plain_transformers(tiny_seq2seq_lm):
@@ -57,7 +68,8 @@ def test_seq2seq_t5_generation_matches_plain_transformers(tiny_seq2seq_lm):
   model = handler.load_model()
   assert model.seq2seq
   responses = [r.inference for r in handler.run_inference(PROMPTS, model)]
-  assert responses == [_reference(tiny_seq2seq_lm, p, seq2seq=True) for p in PROMPTS]
+  assert responses == [
+      _reference_generation(tiny_seq2seq_lm, p, seq2seq=True) for p in PROMPTS]
 
 
 def test_a_model_without_chat_template_gives_bad_prompt_rows_saying_what_to_set(
@@ -92,7 +104,7 @@ def test_one_bad_row_does_not_fail_its_batch(tiny_causal_lm):
   model = handler.load_model()
   batch = ['Hi', 'word ' * 200, None, '', 'The customer was unhappy.']
   responses = [r.inference for r in handler.run_inference(batch, model)]
-  assert isinstance(responses[0], str) and isinstance(responses[4], str)
+  assert isinstance(responses[0], Generation) and isinstance(responses[4], Generation)
   assert responses[1].error_type == 'prompt_too_long'
   assert responses[2].error_type == 'bad_prompt'
   assert responses[3].error_type == 'bad_prompt'
@@ -112,7 +124,7 @@ def test_dtype_and_device_are_honoured(tiny_causal_lm):
   assert next(model.model.parameters()).dtype == torch.bfloat16
   assert str(model.device) == 'cpu'
   [r] = _handler(tiny_causal_lm).run_inference(['Hi'], model)
-  assert isinstance(r.inference, str)
+  assert isinstance(r.inference, Generation) and r.inference.text
 
 
 def test_sampling_parameters_reach_generate(tiny_causal_lm):
@@ -120,10 +132,10 @@ def test_sampling_parameters_reach_generate(tiny_causal_lm):
       tiny_causal_lm, generation={'temperature': 1.5, 'top_k': 50, 'max_new_tokens': 12})
   model = handler.load_model()
   torch.manual_seed(0)
-  sampled = {handler.run_inference(['Hi'], model)[0].inference for _ in range(5)}
+  sampled = {handler.run_inference(['Hi'], model)[0].inference.text for _ in range(5)}
   plain = _handler(tiny_causal_lm)
   plain_model = plain.load_model()
-  greedy = {plain.run_inference(['Hi'], plain_model)[0].inference for _ in range(3)}
+  greedy = {plain.run_inference(['Hi'], plain_model)[0].inference.text for _ in range(3)}
   assert len(greedy) == 1  # Greedy by default: deterministic.
   assert len(sampled) > 1  # Temperature turns sampling on.
 
@@ -135,10 +147,12 @@ def test_generate_text_transform_end_to_end(tiny_causal_lm):
       GenerateText(
           model_handler={'type': 'HuggingFace', 'config': {
               'model': tiny_causal_lm, 'max_input_tokens': 100}},
-          max_new_tokens=6, max_batch_size=2, error_handling={'output': 'failed'}),
+          max_new_tokens=6, max_batch_size=2, usage_fields=True,
+          error_handling={'output': 'failed'}),
       rows)
-  good = {r.chat_id: r.response for r in out['good']}
-  assert good == {i: _reference(tiny_causal_lm, p) for i, p in enumerate(PROMPTS)}
+  good = {r.chat_id: (r.response, r.input_tokens, r.output_tokens) for r in out['good']}
+  assert good == {i: tuple(vars(_reference_generation(tiny_causal_lm, p)).values())
+                  for i, p in enumerate(PROMPTS)}
   [failed] = out['failed']
   assert failed.element.chat_id == 99
   assert failed.error_type == 'prompt_too_long'

@@ -31,13 +31,18 @@ def test_batched_generate_returns_only_new_text(tiny_gemma):
   model = handler.load_model()
   prompts = ['the customer was unhappy', 'the customer loved the new vegan menu']
   responses = [r.inference for r in handler.run_inference(prompts, model)]
-  assert all(isinstance(r, str) and r for r in responses)
+  assert all(r.text for r in responses)
+  # Per-row token counts: the prompt's (with the start token) and the answer's.
+  tokenizer = model.lm.preprocessor.tokenizer
+  assert [(r.input_tokens, r.output_tokens) for r in responses] == [
+      (len(tokenizer(p)) + 1, len(tokenizer(r.text))) for p, r in zip(prompts, responses)]
+  assert handler.usage == {'input_tokens': sum(r.input_tokens for r in responses),
+                           'output_tokens': sum(r.output_tokens for r in responses)}
   # Greedy and alone in its batch, a prompt's answer is what keras-hub gives.
   for prompt in prompts:
     [alone] = handler.run_inference([prompt], model)
-    assert alone.inference == _reference(tiny_gemma, prompt)
-    assert not alone.inference.startswith(prompt)  # The prompt is stripped.
-  assert handler.usage['output_tokens'] > 0
+    assert alone.inference.text == _reference(tiny_gemma, prompt)
+    assert not alone.inference.text.startswith(prompt)  # The prompt is stripped.
 
 
 def test_chat_messages_use_gemma_turns(tiny_gemma):
@@ -57,7 +62,7 @@ def test_too_long_prompt_fails_alone(tiny_gemma):
   handler = _handler(tiny_gemma, max_length=40)
   responses = [r.inference for r in handler.run_inference(
       ['the customer', 'the ' * 100, None], handler.load_model())]
-  assert isinstance(responses[0], str)
+  assert responses[0].text
   assert responses[1].error_type == 'prompt_too_long'
   assert responses[2].error_type == 'bad_prompt'
 
@@ -115,4 +120,4 @@ def test_tensorflow_keras_backend(tiny_gemma):
   result = subprocess.run([sys.executable, '-c', code], capture_output=True,
                           text=True, timeout=300)
   assert 'BACKEND tensorflow' in result.stdout, result.stderr[-2000:]
-  assert "OUT ['str', 'str']" in result.stdout
+  assert "OUT ['Generation', 'Generation']" in result.stdout

@@ -67,7 +67,7 @@ def test_remote_model_is_copied_once_and_loads(tiny_causal_lm, tmp_path, monkeyp
   handler = HuggingFaceHandler(model=remote, generation={'max_new_tokens': 3}, batching={})
   handler.check_at_build()  # Remote paths are not checked at build time.
   [result] = handler.run_inference(['Hi'], handler.load_model())
-  assert isinstance(result.inference, str)
+  assert result.inference.text
   assert len(OPENED) == len(files)  # Served from the cache.
 
 

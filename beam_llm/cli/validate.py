@@ -93,8 +93,9 @@ def _static(pipeline) -> List[Problem]:
 
 def _build_beam_llm_transform(t: dict, label: str) -> List[Problem]:
   import beam_llm
+  from beam_llm import extensions
   kind = t.get('type')
-  if kind not in beam_llm.TRANSFORMS:
+  if kind not in beam_llm.TRANSFORMS and kind not in extensions.transforms():
     return []
   from apache_beam.yaml import yaml_transform
   from beam_llm import _config

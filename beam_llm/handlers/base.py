@@ -246,10 +246,11 @@ class LocalModelHandler(TextGenerationHandler):
   """Base for backends whose model runs on the worker (HuggingFace, Keras).
 
   `load_model` returns an object with one method,
-  `generate_batch(prompts) -> (responses, usage)`. With `large_model` or
+  `generate_batch(prompts) -> responses` (a Generation, with the row's token
+  counts, or a GenerationFailure per prompt). With `large_model` or
   `model_copies`, Beam serves that object from one process per machine and
-  calls it through a proxy, so only plain prompts, strings, GenerationFailures
-  and counts cross the process boundary: never a model or a tensor.
+  calls it through a proxy, so only plain prompts, Generations and
+  GenerationFailures cross the process boundary: never a model or a tensor.
   """
   def load_model(self):
     start = time.monotonic()
@@ -266,6 +267,8 @@ class LocalModelHandler(TextGenerationHandler):
 
   def generate(self, model, prompts: list) -> list:
     prompts = [p if isinstance(p, str) else as_messages(p) for p in prompts]
-    responses, usage = model.generate_batch(prompts)
-    self.record_usage(**usage)
+    responses = model.generate_batch(prompts)
+    done = [r for r in responses if isinstance(r, Generation)]
+    self.record_usage(sum(r.input_tokens for r in done),
+                      sum(r.output_tokens for r in done))
     return responses

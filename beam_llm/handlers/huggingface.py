@@ -4,10 +4,11 @@ torch and transformers are imported only on the worker, in load_model.
 """
 import os
 import re
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional
 
 from beam_llm.generation_params import GenerationParams
 from beam_llm.handlers.base import fit_prompts
+from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import LocalModelHandler
 from beam_llm.handlers.json_constraint import compile_json_schema
 
@@ -175,15 +176,14 @@ class HuggingFaceModel:
     self.use_chat_template = use_chat_template
     self.generate_kwargs = generate_kwargs
 
-  def generate_batch(self, prompts: list) -> Tuple[list, dict]:
+  def generate_batch(self, prompts: list) -> list:
     import torch
     responses, ok = fit_prompts(
         prompts, self._as_text,
         lambda texts: [len(ids) for ids in self.tokenizer(texts)['input_ids']],
         self.max_input_tokens)
-    usage = {'input_tokens': 0, 'output_tokens': 0}
     if not ok:
-      return responses, usage
+      return responses
     enc = self.tokenizer([t for _, t, _ in ok], return_tensors='pt',
                          padding=True).to(self.device)
     kwargs = dict(self.generate_kwargs)
@@ -194,14 +194,14 @@ class HuggingFaceModel:
       out = self.model.generate(**enc, **kwargs)
     if not self.seq2seq:
       out = out[:, enc['input_ids'].shape[1]:]  # Drop the echoed prompt.
-    usage = {
-        'input_tokens': int(enc['attention_mask'].sum()),
-        'output_tokens': int((out != self.tokenizer.pad_token_id).sum()),
-    }
+    # Per row: its prompt's tokens (padding excluded) and the tokens it
+    # generated (the padding after a row that stopped early excluded).
+    input_tokens = enc['attention_mask'].sum(dim=1).tolist()
+    output_tokens = (out != self.tokenizer.pad_token_id).sum(dim=1).tolist()
     decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-    for (i, _, _), text in zip(ok, decoded):
-      responses[i] = text.strip()
-    return responses, usage
+    for (i, _, _), text, n_in, n_out in zip(ok, decoded, input_tokens, output_tokens):
+      responses[i] = Generation(text.strip(), int(n_in), int(n_out))
+    return responses
 
   def _as_text(self, prompt) -> str:
     if isinstance(prompt, str):

@@ -7,12 +7,13 @@ the backend has been chosen.
 import inspect
 import os
 import sys
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional
 
 from beam_llm.generation_params import GenerationParams
 from beam_llm import staging
 from beam_llm.handlers import keras_presets as presets
 from beam_llm.handlers.base import fit_prompts
+from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import LocalModelHandler
 
 _OWNER = 'GenerateText'
@@ -201,24 +202,24 @@ class KerasModel:
         prompt, str) else prompt
     return self._chat.render(messages=messages, add_generation_prompt=True)
 
-  def generate_batch(self, prompts: list) -> Tuple[list, dict]:
+  def generate_batch(self, prompts: list) -> list:
     tokenizer = self.lm.preprocessor.tokenizer
     # +1: the preprocessor adds a start token; and keep room for one new one.
     responses, ok = fit_prompts(
         prompts, self._as_text,
         lambda texts: [len(tokenizer(t)) + 1 for t in texts],
         self.max_length - 1)
-    usage = {'input_tokens': sum(n for _, _, n in ok), 'output_tokens': 0}
     if not ok:
-      return responses, usage
+      return responses
     # Room for max_new_tokens after the longest prompt, within max_length.
     length = min(max(n for _, _, n in ok) + self.max_new_tokens, self.max_length)
     outputs = self.lm.generate([t for _, t, _ in ok], max_length=length,
                                strip_prompt=True)
-    for (i, _, _), text in zip(ok, outputs):
-      responses[i] = str(text).strip()
-      usage['output_tokens'] += len(tokenizer(responses[i]))
-    return responses, usage
+    for (i, _, n_in), text in zip(ok, outputs):
+      text = str(text).strip()
+      # keras-hub returns text only: the answer's tokens are counted again.
+      responses[i] = Generation(text, n_in, len(tokenizer(text)))
+    return responses
 
 
 def _compile_chat_template(source: str):

@@ -61,9 +61,10 @@ class GenerateText(beam.PTransform):
     large_model: Load one model per machine, shared by all worker processes,
       instead of one per process.
     model_copies: Exact number of model copies per machine (implies sharing).
-    usage_fields: Add the token counts the backend reports for each row as
-      fields `input_tokens` and `output_tokens` (null when the backend does
-      not report them). Defaults to false.
+    usage_fields: Add the row's token counts as fields `input_tokens` and
+      `output_tokens`: those the service reports (remote backends), or the
+      prompt's and the answer's tokens (models on the worker); null when a
+      service reports none. Defaults to false.
     lineage: Add (or fill in) the row field `lineage` with the run id, the
       model (`backend`, `model`, `revision`, `endpoint`; never an API key)
       and `response_schema_hash`, keeping the `template_hash` RenderPrompt
