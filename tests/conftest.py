@@ -56,6 +56,28 @@ def run_yaml(pipeline_file, *args, jinja_variables=None, env=None, timeout=600):
       env={**os.environ, **(env or {})})
 
 
+def run_yaml_in_one_process(runs, env=None, timeout=1200):
+  """Runs several pipelines in one process (tests/yaml_runs.py), each as
+  run_yaml would; `runs` holds (pipeline_file, args, jinja_variables).
+  Returns a CompletedProcess per run, as run_yaml does."""
+  import tempfile
+  argvs = []
+  for pipeline_file, args, jinja_variables in runs:
+    argv = [f'--yaml_pipeline_file={pipeline_file}', '--runner=FnApiRunner', *args]
+    if jinja_variables:
+      argv.append('--jinja_variables=' + json.dumps(jinja_variables))
+    argvs.append(argv)
+  with tempfile.NamedTemporaryFile(suffix='.json') as results:
+    process = subprocess.run(
+        [sys.executable, '-m', 'tests.yaml_runs', results.name],
+        input=json.dumps(argvs), cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})})
+    assert process.returncode == 0, process.stderr[-3000:]
+    with open(results.name) as f:
+      return [subprocess.CompletedProcess(r['args'], r['returncode'], r['stdout'],
+                                          r['stderr']) for r in json.load(f)]
+
+
 def read_json_lines(prefix):
   """All rows of the shards WriteToJson wrote under `prefix`."""
   rows = []

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.conftest import ROOT, read_json_lines, run_yaml
+from tests.conftest import ROOT, read_json_lines, run_yaml, run_yaml_in_one_process
 
 PIPELINES = sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'pipelines', '*.yaml')))
@@ -88,26 +88,44 @@ def assert_every_chat_exactly_once(prefix, suffixes, chats, path):
   assert sorted(seen) == sorted(c['chat_id'] for c in chats)
 
 
+@pytest.fixture(scope='module')
+def pipeline_runs(tiny_causal_lm, tiny_gemma, tmp_path_factory, chats):
+  """Every pipeline of OUTPUTS run on the bundled chats, with lines that are
+  not valid chats among them, each as `python -m apache_beam.yaml.main`
+  runs it, all in one process (one Beam YAML start-up, not one per
+  pipeline). Returns pipeline -> (result, output prefix, input file)."""
+  from beam_llm.testing.fake_llm_server import FakeLLMServer, Faults, sentiment_reply
+  # The remote pipeline's server answers with sentiment JSON, after a 429, a
+  # 503, an answer it garbles (retried) and one request it refuses (that
+  # chat must land in the errors file).
+  server = FakeLLMServer(
+      faults=Faults(script=['429', '503', 'malformed', '400'], retry_after=0.2),
+      reply=sentiment_reply).start()
+  runs, places = [], []
+  for pipeline in sorted(OUTPUTS):
+    tmp_path = tmp_path_factory.mktemp('run')
+    prefix = str(tmp_path / 'out')
+    data = write_with_bad_lines(tmp_path / 'chats.jsonl', chats, BAD_CHAT_LINES)
+    variables = {'model': tiny_gemma if 'gemma' in pipeline else tiny_causal_lm,
+                 'input': data, 'output': prefix, 'max_new_tokens': 8}
+    if pipeline in REMOTE:
+      variables.update(base_url=server.url + '/v1', max_new_tokens=256)
+    if pipeline == 'pipelines/unhappy_digest.yaml':
+      variables.update(max_sentiment=1, max_input_tokens=400)  # Digest every chat.
+    runs.append((pipeline, [], variables))
+    places.append((prefix, data))
+  try:
+    results = run_yaml_in_one_process(runs)
+  finally:
+    server.stop()
+  return {pipeline: (result, *place)
+          for (pipeline, _, _), result, place in zip(runs, results, places)}
+
+
 @pytest.mark.parametrize('pipeline', sorted(OUTPUTS))
 def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
-    pipeline, tiny_causal_lm, tiny_gemma, tmp_path, chats, request):
-  prefix = str(tmp_path / 'out')
-  # The bundled chats, with lines that are not valid chats among them.
-  data = write_with_bad_lines(tmp_path / 'chats.jsonl', chats, BAD_CHAT_LINES)
-  variables = {'model': tiny_gemma if 'gemma' in pipeline else tiny_causal_lm,
-               'input': data, 'output': prefix, 'max_new_tokens': 8}
-  if pipeline in REMOTE:
-    # A server that answers with sentiment JSON, after a 429, a 503, an
-    # answer it garbles (retried) and one request it refuses (that chat
-    # must land in the errors file).
-    from beam_llm.testing.fake_llm_server import Faults, sentiment_reply
-    server = request.getfixturevalue('llm_server')(
-        faults=Faults(script=['429', '503', 'malformed', '400'], retry_after=0.2),
-        reply=sentiment_reply)
-    variables.update(base_url=server.url + '/v1', max_new_tokens=256)
-  if pipeline == 'pipelines/unhappy_digest.yaml':
-    variables.update(max_sentiment=1, max_input_tokens=400)  # Digest every chat.
-  result = run_yaml(pipeline, jinja_variables=variables)
+    pipeline, pipeline_runs, chats):
+  result, prefix, data = pipeline_runs[pipeline]
   assert result.returncode == 0, result.stderr[-3000:]
   if OUTPUTS[pipeline] is None:
     digests = read_json_lines(prefix)

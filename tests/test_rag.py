@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, read_json_lines, run_yaml
+from tests.conftest import ROOT, read_json_lines, run_yaml, run_yaml_in_one_process
 from tests.test_pipelines import assert_bad_lines_are_error_rows, write_with_bad_lines
 
 KB = os.path.join(ROOT, 'pipelines', 'data', 'kb.jsonl')
@@ -79,21 +79,22 @@ def test_ingest_twice_then_answer_on_each_store(
   docs = write_with_bad_lines(tmp_path / 'kb.jsonl', _lines(KB), BAD_DOC_LINES)
   asked = write_with_bad_lines(
       tmp_path / 'questions.jsonl', _lines(QUESTIONS), BAD_QUESTION_LINES)
-  for run in ('first', 'again'):  # Upsert by chunk id: no duplicates.
-    result = run_yaml(
-        'pipelines/rag_ingest.yaml', env=OFFLINE,
-        jinja_variables={**common, 'input': docs, 'errors': str(tmp_path / f'{run}-errors'),
-                         'metadata': ['category']})
+  prefix = str(tmp_path / 'answers')
+  # Ingest twice (upsert by chunk id: no duplicates), then answer: three runs
+  # of `apache_beam.yaml.main`, in one process (one Beam YAML start-up).
+  ingests = [('pipelines/rag_ingest.yaml', [], {
+      **common, 'input': docs, 'errors': str(tmp_path / f'{run}-errors'),
+      'metadata': ['category']}) for run in ('first', 'again')]
+  answer = ('pipelines/rag_answer.yaml', [], {
+      **common, 'input': asked, 'model': tiny_causal_lm, 'output': prefix,
+      'max_new_tokens': 4, 'use_chat_template': False})
+  results = run_yaml_in_one_process([*ingests, answer], env=OFFLINE)
+  for run, result in zip(('first', 'again'), results):
     assert result.returncode == 0, result.stderr[-3000:]
     errors = read_json_lines(str(tmp_path / f'{run}-errors'))
     assert assert_bad_lines_are_error_rows(errors, docs, BAD_DOC_LINES) == []
-    assert count_entries(uri, collection) == 30  # One chunk per short fact.
-
-  prefix = str(tmp_path / 'answers')
-  result = run_yaml(
-      'pipelines/rag_answer.yaml', env=OFFLINE,
-      jinja_variables={**common, 'input': asked, 'model': tiny_causal_lm, 'output': prefix,
-                       'max_new_tokens': 4, 'use_chat_template': False})
+  assert count_entries(uri, collection) == 30  # One chunk per short fact.
+  result = results[-1]
   assert result.returncode == 0, result.stderr[-3000:]
   rows = read_json_lines(prefix)
   questions = _lines(QUESTIONS)

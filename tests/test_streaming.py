@@ -16,6 +16,14 @@ from tests.conftest import ROOT, run_yaml
 
 PIPELINE = 'pipelines/chat_sentiment_streaming.yaml'
 BURST, GAP_SECS = 5, 10
+# The pipeline's schema with a short summary, so the random tiny model's
+# constrained answers end within a few tokens and rows reach the results
+# (with the 512-character summary, they are cut off: `truncated` errors).
+SHORT_SCHEMA = {
+    'type': 'object',
+    'properties': {'sentiment': {'type': 'integer', 'enum': [-1, 0, 1]},
+                   'summary': {'type': 'string', 'minLength': 1, 'maxLength': 4}},
+    'required': ['sentiment', 'summary'], 'additionalProperties': False}
 
 
 def _test_pipeline(tmp_path, payloads, log, variables):
@@ -32,7 +40,12 @@ def _test_pipeline(tmp_path, payloads, log, variables):
       'WriteResults': {'type': 'LogArrivals', 'config': {'tag': 'out', 'log': log}},
       'WriteErrors': {'type': 'LogArrivals', 'config': {'tag': 'err', 'log': log}},
   }
+  schema_file = tmp_path / 'short_schema.json'
+  schema_file.write_text(json.dumps(SHORT_SCHEMA))
   for t in transforms:
+    for key in ('response_schema_file', 'schema_file'):
+      if t['config'].get(key) == 'schemas/sentiment_summary.json':
+        t['config'][key] = str(schema_file)
     if t.get('name') in swaps:
       original_type = t['type']
       t.update(swaps[t['name']])
@@ -61,6 +74,14 @@ def test_streaming_pipeline_answers_every_message_once_burst_by_burst(
   outs = [json.loads(e['row']) for e in events if e['tag'] in ('out', 'err')]
   assert sorted(str(o['chat_id']) for o in outs) == sorted(
       [str(c['chat_id']) for c in chats] + ['None', 'None'])
+  # Both paths: typed results, and the two bad messages as error rows.
+  results = [json.loads(e['row']) for e in events if e['tag'] == 'out']
+  errors = [json.loads(e['row']) for e in events if e['tag'] == 'err']
+  assert results, [e['msg'] for e in errors]
+  for row in results:
+    assert row['sentiment'] in (-1, 0, 1) and 1 <= len(row['summary']) <= 4
+  assert sorted(e['error_type'] for e in errors if e['chat_id'] is None) == [
+      'invalid_json', 'schema']
   # Batches are cut by time: rows of every burst come out before the next
   # burst arrives (a batch held for max_batch_size or the end of the stream
   # would not). Beam's DirectRunner does not flush every buffered row at the
