@@ -215,7 +215,7 @@ def test_operators_on_a_server_through_yaml(llm_server, tmp_path, chats):
           'field': 'history', 'condition': 'The customer is unhappy.',
           'model_handler': openai(server)}, 'Chats'),
       'Extracted': ('Extract', {
-          'field': 'history', 'schema_file': str(short_schema_file),
+          'field': 'history', 'schema_file': SCHEMA_FILE,
           'model_handler': openai(server), 'temperature': 0.5}, 'Chats'),
   })
   total = sum(len(rows) + len(errors) for rows, errors in out.values())
