@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.conftest import ROOT, read_json_lines, run_yaml, run_yaml_in_one_process
+from tests.conftest import CHATS, ROOT, read_json_lines, run_yaml, run_yaml_in_one_process
 
 PIPELINES = sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'pipelines', '*.yaml')))
@@ -89,11 +89,12 @@ def assert_every_chat_exactly_once(prefix, suffixes, chats, path):
 
 
 @pytest.fixture(scope='module')
-def pipeline_runs(tiny_causal_lm, tiny_gemma, tmp_path_factory, chats):
+def pipeline_runs(tiny_causal_lm, tiny_gemma, tiny_seq2seq_lm, tmp_path_factory, chats):
   """Every pipeline of OUTPUTS run on the bundled chats, with lines that are
   not valid chats among them, each as `python -m apache_beam.yaml.main`
   runs it, all in one process (one Beam YAML start-up, not one per
-  pipeline). Returns pipeline -> (result, output prefix, input file)."""
+  pipeline). Returns pipeline -> (result, output prefix, input file); and
+  under 't5', summarize.yaml on a T5 model with other input."""
   from beam_llm.testing.fake_llm_server import FakeLLMServer, Faults, sentiment_reply
   # The remote pipeline's server answers with sentiment JSON, after a 429, a
   # 503, an answer it garbles (retried) and one request it refuses (that
@@ -114,12 +115,20 @@ def pipeline_runs(tiny_causal_lm, tiny_gemma, tmp_path_factory, chats):
       variables.update(max_sentiment=1, max_input_tokens=400)  # Digest every chat.
     runs.append((pipeline, [], variables))
     places.append((prefix, data))
+  tmp_path = tmp_path_factory.mktemp('t5')
+  data = tmp_path / 'two.jsonl'
+  data.write_text(''.join(open(CHATS).readlines()[:2]))
+  prefix = str(tmp_path / 'sum')
+  runs.append(('pipelines/summarize.yaml', [], {
+      'model': tiny_seq2seq_lm, 'input': str(data), 'output': prefix,
+      'use_chat_template': False, 'max_new_tokens': 5}))
+  places.append((prefix, str(data)))
   try:
     results = run_yaml_in_one_process(runs)
   finally:
     server.stop()
-  return {pipeline: (result, *place)
-          for (pipeline, _, _), result, place in zip(runs, results, places)}
+  names = sorted(OUTPUTS) + ['t5']
+  return {name: (result, *place) for name, result, place in zip(names, results, places)}
 
 
 @pytest.mark.parametrize('pipeline', sorted(OUTPUTS))
@@ -145,15 +154,8 @@ def test_pipeline_runs_on_a_tiny_model_and_accounts_for_every_chat(
     assert error['element']['chat_id'] == error['chat_id']
 
 
-def test_summaries_from_a_t5_model_with_other_input(tiny_seq2seq_lm, tmp_path, chats):
-  data = tmp_path / 'two.jsonl'
-  lines = open(os.path.join(ROOT, 'pipelines', 'data', 'chats.jsonl')).readlines()[:2]
-  data.write_text(''.join(lines))
-  prefix = str(tmp_path / 'sum')
-  result = run_yaml(
-      'pipelines/summarize.yaml',
-      jinja_variables={'model': tiny_seq2seq_lm, 'input': str(data), 'output': prefix,
-                       'use_chat_template': False, 'max_new_tokens': 5})
+def test_summaries_from_a_t5_model_with_other_input(pipeline_runs, chats):
+  result, prefix, _ = pipeline_runs['t5']
   assert result.returncode == 0, result.stderr[-3000:]
   rows = read_json_lines(prefix)
   assert sorted(r['chat_id'] for r in rows) == [c['chat_id'] for c in chats[:2]]
