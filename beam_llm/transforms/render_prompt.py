@@ -176,11 +176,12 @@ def _parse_and_collect_variables(sources) -> set:
 
 def _render(template, variables: dict) -> str:
   """Template.render(**variables), minus its per-call copy of the globals
-  (`variables` already holds them): the same context, built with shared=True."""
-  from jinja2.runtime import new_context
-  context = new_context(template.environment, template.name, template.blocks,
-                        variables, shared=True)
-  return template.environment.concat(template.root_render_func(context))
+  (`variables` already holds them) and the helper calls around it: the same
+  Context that new_context(..., shared=True) makes, built directly."""
+  environment = template.environment
+  context = environment.context_class(
+      environment, variables, template.name, template.blocks)
+  return environment.concat(template.root_render_func(context))
 
 
 class _RenderDoFn(beam.DoFn):
