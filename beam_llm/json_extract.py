@@ -89,9 +89,9 @@ def parse(
   ParseFailure with the rung that failed: empty, truncated, invalid_json or
   schema.
   """
-  if text is None or not text.strip():
+  text = text.strip() if text is not None else ''
+  if not text:
     raise ParseFailure('empty', 'the model returned no text')
-  text = text.strip()
   # Fast path for the common case, a clean answer: text that parses whole
   # is complete, so it needs neither the cut-off check nor the ladder.
   # (A value valid as written needs no `prepare`: coercion only touches

@@ -105,16 +105,30 @@ def to_row(value: dict, schema: dict) -> beam.Row:
          for name in props})
 
 
+class _NoFastPath:
+  """A type no JSON value has: the fast path of a property that needs
+  converting (rows, lists, text of other JSON) never applies."""
+
+
 def fields_converter(schema: dict):
   """`to_row`'s fields as a dict, for one schema, with each property's type
   worked out once (per-row cost matters: ParseJSON and ReadJsonLines run it
-  on every row)."""
-  props = [(name, prop, beam_type(prop))
-           for name, prop in schema.get('properties', {}).items()]
+  on every row). `convert(value, into)` writes them into `into` (a new dict
+  if None) and returns it."""
+  props = []
+  for name, prop in schema.get('properties', {}).items():
+    t = beam_type(prop)
+    # A value that already has its field's scalar type is kept as it is
+    # (what to_field_value returns for it); only the rest is converted.
+    props.append((name, prop, t, t if t in _SCALARS.values() else _NoFastPath))
 
-  def convert(value: dict) -> dict:
-    return {name: to_field_value(value.get(name), prop, t)
-            for name, prop, t in props}
+  def convert(value: dict, into: Optional[dict] = None) -> dict:
+    out = {} if into is None else into
+    get = value.get
+    for name, prop, t, same in props:
+      v = get(name)
+      out[name] = v if type(v) is same else to_field_value(v, prop, t)
+    return out
   return convert
 
 

@@ -27,7 +27,8 @@ class SchemaValidator:
   def __init__(self, schema: dict):
     self._schema = schema
     self._full = None
-    self._fast: Optional[Callable[[Any], bool]] = None
+    self._fast: Optional[Callable[[Any], Any]] = None  # Raises if invalid.
+    self._fast_error = None
 
   def _compile(self):
     import jsonschema
@@ -35,22 +36,19 @@ class SchemaValidator:
     self._full = cls(self._schema, format_checker=cls.FORMAT_CHECKER)
     if _fast_compatible(self._schema):
       import fastjsonschema
-      check = fastjsonschema.compile(self._schema)
-
-      def fast(value) -> bool:
-        try:
-          check(value)
-          return True
-        except fastjsonschema.JsonSchemaException:
-          return False
-      self._fast = fast
+      self._fast = fastjsonschema.compile(self._schema)
+      self._fast_error = fastjsonschema.JsonSchemaException
 
   def problem(self, value: Any) -> Optional[str]:
     """None if `value` is valid, else the most relevant reason, one line."""
     if self._full is None:
       self._compile()
-    if self._fast is not None and self._fast(value):
-      return None
+    if self._fast is not None:
+      try:
+        self._fast(value)
+        return None
+      except self._fast_error:
+        pass
     if self._full.is_valid(value):  # Stops at the first error: cheaper.
       return None
     import jsonschema
@@ -59,7 +57,8 @@ class SchemaValidator:
     return f'{where}: {error.message}'
 
   def __getstate__(self):
-    return {'_schema': self._schema, '_full': None, '_fast': None}
+    return {'_schema': self._schema, '_full': None, '_fast': None,
+            '_fast_error': None}
 
 
 def _fast_compatible(schema: Any) -> bool:

@@ -145,9 +145,9 @@ ROWS = [
 
 
 def test_transform_types_fields_and_routes_bad_rows():
-  out, types = run_transform(
+  out, types, metrics = run_transform(
       ParseJSON(field='response', schema_file=SCHEMA_FILE,
-                error_handling={'output': 'invalid'}), ROWS)
+                error_handling={'output': 'invalid'}), ROWS, metrics=True)
   good = {r.chat_id: r for r in out['good']}
   assert (good[1].sentiment, good[1].summary) == (-1, 'Cold pizza.')
   assert (good[2].sentiment, good[2].summary) == (1, 'Great.')
@@ -161,6 +161,8 @@ def test_transform_types_fields_and_routes_bad_rows():
   assert errors[3].msg.startswith('ParseJSON (truncated)')
   # Every row exactly once across both outputs.
   assert sorted(list(good) + list(errors)) == [1, 2, 3, 4]
+  # The counters the run summary reads (`parsed` is added up per bundle).
+  assert (metrics['parsed'], metrics['failed']) == (2, 2)
 
 
 def test_schema_types_map_to_beam_types():

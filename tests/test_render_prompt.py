@@ -52,14 +52,18 @@ def test_template_file(tmp_path):
 
 
 def test_a_row_that_fails_to_render_goes_to_errors_and_the_others_come_out():
-  rows = ROWS + [{'chat_id': 3, 'history': None}]
-  out, _ = run_transform(
+  # 2,500 good rows: the `rendered` counter, added up in the DoFn, reports
+  # every 1,000 and at the end of the bundle; the summary reads its total.
+  rows = [{'chat_id': i, 'history': f'user_id {i}: hi'} for i in range(2500)]
+  rows.append({'chat_id': -1, 'history': None})
+  out, _, metrics = run_transform(
       RenderPrompt(
           template='{{ history.upper() }}', error_handling={'output': 'bad'}),
-      rows)
-  assert sorted(r.chat_id for r in out['good']) == [1, 2]
+      rows, metrics=True)
+  assert sorted(r.chat_id for r in out['good']) == list(range(2500))
+  assert (metrics['rendered'], metrics['failed']) == (2500, 1)
   [error] = out['bad']
-  assert error.element.chat_id == 3
+  assert error.element.chat_id == -1
   assert error.error_type == 'render'
   assert error.msg.startswith('RenderPrompt:') and 'upper' in error.msg
 

@@ -122,7 +122,7 @@ class _ParseDoFn(beam.DoFn):
     self._schema = schema
     self._repair = repair
     self._coerce = coerce
-    self._parsed = Metrics.counter('beam_llm.ParseJSON', 'parsed')
+    self._parsed = _rows.BundleCounter('beam_llm.ParseJSON', 'parsed')
     self._repaired = Metrics.counter('beam_llm.ParseJSON', 'repaired')
     self._failed = Metrics.counter('beam_llm.ParseJSON', 'failed')
 
@@ -143,26 +143,29 @@ class _ParseDoFn(beam.DoFn):
   def process(self, row):
     text = getattr(row, self._field, None)
     if text is not None and not isinstance(text, str):
-      yield from self._error(
+      return self._error(
           row, 'not_text', f'field {self._field!r} is a '
           f'{type(text).__name__}, not text')
-      return
     try:
       value, rung = json_extract.parse(
           text, self._validate, self._repair, self._prepare)
     except json_extract.ParseFailure as failure:
-      yield from self._error(row, failure.rung, failure.reason)
-      return
+      return self._error(row, failure.rung, failure.reason)
     self._parsed.inc()
     if rung == 'repair':
       self._repaired.inc()
-    fields = self._fields_of(value)
+    # The input's fields, then the schema's properties (replacing an input
+    # field of the same name in place), written into one new dict.
+    out = self._fields_of(value, dict(_rows.fields_of(row)))
     if self._lineage:
-      fields[lineage_policy.FIELD] = lineage_policy.merged(row, self._lineage)
-    yield _rows.with_fields(row, **fields)
+      out[lineage_policy.FIELD] = lineage_policy.merged(row, self._lineage)
+    return [_rows.new_row(out)]
+
+  def finish_bundle(self):
+    self._parsed.flush()
 
   def _error(self, row, error_type: str, reason: str):
     self._failed.inc()
-    yield from _rows.tag_error(
+    return _rows.tag_error(
         _rows.error_row(
             row, f'{_OWNER} ({error_type}): {reason}', error_type))

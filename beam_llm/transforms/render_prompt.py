@@ -176,11 +176,12 @@ def _parse_and_collect_variables(sources) -> set:
 
 def _render(template, variables: dict) -> str:
   """Template.render(**variables), minus its per-call copy of the globals
-  (`variables` already holds them): the same context, built with shared=True."""
-  from jinja2.runtime import new_context
-  context = new_context(template.environment, template.name, template.blocks,
-                        variables, shared=True)
-  return template.environment.concat(template.root_render_func(context))
+  (`variables` already holds them) and the helper calls around it: the same
+  Context that new_context(..., shared=True) makes, built directly."""
+  environment = template.environment
+  context = environment.context_class(
+      environment, variables, template.name, template.blocks)
+  return environment.concat(template.root_render_func(context))
 
 
 class _RenderDoFn(beam.DoFn):
@@ -191,7 +192,7 @@ class _RenderDoFn(beam.DoFn):
     self._constants = constants
     self._is_chat = is_chat
     self._output = output
-    self._rendered = Metrics.counter('beam_llm.RenderPrompt', 'rendered')
+    self._rendered = _rows.BundleCounter('beam_llm.RenderPrompt', 'rendered')
     self._failed = Metrics.counter('beam_llm.RenderPrompt', 'failed')
 
   def setup(self):
@@ -206,20 +207,22 @@ class _RenderDoFn(beam.DoFn):
 
   def process(self, row):
     try:
-      fields = _rows.as_dict(row)
+      fields = _rows.fields_of(row)
       rendered = [(role, _render(template, {**base, **fields}))
                   for role, template, base in self._base]
     except Exception as exn:  # Any template failure belongs to this row.
       self._failed.inc()
-      yield from _rows.tag_error(
+      return _rows.tag_error(
           _rows.error_row(row, f'{_OWNER}: {exn}', 'render'))
-      return
     self._rendered.inc()
     if self._is_chat:
       value = [beam.Row(role=role, content=text) for role, text in rendered]
     else:
       value = rendered[0][1]
-    added = {self._output: value}
+    out = {**fields, self._output: value}
     if self._lineage:
-      added[lineage_policy.FIELD] = lineage_policy.merged(row, self._lineage)
-    yield _rows.with_fields(row, **added)
+      out[lineage_policy.FIELD] = lineage_policy.merged(row, self._lineage)
+    return [_rows.new_row(out)]
+
+  def finish_bundle(self):
+    self._rendered.flush()
