@@ -7,8 +7,12 @@ YAML by the options of `RemotePolicy` (declared here once; a backend gets
 them with `@with_policy` and builds the policy with `from_options`):
 
 - Requests flow continuously on a thread pool shared by every bundle and
-  DoFn thread of the process; how many are in flight adapts to the service
-  (remote_limits.AdaptiveLimit), capped by `max_concurrency`.
+  DoFn thread of the process — or, for a backend with an async client, on
+  one event loop thread (`submit_async` / `call_async`: a thread per
+  request in flight costs CPU at hundreds in flight); how many are in
+  flight adapts to the service (remote_limits.AdaptiveLimit), capped by
+  `max_concurrency`. Both drivers carry out the same policy
+  (`RemoteCaller._attempts`), written once.
 - Retry what can succeed on a second try (`Failure.retryable`): 429, 408,
   5xx, dropped connections, timeouts, bodies cut off or malformed, empty
   answers. A request the service refuses as invalid is not retried,
@@ -29,14 +33,16 @@ Each call returns an `Outcome` carrying what the caller needs for metrics;
 metrics are recorded by the caller on the DoFn thread, because Beam metrics
 recorded on other threads are lost.
 """
+import asyncio
 import concurrent.futures
 import dataclasses
 import email.utils
 import inspect
 import random
 import re
+import threading
 import time
-from typing import Any, Callable, List, Mapping, Optional
+from typing import Any, Awaitable, Callable, Generator, List, Mapping, Optional
 
 from beam_llm import _config
 from beam_llm import remote_limits
@@ -269,7 +275,8 @@ _TIMEOUT_NAMES = frozenset({
 _CONNECTION_NAMES = frozenset({
     'ConnectionError', 'TransportError', 'ProtocolError', 'NetworkError',
     'NewConnectionError', 'MaxRetryError', 'ChunkedEncodingError',
-    'RemoteDisconnected', 'IncompleteRead', 'ContentDecodingError'})
+    'RemoteDisconnected', 'IncompleteRead', 'ContentDecodingError',
+    'ClientConnectionError', 'ClientPayloadError'})  # The last two: aiohttp.
 # An answer that did not parse (a body cut off, not JSON, the wrong shape
 # for the client's own types): transient, like a dropped connection.
 _BAD_BODY_NAMES = frozenset({
@@ -312,13 +319,24 @@ class Outcome:
     return max(0, self.attempts - 1)
 
 
+# The steps of `RemoteCaller._attempts` other than sleeps (numbers).
+_ACQUIRE = 'acquire'  # Take a slot of the adaptive limit.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Send:
+  """Send one attempt with this timeout."""
+  timeout: float
+
+
 class RemoteCaller:
   """Runs requests under a RemotePolicy; one per worker process and backend.
 
   `submit(send, classify)` starts a request on the caller's threads and
   returns a Future of its Outcome: requests flow continuously, whatever
   batch or bundle they came from, up to the adaptive concurrency limit.
-  `call` does the same on the calling thread. A request's failure is an
+  `call` does the same on the calling thread; `call_async` in a coroutine,
+  and `submit_async` runs coroutines on the caller's event loop. A request's failure is an
   Outcome, never an exception; an exception that `classify` does not
   recognise (None: a bug, not the service) is raised from the Future.
 
@@ -344,6 +362,8 @@ class RemoteCaller:
     # the cap, created as needed. Queued work beyond that waits its turn.
     self._pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=policy.max_concurrency, thread_name_prefix='beam_llm_remote')
+    self._loop = None  # The event loop of submit_async, started on first use.
+    self._loop_lock = threading.Lock()
 
   def submit(self, send: Callable[[float], Any],
              classify: Callable[[BaseException], Optional[Failure]]
@@ -359,18 +379,80 @@ class RemoteCaller:
       send: Callable[[float], Any],
       classify: Callable[[BaseException], Optional[Failure]]) -> Outcome:
     """One request, with retries, backoff and throttling, within budget."""
+    steps = self._attempts(classify)
+    reply = None
+    while True:
+      try:
+        step = steps.send(reply)
+      except StopIteration as done:
+        return done.value
+      reply = None
+      if step is _ACQUIRE:
+        self.limit.acquire()
+      elif isinstance(step, _Send):
+        try:
+          reply = (send(step.timeout), None)
+        except Exception as exn:  # pylint: disable=broad-except
+          reply = (None, exn)  # The policy decides what it means.
+      else:
+        time.sleep(step)
+
+  async def call_async(
+      self,
+      send: Callable[[float], Awaitable[Any]],
+      classify: Callable[[BaseException], Optional[Failure]]) -> Outcome:
+    """`call` for a coroutine `send`: the same policy (`_attempts`), its
+    waits awaited on the event loop instead of a thread each."""
+    steps = self._attempts(classify)
+    reply = None
+    while True:
+      try:
+        step = steps.send(reply)
+      except StopIteration as done:
+        return done.value
+      reply = None
+      if step is _ACQUIRE:
+        await self.limit.acquire_async()
+      elif isinstance(step, _Send):
+        try:
+          reply = (await send(step.timeout), None)
+        except Exception as exn:  # pylint: disable=broad-except
+          reply = (None, exn)
+      else:
+        await asyncio.sleep(step)
+
+  def submit_async(self, task: Callable[[], Awaitable[Any]]
+                   ) -> concurrent.futures.Future:
+    """Runs a coroutine (which may `call_async`) on this caller's event loop:
+    one thread drives every request in flight, where `submit_task` needs a
+    thread per request (the client process's CPU per request, bench/RESULTS.md)."""
+    with self._loop_lock:
+      if self._loop is None:
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True,
+                         name='beam_llm_remote_loop').start()
+    return asyncio.run_coroutine_threadsafe(task(), self._loop)
+
+  def _attempts(self, classify: Callable[[BaseException], Optional[Failure]]
+                ) -> Generator[Any, Any, Outcome]:
+    """The policy for one request, whoever carries it out (`call`,
+    `call_async`): yields the steps its driver takes — `_ACQUIRE` (a slot
+    of the limit), `_Send(timeout)` (one attempt; the driver sends back
+    (value, None) or (None, exception)) or a number (sleep that long) — and
+    returns the Outcome."""
     p = self.policy
     out = Outcome()
     deadline = time.monotonic() + p.deadline_secs
     while True:
-      stop = self._wait_until_allowed(out, deadline)
+      stop = yield from self._wait_until_allowed(out, deadline)
       if stop is not None:
         # Keep the service's last word if there was one: it says more.
         out.failure = out.failure or stop
         break
-      self.limit.acquire()
-      if self._gate.until > time.monotonic():
-        # A Retry-After came in while this request waited for a slot.
+      yield _ACQUIRE
+      if self._held(time.monotonic())[0] > 0:
+        # A Retry-After came in, or the budgets ran out, while this request
+        # waited for a slot.
         self.limit.cancel()
         continue
       timeout = max(0.001, min(p.timeout_secs, deadline - time.monotonic()))
@@ -378,16 +460,16 @@ class RemoteCaller:
       out.attempts += 1
       if self._requests:
         self._requests.take(1)
+      value, exn = yield _Send(timeout)
+      latency = time.monotonic() - started
       failure = None
-      try:
-        out.value = send(timeout)
-      except Exception as exn:  # pylint: disable=broad-except
+      if exn is None:
+        out.value = value
+      else:
         failure = classify(exn)
         if failure is None:  # Not the service's doing: a bug. Raise it.
-          self.limit.release(time.monotonic() - started, overloaded=False)
-          raise
-      finally:
-        latency = time.monotonic() - started
+          self.limit.release(latency, overloaded=False)
+          raise exn
       out.failure = failure
       out.latencies.append(latency)
       self.limit.release(latency, failure is not None and failure.overloaded)
@@ -405,26 +487,18 @@ class RemoteCaller:
       wait = max(self._backoff(out.attempts), failure.retry_after or 0.0)
       if time.monotonic() + wait >= deadline:
         break
-      self._sleep(out, wait)
+      yield from self._sleep(out, wait)
     return self._finish(out)
 
-  def _wait_until_allowed(self, out: Outcome, deadline: float) -> Optional[Failure]:
-    """Waits out any Retry-After, budgets and local throttling.
+  def _wait_until_allowed(self, out: Outcome, deadline: float):
+    """Steps that wait out any Retry-After, budgets and local throttling.
 
     Returns why the row must stop instead, if waiting would pass its deadline.
     """
     counted = False  # Whether the throttler has counted this attempt.
     while True:
       now = time.monotonic()
-      until = self._gate.until
-      wait = until - now
-      why = 'the service asked to wait (Retry-After)'
-      for budget, name in ((self._requests, 'requests_per_minute'),
-                           (self._tokens, 'tokens_per_minute')):
-        if budget:
-          need = budget.wait_secs(1 if name == 'requests_per_minute' else 0)
-          if need > wait:
-            wait, why = need, f'{name} budget'
+      wait, why = self._held(now)
       if wait > 0:
         if now + wait >= deadline:
           return Failure(
@@ -432,7 +506,7 @@ class RemoteCaller:
               f'deadline_secs={self.policy.deadline_secs}')
         # A little jitter so that the waiting requests do not all start in
         # the same millisecond when the wait ends.
-        self._sleep(out, wait + self._random.uniform(0, 0.05))
+        yield from self._sleep(out, wait + self._random.uniform(0, 0.05))
         continue
       if self._throttler.should_delay(count=not counted):
         counted = True
@@ -442,11 +516,23 @@ class RemoteCaller:
               DEADLINE, 'throttled on this worker (the service refused most '
               f'recent requests) until deadline_secs={self.policy.deadline_secs}'
               ' ran out')
-        self._sleep(out, delay)
+        yield from self._sleep(out, delay)
         continue
       if now >= deadline:
         return Failure(DEADLINE, f'deadline_secs={self.policy.deadline_secs} ran out')
       return None
+
+  def _held(self, now: float):
+    """(seconds no request may start for, why): Retry-After and budgets."""
+    wait = self._gate.until - now
+    why = 'the service asked to wait (Retry-After)'
+    for budget, name in ((self._requests, 'requests_per_minute'),
+                         (self._tokens, 'tokens_per_minute')):
+      if budget:
+        need = budget.wait_secs(1 if name == 'requests_per_minute' else 0)
+        if need > wait:
+          wait, why = need, f'{name} budget'
+    return wait, why
 
   def _backoff(self, attempts: int) -> float:
     """Exponential backoff with "equal jitter": half fixed, half random."""
@@ -455,9 +541,10 @@ class RemoteCaller:
     return cap / 2 + self._random.uniform(0, cap / 2)
 
   @staticmethod
-  def _sleep(out: Outcome, secs: float) -> None:
+  def _sleep(out: Outcome, secs: float):
+    """A step: sleep `secs` (counted as waited)."""
     if secs > 0:
-      time.sleep(secs)
+      yield secs
       out.waited_secs += secs
 
   def _finish(self, out: Outcome) -> Outcome:

@@ -45,6 +45,8 @@ class AdaptiveLimit:
     self.in_flight = 0
     self.max_in_flight = 0
     self._cond = threading.Condition()
+    # Coroutines waiting for a slot: (loop, future), woken like threads.
+    self._async_waiters = collections.deque()
     self._slow_start = True
     self._short = None  # Smoothed latency (seconds).
     self._best = [math.inf, math.inf]  # Its minimum: last window, this one.
@@ -58,14 +60,43 @@ class AdaptiveLimit:
     with self._cond:
       while self.in_flight >= int(self.limit):
         self._cond.wait()
-      self.in_flight += 1
-      self.max_in_flight = max(self.max_in_flight, self.in_flight)
+      self._take()
+
+  async def acquire_async(self) -> None:
+    """`acquire` for a coroutine: waits without blocking its event loop."""
+    import asyncio
+    loop = asyncio.get_running_loop()
+    while True:
+      with self._cond:
+        if self.in_flight < int(self.limit):
+          self._take()
+          return
+        waiter = loop.create_future()
+        self._async_waiters.append((loop, waiter))
+      try:
+        await waiter
+      except asyncio.CancelledError:
+        with self._cond:  # Pass on a wake-up it may have been given.
+          self._wake(1)
+        raise
+
+  def _take(self) -> None:
+    self.in_flight += 1
+    self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+  def _wake(self, n: int) -> None:
+    """Wakes up to n waiters (threads and coroutines); holds self._cond."""
+    self._cond.notify(n)
+    while n > 0 and self._async_waiters:
+      loop, waiter = self._async_waiters.popleft()
+      loop.call_soon_threadsafe(_set_done, waiter)
+      n -= 1
 
   def cancel(self) -> None:
     """Gives a slot back unused (no latency learned)."""
     with self._cond:
       self.in_flight -= 1
-      self._cond.notify()
+      self._wake(1)
 
   def release(self, latency: float, overloaded: bool) -> None:
     with self._cond:
@@ -81,7 +112,7 @@ class AdaptiveLimit:
       self.limit = min(float(self.cap), max(1.0, self.limit))
       free = int(self.limit) - self.in_flight
       if free > 0:
-        self._cond.notify(free if int(self.limit) > before else 1)
+        self._wake(free if int(self.limit) > before else 1)
 
   def _learn(self, latency: float, now: float, saturated: bool) -> None:
     if self._short is None:
@@ -113,6 +144,11 @@ class AdaptiveLimit:
     self._slow_start = False
     self.limit *= factor
     return True
+
+
+def _set_done(waiter) -> None:
+  if not waiter.done():
+    waiter.set_result(None)
 
 
 class Budget:

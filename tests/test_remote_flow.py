@@ -16,8 +16,8 @@ from tests.beam_helpers import run_transform
 
 class MisspeltHandler(OpenAICompatibleHandler):
   """A backend with a bug in its answer handling, as a typo would make."""
-  def send(self, client, request, timeout_secs):
-    answer = super().send(client, request, timeout_secs)
+  def read_answer(self, response, chat):
+    answer = super().read_answer(response, chat)
     return answer.txet  # AttributeError: a bug, not the service's fault.
 
 

@@ -99,15 +99,24 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
             'server that needs no key')
       redactor.add(key)
     n = self.policy.max_concurrency
+    limits = httpx.Limits(max_connections=max(n, 100), max_keepalive_connections=n)
+    options = dict(base_url=self._base_url, api_key=key,
+                   max_retries=0,  # beam_llm.remote owns retries.
+                   timeout=self.policy.timeout_secs)
     client = openai.OpenAI(
-        base_url=self._base_url,
-        api_key=key,
-        max_retries=0,  # beam_llm.remote owns retries.
-        timeout=self.policy.timeout_secs,
-        http_client=openai.DefaultHttpxClient(
-            limits=httpx.Limits(
-                max_connections=max(n, 100), max_keepalive_connections=n)))
-    return _Client(client, structured_forms.FormChoice(
+        **options, http_client=openai.DefaultHttpxClient(limits=limits))
+
+    def make_async():
+      # On aiohttp (openai's `aiohttp` extra) where installed: about a third
+      # of the CPU per request of the httpx default (bench/RESULTS.md).
+      try:
+        import aiohttp  # pylint: disable=unused-import
+        http = openai.DefaultAioHttpClient(limits=limits)
+      except ImportError:
+        http = openai.DefaultAsyncHttpxClient(limits=limits)
+      return openai.AsyncOpenAI(**options, http_client=http)
+
+    return _Client(client, make_async, structured_forms.FormChoice(
         self._structured, self.describe(), redactor))
 
   def build_request(self, prompt) -> dict:
@@ -138,44 +147,73 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     return request
 
   def send(self, client, request: dict, timeout_secs: float) -> Generation:
-    chat = 'messages' in request
-    body = {k: v for k, v in request.items()
-            if k not in ('extra_body', 'response_schema')}
-    body.update(request.get('extra_body') or {})
-    schema = request.get('response_schema')
+    body, chat, schema = _body_of(request)
+    post = lambda body: self._post(client.openai, body, chat, timeout_secs)
     if schema is None:
-      return self._post(client.openai, body, chat, timeout_secs)
+      return self.read_answer(post(body), chat)
     form, probe = client.forms.begin(timeout_secs)
     try:
       while True:
         try:
-          answer = self._post(client.openai,
-                              structured_forms.apply(form, body, schema),
-                              chat, timeout_secs)
+          answer = self.read_answer(
+              post(structured_forms.apply(form, body, schema)), chat)
           client.forms.accepted(form)
           return answer
         except Exception as exn:  # pylint: disable=broad-except
-          failure = self.classify(exn)
-          if not structured_forms.is_schema_refusal(failure):
-            raise
-          form = client.forms.refused(form, failure.msg)
-          if form is None:
-            raise
+          form = self._next_form(client.forms, form, exn)
     finally:
       if probe:
         client.forms.end_probe()
 
+  async def send_async(self, client, request: dict, timeout_secs: float
+                       ) -> Generation:
+    """`send` on the event loop (remote_base drives this backend's requests
+    with it): the same exchange through the client's async twin."""
+    body, chat, schema = _body_of(request)
+    openai_async = client.async_openai()
+    post = lambda body: openai_async.post(
+        '/chat/completions' if chat else '/completions',
+        cast_to=_httpx_response(), body=body, options={'timeout': timeout_secs})
+    if schema is None:
+      return self.read_answer(await post(body), chat)
+    form, probe = await client.forms.begin_async(timeout_secs)
+    try:
+      while True:
+        try:
+          answer = self.read_answer(
+              await post(structured_forms.apply(form, body, schema)), chat)
+          client.forms.accepted(form)
+          return answer
+        except Exception as exn:  # pylint: disable=broad-except
+          form = self._next_form(client.forms, form, exn)
+    finally:
+      if probe:
+        client.forms.end_probe()
+
+  def _next_form(self, forms, form: str, exn: Exception) -> str:
+    """The structured-output form to try after `exn`; raises `exn` unless
+    it is the server refusing `form` and another form is left."""
+    failure = self.classify(exn)
+    if not structured_forms.is_schema_refusal(failure):
+      raise exn
+    form = forms.refused(form, failure.msg)
+    if form is None:
+      raise exn
+    return form
+
   def _post(self, client, body: dict, chat: bool, timeout_secs: float):
-    import httpx
     # The client's generic `post`, its documented way to send any request,
     # answering the raw response: same auth, timeouts and status errors as
     # `chat.completions.create`, without the parameter transformation and
     # typed answer, which cost more CPU per request (~1 ms) than the HTTP
     # exchange itself, the limit at hundreds of requests per second per
     # process (bench/RESULTS.md).
-    response = client.post(
+    return client.post(
         '/chat/completions' if chat else '/completions',
-        cast_to=httpx.Response, body=body, options={'timeout': timeout_secs})
+        cast_to=_httpx_response(), body=body, options={'timeout': timeout_secs})
+
+  def read_answer(self, response, chat: bool) -> Generation:
+    """The Generation in a raw response; BadResponse if there is none."""
     try:
       answer = response.json()
     except ValueError as exn:  # A body cut off in transit: retried.
@@ -203,7 +241,7 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
 
   def classify(self, exn: BaseException) -> Optional[remote.Failure]:
     import openai
-    if isinstance(exn, openai.APITimeoutError):
+    if isinstance(exn, openai.APITimeoutError) and not _dropped(exn):
       return remote.Failure(
           remote.TIMEOUT, f'no answer within {self.policy.timeout_secs}s',
           retryable=True)
@@ -219,8 +257,55 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     return remote.generic_failure(exn)
 
 
+def _dropped(exn: BaseException) -> bool:
+  """Whether a "timeout" was the server closing the connection: the aiohttp
+  transport reports a disconnect as a connect timeout. A drop is not a
+  sign of overload, as a timeout is (remote.Failure.overloaded)."""
+  root = exn
+  while root.__cause__ is not None:
+    root = root.__cause__
+  failure = remote.generic_failure(root) if root is not exn else None
+  return failure is not None and failure.error_type == remote.CONNECTION_ERROR
+
+
+def _httpx_response():
+  import httpx
+  return httpx.Response
+
+
+def _body_of(request: dict):
+  """(request body, chat or not, response_schema) of a built request."""
+  body = {k: v for k, v in request.items()
+          if k not in ('extra_body', 'response_schema')}
+  body.update(request.get('extra_body') or {})
+  return body, 'messages' in request, request.get('response_schema')
+
+
 class _Client:
-  """The openai client and the structured-output form this process uses."""
-  def __init__(self, client, forms: structured_forms.FormChoice):
+  """The openai clients and the structured-output form this process uses."""
+  def __init__(self, client, make_async, forms: structured_forms.FormChoice):
     self.openai = client
     self.forms = forms
+    self._make_async = make_async
+    self._async = None
+
+  def async_openai(self):
+    """The async client, made on first use on the event loop that uses it
+    (its connections belong to that loop)."""
+    if self._async is None:
+      import asyncio
+      import atexit
+      self._async = self._make_async()
+      atexit.register(_close_at_exit, asyncio.get_running_loop(), self._async)
+    return self._async
+
+
+def _close_at_exit(loop, client) -> None:
+  """Closes an async client's connections before the interpreter goes
+  (aiohttp logs an error for each session left open)."""
+  import asyncio
+  if loop.is_running():
+    try:
+      asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=2)
+    except Exception:  # pylint: disable=broad-except
+      pass  # Exiting anyway.

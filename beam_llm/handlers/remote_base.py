@@ -7,6 +7,10 @@ only how to reach its service:
 - `build_request(prompt)`: the JSON-able request for one prompt (raise
   `PromptError` if the prompt cannot be sent);
 - `send(client, request, timeout_secs)`: send it once, return a Generation;
+- optionally `send_async(client, request, timeout_secs)`, the same as a
+  coroutine: then the process's requests are driven by one event loop
+  (`RemoteCaller.submit_async`) instead of a thread per request in flight,
+  which costs less CPU per request at hundreds in flight;
 - `classify(exn)`: what a client exception means (`remote.Failure`), or
   None when it is not the service's doing (then it is raised: a bug).
 
@@ -19,6 +23,7 @@ RunInference: each row's request starts as soon as the row arrives and the
 row leaves as soon as its answer is in, so the service sees a steady flow,
 not batches that each wait for their slowest request.
 """
+import asyncio
 import concurrent.futures
 import dataclasses
 import logging
@@ -115,6 +120,10 @@ class RemoteHandler(TextGenerationHandler):
   def send(self, client, request: dict, timeout_secs: float) -> Generation:
     raise NotImplementedError
 
+  # `async def send_async(self, client, request, timeout_secs) -> Generation`
+  # in a backend that has one (see the module doc).
+  send_async = None
+
   def classify(self, exn: BaseException) -> Optional[remote.Failure]:
     return remote.generic_failure(exn)
 
@@ -159,17 +168,21 @@ class RemoteHandler(TextGenerationHandler):
     except PromptError as exn:
       done.set_result((GenerationFailure(str(exn), 'bad_prompt'), None, False))
       return done
+    if self.send_async is not None:
+      run = lambda key, future: loaded.caller.submit_async(
+          lambda: self._request_coroutine(loaded, key, future, request))
+    else:
+      run = lambda key, future: loaded.caller.submit_task(
+          lambda: self._request_task(loaded, key, future, request))
     if loaded.cache is None:
-      return loaded.caller.submit_task(
-          lambda: self._request_task(loaded, None, None, request))
+      return run(None, None)
     key = cache_key(self.backend, self.target(), request)
     value, future, owner = loaded.cache.claim(key)
     if value is not None:
       done.set_result((value, None, True))
       return done
     if owner:
-      return loaded.caller.submit_task(
-          lambda: self._request_task(loaded, key, future, request))
+      return run(key, future)
 
     def relay(settled):  # An identical request in flight elsewhere.
       value, ok = settled.result()
@@ -194,6 +207,31 @@ class RemoteHandler(TextGenerationHandler):
       ok = isinstance(response, Generation)
       if key is not None and ok:
         loaded.cache.write(key, dataclasses.asdict(response))
+      return response, outcome, False
+    finally:
+      if future is not None:
+        loaded.cache.settle(key, future, response, ok)
+
+  async def _request_coroutine(self, loaded: _Remote, key, future, request):
+    """`_request_task` on the event loop (a backend with `send_async`);
+    cache_dir's file I/O goes to a thread, not the loop."""
+    response, ok = GenerationFailure(
+        'an identical request failed unexpectedly', 'generation'), False
+    files = key is not None and self.policy.cache_dir
+    try:
+      if files:
+        kept = _generation_from(await asyncio.to_thread(loaded.cache.read, key))
+        if kept is not None:
+          response, ok = kept, True
+          return kept, remote.Outcome(value=kept, from_cache=True), False
+      outcome = await loaded.caller.call_async(
+          lambda timeout: self.send_async(loaded.client, request, timeout),
+          lambda exn: self._classify_redacted(loaded.redactor, exn))
+      response = _response(outcome)
+      ok = isinstance(response, Generation)
+      if files and ok:
+        await asyncio.to_thread(
+            loaded.cache.write, key, dataclasses.asdict(response))
       return response, outcome, False
     finally:
       if future is not None:

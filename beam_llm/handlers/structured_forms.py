@@ -82,15 +82,38 @@ class FormChoice:
       return self._form, False
     deadline = time.monotonic() + wait_secs
     with self._verdict:
-      while not self._settled and self._probing:
+      while True:
+        begun = self._begin_locked()
         left = deadline - time.monotonic()
-        if left <= 0:
-          return self._form, False
+        if begun is not None or left <= 0:
+          return begun or (self._form, False)
         self._verdict.wait(left)
-      if self._settled:
-        return self._form, False
-      self._probing = True
-      return self._form, True
+
+  async def begin_async(self, wait_secs: float) -> Tuple[str, bool]:
+    """`begin` for a coroutine (polls: a wait happens only while the first
+    request of a run probes)."""
+    import asyncio
+    deadline = time.monotonic() + wait_secs
+    while True:
+      begun = self.try_begin()
+      if begun is not None or time.monotonic() >= deadline:
+        return begun or (self._form, False)
+      await asyncio.sleep(0.01)
+
+  def try_begin(self) -> Optional[Tuple[str, bool]]:
+    """`begin` without waiting: None while another request probes."""
+    if self._settled:
+      return self._form, False
+    with self._lock:
+      return self._begin_locked()
+
+  def _begin_locked(self) -> Optional[Tuple[str, bool]]:
+    if self._settled:
+      return self._form, False
+    if self._probing:
+      return None
+    self._probing = True
+    return self._form, True
 
   def accepted(self, form: str) -> None:
     """The server answered a request in `form`: it is the form from now."""
