@@ -5,8 +5,14 @@ built-in transform and those installed packages add through the
 import sys
 
 from beam_llm import extensions
+from beam_llm.cli import quiet
 from beam_llm.provider import PROVIDERS_FILE
 
-for clash in extensions.clashes():
+if extensions.transforms() or extensions.backends():
+  quiet.before_beam_starts(import_beam_yaml=False)  # clashes() imports Beam.
+  clashes = extensions.clashes()
+else:
+  clashes = []
+for clash in clashes:
   print(f'warning: the extension {clash} is shadowed by a built-in', file=sys.stderr)
 print(PROVIDERS_FILE)
