@@ -39,16 +39,19 @@ def chats():
     return [json.loads(line) for line in f]
 
 
+def yaml_main_args(pipeline_file, args=(), jinja_variables=None):
+  """The arguments of `apache_beam.yaml.main` for one run of a pipeline."""
+  argv = [f'--yaml_pipeline_file={pipeline_file}', '--runner=FnApiRunner', *args]
+  if jinja_variables:
+    argv.append('--jinja_variables=' + json.dumps(jinja_variables))
+  return argv
+
+
 def run_yaml(pipeline_file, *args, jinja_variables=None, env=None, timeout=600):
   """Runs `python -m apache_beam.yaml.main` from the project root, as users do."""
-  cmd = [
-      sys.executable, '-m', 'apache_beam.yaml.main',
-      f'--yaml_pipeline_file={pipeline_file}', '--runner=FnApiRunner', *args
-  ]
-  if jinja_variables:
-    cmd.append('--jinja_variables=' + json.dumps(jinja_variables))
   return subprocess.run(
-      cmd,
+      [sys.executable, '-m', 'apache_beam.yaml.main',
+       *yaml_main_args(pipeline_file, args, jinja_variables)],
       cwd=ROOT,
       capture_output=True,
       text=True,
@@ -61,12 +64,7 @@ def run_yaml_in_one_process(runs, env=None, timeout=1200):
   run_yaml would; `runs` holds (pipeline_file, args, jinja_variables).
   Returns a CompletedProcess per run, as run_yaml does."""
   import tempfile
-  argvs = []
-  for pipeline_file, args, jinja_variables in runs:
-    argv = [f'--yaml_pipeline_file={pipeline_file}', '--runner=FnApiRunner', *args]
-    if jinja_variables:
-      argv.append('--jinja_variables=' + json.dumps(jinja_variables))
-    argvs.append(argv)
+  argvs = [yaml_main_args(*run) for run in runs]
   with tempfile.NamedTemporaryFile(suffix='.json') as results:
     process = subprocess.run(
         [sys.executable, '-m', 'tests.yaml_runs', results.name],

@@ -171,9 +171,7 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     with it): the same exchange through the client's async twin."""
     body, chat, schema = _body_of(request)
     openai_async = client.async_openai()
-    post = lambda body: openai_async.post(
-        '/chat/completions' if chat else '/completions',
-        cast_to=_httpx_response(), body=body, options={'timeout': timeout_secs})
+    post = lambda body: self._post(openai_async, body, chat, timeout_secs)
     if schema is None:
       return self.read_answer(await post(body), chat)
     form, probe = await client.forms.begin_async(timeout_secs)
@@ -207,7 +205,8 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     # `chat.completions.create`, without the parameter transformation and
     # typed answer, which cost more CPU per request (~1 ms) than the HTTP
     # exchange itself, the limit at hundreds of requests per second per
-    # process (bench/RESULTS.md).
+    # process (bench/RESULTS.md). `client` is an OpenAI, or an AsyncOpenAI,
+    # whose `post` takes the same arguments and answers a coroutine.
     return client.post(
         '/chat/completions' if chat else '/completions',
         cast_to=_httpx_response(), body=body, options={'timeout': timeout_secs})
