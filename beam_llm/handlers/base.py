@@ -14,6 +14,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.ml.inference.base import PredictionResult
 
+from beam_llm.handlers import token_batching
+
 _LOG = logging.getLogger('beam_llm.GenerateText')
 _PROGRESS_EVERY_SECS = 10.0
 # Exceptions that mean a bug or a config error, never one row's problem.
@@ -96,6 +98,9 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
   wants_row_fields = False
 
   def __init__(self, generation: Mapping[str, Any], batching: Mapping[str, Any]):
+    batching = dict(batching)
+    # Not one of Beam's batching options: the model side applies it.
+    self._max_batch_tokens = batching.pop('max_batch_tokens', None)
     super().__init__(**batching)
     self._generation = dict(generation)
     self._progress = None  # Set on the worker by the first batch.
@@ -119,6 +124,11 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
 
   def generate(self, model, prompts: list) -> list:
     raise NotImplementedError
+
+  def split_batch(self, model, prompts: list) -> List[List[int]]:
+    """Which of a batch's prompts go to `generate` together (indices).
+    One call for the whole batch unless a backend plans otherwise."""
+    return [list(range(len(prompts)))]
 
   # -- shared -------------------------------------------------------------
   def record_usage(self, input_tokens: int, output_tokens: int) -> None:
@@ -146,10 +156,16 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
         responses[i] = GenerationFailure(problem, 'bad_prompt')
       else:
         todo.append(i)
-    for i, response in zip(todo, self._generate_isolating_failures(
-        model, [batch[i] for i in todo])):
-      responses[i] = response
-    self._record(responses)
+    refused = [r for r in responses if r is not None]
+    if refused:
+      self._record(refused)
+    prompts = [batch[i] for i in todo]
+    for group in (self.split_batch(model, prompts) if prompts else []):
+      answers = self._generate_isolating_failures(
+          model, [prompts[j] for j in group])
+      for j, response in zip(group, answers):
+        responses[todo[j]] = response
+      self._record(answers)  # Per call: progress shows within a window.
     return [PredictionResult(p, r) for p, r in zip(batch, responses)]
 
   def _generate_isolating_failures(self, model, prompts: list) -> list:
@@ -245,13 +261,53 @@ def fit_prompts(
 class LocalModelHandler(TextGenerationHandler):
   """Base for backends whose model runs on the worker (HuggingFace, Keras).
 
-  `load_model` returns an object with one method,
+  `load_model` returns an object with three methods:
   `generate_batch(prompts) -> responses` (a Generation, with the row's token
-  counts, or a GenerationFailure per prompt). With `large_model` or
+  counts, or a GenerationFailure per prompt), `token_counts(prompts) ->
+  [int]` (each prompt's tokens as the model will see it; 0 when it cannot be
+  formatted) and `batch_token_budget() -> int` (padded tokens per
+  generate call, sized from the device). With `large_model` or
   `model_copies`, Beam serves that object from one process per machine and
-  calls it through a proxy, so only plain prompts, Generations and
+  calls it through a proxy, so only plain prompts, numbers, Generations and
   GenerationFailures cross the process boundary: never a model or a tensor.
+
+  Batching is by tokens (beam_llm/handlers/token_batching.py): Beam hands
+  over a window of rows, which `split_batch` sorts by length and cuts to
+  the token budget; `min_batch_size` / `max_batch_size` bound the rows of
+  each generate call, `max_batch_tokens` the budget.
   """
+  def batch_elements_kwargs(self):
+    kwargs = dict(super().batch_elements_kwargs())
+    if 'max_batch_duration_secs' in kwargs:
+      return kwargs  # Streaming: Beam's batching, cut by time, as asked.
+    # A fixed window: Beam's adaptive sizing would start at one row.
+    window = max(token_batching.WINDOW_ROWS, kwargs.get('max_batch_size', 0))
+    kwargs.update(min_batch_size=window, max_batch_size=window)
+    return kwargs
+
+  def split_batch(self, model, prompts: list) -> List[List[int]]:
+    caps = super().batch_elements_kwargs()
+    lengths = model.token_counts(self._plain(prompts))
+    new_tokens = int(self._generation.get('max_new_tokens') or 0)
+    groups = token_batching.plan_batches(
+        lengths, new_tokens,
+        self._max_batch_tokens or model.batch_token_budget(),
+        max_rows=caps.get('max_batch_size'),
+        min_rows=caps.get('min_batch_size'))
+    # What each generate call holds: rows, and padded tokens (the work).
+    namespace = self.get_metrics_namespace()
+    rows = Metrics.distribution(namespace, 'rows_per_call')
+    tokens = Metrics.distribution(namespace, 'padded_tokens_per_call')
+    for group in groups:
+      rows.update(len(group))
+      tokens.update(len(group) * (max(lengths[i] for i in group) + new_tokens))
+    return groups
+
+  @staticmethod
+  def _plain(prompts: list) -> list:
+    """Prompts as they cross to the model: text, or [{role, content}]."""
+    return [p if isinstance(p, str) else as_messages(p) for p in prompts]
+
   def load_model(self):
     start = time.monotonic()
     model = self._load()
@@ -266,8 +322,7 @@ class LocalModelHandler(TextGenerationHandler):
     raise NotImplementedError
 
   def generate(self, model, prompts: list) -> list:
-    prompts = [p if isinstance(p, str) else as_messages(p) for p in prompts]
-    responses = model.generate_batch(prompts)
+    responses = model.generate_batch(self._plain(prompts))
     done = [r for r in responses if isinstance(r, Generation)]
     self.record_usage(sum(r.input_tokens for r in done),
                       sum(r.output_tokens for r in done))

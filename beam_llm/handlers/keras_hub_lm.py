@@ -12,6 +12,7 @@ from typing import Literal, Optional
 from beam_llm.generation_params import GenerationParams
 from beam_llm import staging
 from beam_llm.handlers import keras_presets as presets
+from beam_llm.handlers import token_batching
 from beam_llm.handlers.base import fit_prompts
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import LocalModelHandler
@@ -194,6 +195,7 @@ class KerasModel:
     self.max_length = max_length or lm.preprocessor.sequence_length
     self.use_chat_template = use_chat_template
     self._chat = _compile_chat_template(chat_template)
+    self.token_budget = None  # Sized on first use (batch_token_budget).
 
   def _as_text(self, prompt) -> str:
     if isinstance(prompt, str) and not self.use_chat_template:
@@ -202,13 +204,30 @@ class KerasModel:
         prompt, str) else prompt
     return self._chat.render(messages=messages, add_generation_prompt=True)
 
+  def _count_tokens(self, texts: list) -> list:
+    tokenizer = self.lm.preprocessor.tokenizer
+    # +1: the preprocessor adds a start token.
+    return [len(tokenizer(t)) + 1 for t in texts]
+
+  def token_counts(self, prompts: list) -> list:
+    texts = []
+    for prompt in prompts:
+      try:
+        texts.append(self._as_text(prompt))
+      except Exception:  # pylint: disable=broad-except
+        texts.append('')  # generate_batch reports it.
+    return self._count_tokens(texts)
+
+  def batch_token_budget(self) -> int:
+    if self.token_budget is None:
+      self.token_budget = _token_budget(self.lm)
+    return self.token_budget
+
   def generate_batch(self, prompts: list) -> list:
     tokenizer = self.lm.preprocessor.tokenizer
-    # +1: the preprocessor adds a start token; and keep room for one new one.
+    # Keep room for one new token.
     responses, ok = fit_prompts(
-        prompts, self._as_text,
-        lambda texts: [len(tokenizer(t)) + 1 for t in texts],
-        self.max_length - 1)
+        prompts, self._as_text, self._count_tokens, self.max_length - 1)
     if not ok:
       return responses
     # Room for max_new_tokens after the longest prompt, within max_length.
@@ -220,6 +239,19 @@ class KerasModel:
       # keras-hub returns text only: the answer's tokens are counted again.
       responses[i] = Generation(text, n_in, len(tokenizer(text)))
     return responses
+
+
+def _token_budget(lm) -> int:
+  """Padded tokens per generate call: from the free GPU memory on the torch
+  backend with CUDA, else the CPU default."""
+  import keras
+  if keras.config.backend() == 'torch':
+    import torch
+    if torch.cuda.is_available():
+      free, _ = torch.cuda.mem_get_info()
+      dtype_bytes = 2 if '16' in str(lm.backbone.dtype_policy.compute_dtype) else 4
+      return token_batching.cuda_token_budget(lm.backbone, dtype_bytes, free)
+  return token_batching.CPU_BATCH_TOKENS
 
 
 def _compile_chat_template(source: str):

@@ -87,11 +87,12 @@ class RemoteHandler(TextGenerationHandler):
       batching: Mapping[str, Any],
       policy: Mapping[str, Any]):
     batching = dict(batching)
-    for key in ('large_model', 'model_copies'):
+    for key in ('large_model', 'model_copies', 'max_batch_tokens'):
       if batching.pop(key, None):
         _config.fail(
             _OWNER, key, f'is for models on the worker; the {self.backend} '
-            'backend shares one client per worker process already')
+            'backend shares one client per worker process and sends each '
+            'row as it comes')
     super().__init__(generation, batching)
     self.policy = remote.RemotePolicy.from_options(_OWNER, policy)
     self.params = GenerationParams.of(generation)

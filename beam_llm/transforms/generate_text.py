@@ -53,9 +53,16 @@ class GenerateText(beam.PTransform):
       reports as `truncated`. Give at most one of `response_schema` and
       `response_schema_file`.
     response_schema_file: Path of a JSON file holding that schema.
-    min_batch_size: Smallest batch RunInference forms (models on the
-      worker; remote backends send each row as it comes).
-    max_batch_size: Largest batch RunInference forms (models on the worker).
+    min_batch_size: Fewest rows per model call (models on the worker;
+      remote backends send each row as it comes). Models on the worker
+      batch by tokens: rows are sorted by prompt length and each call is
+      filled up to a token budget sized from the device (docs/local_models.md,
+      "Batching"); this bound wins over the budget.
+    max_batch_size: Most rows per model call (models on the worker).
+    max_batch_tokens: Token budget per model call on the worker: rows x
+      (longest prompt + max_new_tokens). Defaults to what the device holds
+      (on a GPU, sized from the memory free after the model loads; on CPU,
+      16,384).
     max_batch_duration_secs: Longest a row waits for its batch to fill
       (streaming).
     large_model: Load one model per machine, shared by all worker processes,
@@ -94,6 +101,7 @@ class GenerateText(beam.PTransform):
       response_schema_file: Optional[str] = None,
       min_batch_size: Optional[int] = None,
       max_batch_size: Optional[int] = None,
+      max_batch_tokens: Optional[int] = None,
       max_batch_duration_secs: Optional[int] = None,
       large_model: bool = False,
       model_copies: Optional[int] = None,
@@ -107,7 +115,7 @@ class GenerateText(beam.PTransform):
     }
     _config.check_call_options(_OWNER, GenerateText.__init__, options)
     for key in ('max_new_tokens', 'min_batch_size', 'max_batch_size',
-                'model_copies'):
+                'max_batch_tokens', 'model_copies'):
       if options[key] is not None and options[key] < 1:
         _config.fail(_OWNER, key, f'must be at least 1, got {options[key]}')
     if (min_batch_size and max_batch_size and min_batch_size > max_batch_size):
@@ -126,8 +134,9 @@ class GenerateText(beam.PTransform):
           _OWNER, response_schema, response_schema_file, key='response_schema')
     batching = {
         k: options[k]
-        for k in ('min_batch_size', 'max_batch_size', 'max_batch_duration_secs',
-                  'large_model', 'model_copies') if options[k] is not None
+        for k in ('min_batch_size', 'max_batch_size', 'max_batch_tokens',
+                  'max_batch_duration_secs', 'large_model', 'model_copies')
+        if options[k] is not None
     }
     self._handler = handlers.create_handler(
         _OWNER, model_handler, generation, batching)
