@@ -1,0 +1,200 @@
+"""On-worker generation throughput on a GPU (issue 18's table), in one run.
+
+A random-weight Llama of a named real model's shape (default: Qwen2.5-0.5B,
+hidden 896 x 24 layers, vocab 151,936; no hub needed), prompts of 100-900
+tokens cut from the sample chats, greedy, the same new tokens per row.
+Tokens are counted exactly (non-pad generated ids; the pipeline's from its
+`output_tokens` metric). Each variant's time includes loading the model
+(and Beam's start-up for the pipeline ones). Ratios: to the plain loop,
+and to the weight-bandwidth roofline at batch 256 (weights read once per
+step: bandwidth / weight bytes x 256 tokens/s).
+
+    python bench/gpu_throughput.py                       # on a GPU
+    python bench/gpu_throughput.py --small --device cpu  # does it run?
+    python bench/gpu_throughput.py --vllm_python V/bin/python  # + VLLM
+
+Variants: plain `generate` loop (batch 64 and 256, arrival order), the
+same sorted by length, transformers' continuous batching
+(`generate_batch`), Create -> GenerateText with a fixed batch (64, 256),
+with default options, and default options with a response_schema; the VLLM
+backend when `--vllm_python` names a Python with vLLM.
+"""
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEMA = os.path.join(ROOT, 'schemas', 'sentiment_summary.json')
+SHAPES = {  # name: (hidden, layers, heads, kv heads, mlp, vocab)
+    'qwen2.5-0.5b': (896, 24, 14, 2, 4864, 151936),
+    'small': (64, 2, 4, 4, 128, 32000),
+}
+
+
+def build_model(path, shape):
+  """A random Llama of `shape`, saved like a hub model, with the project's
+  tiny byte-level tokenizer (its vocabulary padded to the shape's)."""
+  import transformers
+
+  from beam_llm.testing.tiny_models import build_causal_lm
+  hidden, layers, heads, kv_heads, mlp, vocab = SHAPES[shape]
+  build_causal_lm(path, hidden_size=hidden, num_layers=layers, vocab_size=vocab)
+  config = transformers.AutoConfig.from_pretrained(path)
+  config.num_attention_heads, config.num_key_value_heads = heads, kv_heads
+  config.head_dim, config.intermediate_size = hidden // heads, mlp
+  model = transformers.AutoModelForCausalLM.from_config(config)
+  model.save_pretrained(path)
+  return sum(p.numel() for p in model.parameters())
+
+
+def prompts(path, n, lo, hi, seed=0):
+  """n prompts of lo..hi tokens, cut from the sample chats (repeated)."""
+  from transformers import AutoTokenizer
+  tok = AutoTokenizer.from_pretrained(path)
+  with open(os.path.join(ROOT, 'pipelines', 'data', 'chats.jsonl')) as f:
+    text = ' '.join(json.loads(line)['history'] for line in f)
+  ids = tok(text * (hi // 200 + 2))['input_ids']
+  rng = random.Random(seed)
+  out = []
+  for _ in range(n):
+    size = rng.randint(lo, hi)
+    start = rng.randrange(0, len(ids) - size)
+    out.append(tok.decode(ids[start:start + size]))
+  return out
+
+
+def _load(path, device, dtype):
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+  tok = AutoTokenizer.from_pretrained(path)
+  tok.padding_side = 'left'
+  model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+  return tok, model.eval()
+
+
+def plain_loop(path, texts, a, batch, sort=False):
+  tok, model = _load(path, a.device, a.torch_dtype)
+  texts = sorted(texts, key=len) if sort else texts
+  tokens = 0
+  for i in range(0, len(texts), batch):
+    enc = tok(texts[i:i + batch], return_tensors='pt', padding=True).to(a.device)
+    with torch.inference_mode():
+      out = model.generate(**enc, max_new_tokens=a.new_tokens, do_sample=False,
+                           pad_token_id=tok.pad_token_id)
+    tokens += int((out[:, enc['input_ids'].shape[1]:] != tok.pad_token_id).sum())
+  return tokens
+
+
+def continuous_batching(path, texts, a):
+  from transformers import GenerationConfig
+  tok, model = _load(path, a.device, a.torch_dtype)
+  config = GenerationConfig(max_new_tokens=a.new_tokens, do_sample=False,
+                            eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id)
+  # Outside inference_mode: its cache updates need autograd-free tensors
+  # that inference_mode would freeze.
+  with torch.no_grad():
+    outputs = model.generate_batch(
+        inputs=[tok(t)['input_ids'] for t in texts], generation_config=config)
+  return sum(len(o.generated_tokens) for o in outputs.values())
+
+
+def pipeline(path, texts, a, backend='HuggingFace', **options):
+  import apache_beam as beam
+  from apache_beam.metrics.metric import MetricsFilter
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  from beam_llm import GenerateText
+  if backend == 'HuggingFace':
+    config = {'model': path, 'device': a.device, 'dtype': a.dtype}
+  else:
+    config = {'model': path, 'python': a.vllm_python, 'dtype': a.dtype}
+  p = beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner']))
+  _ = (p
+       | beam.Create([beam.Row(i=i, prompt=t) for i, t in enumerate(texts)])
+       | GenerateText(model_handler={'type': backend, 'config': config},
+                      max_new_tokens=a.new_tokens, **options))
+  result = p.run()
+  result.wait_until_finish()
+  counters = result.metrics().query(MetricsFilter().with_namespace(
+      'beam_llm.GenerateText').with_name('output_tokens'))
+  return sum(c.committed for c in counters['counters'])
+
+
+def variants(a):
+  out = {
+      'plain generate loop, batch 64': lambda p, t: plain_loop(p, t, a, 64),
+      'same loop, sorted by length, batch 64': lambda p, t: plain_loop(
+          p, t, a, 64, sort=True),
+      'transformers continuous batching (generate_batch)':
+          lambda p, t: continuous_batching(p, t, a),
+      'GenerateText, batch 64': lambda p, t: pipeline(
+          p, t, a, min_batch_size=64, max_batch_size=64),
+      'plain generate loop, batch 256': lambda p, t: plain_loop(p, t, a, 256),
+      'GenerateText, batch 256': lambda p, t: pipeline(
+          p, t, a, min_batch_size=256, max_batch_size=256),
+      'GenerateText, default options': lambda p, t: pipeline(p, t, a),
+      'GenerateText, default options, response_schema': lambda p, t: pipeline(
+          p, t, a, response_schema_file=SCHEMA),
+  }
+  if a.vllm_python:
+    out['GenerateText, VLLM backend'] = lambda p, t: pipeline(
+        p, t, a, backend='VLLM')
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--shape', default='qwen2.5-0.5b', choices=SHAPES)
+  parser.add_argument('--small', action='store_true',
+                      help='tiny shape and workload: checks the script runs')
+  parser.add_argument('--device', default='cuda')
+  parser.add_argument('--dtype', default='bfloat16')
+  parser.add_argument('--prompts', type=int, default=4096)
+  parser.add_argument('--min_tokens', type=int, default=100)
+  parser.add_argument('--max_tokens', type=int, default=900)
+  parser.add_argument('--new_tokens', type=int, default=128)
+  parser.add_argument('--bandwidth_tbs', type=float, default=4.8,
+                      help='memory bandwidth in TB/s (H200: 4.8)')
+  parser.add_argument('--only', nargs='*', help='variant name prefixes')
+  parser.add_argument('--vllm_python', help='a Python that can import vllm')
+  a = parser.parse_args()
+  if a.small:
+    a.shape, a.prompts, a.min_tokens, a.max_tokens, a.new_tokens = (
+        'small', 48, 20, 120, 8)
+  a.torch_dtype = getattr(torch, a.dtype)
+  chosen = {k: v for k, v in variants(a).items()
+            if not a.only or any(k.startswith(o) for o in a.only)}
+  with tempfile.TemporaryDirectory() as path:
+    params = build_model(path, a.shape)
+    texts = prompts(path, a.prompts, a.min_tokens, a.max_tokens)
+    weight_bytes = params * a.torch_dtype.itemsize
+    roofline = a.bandwidth_tbs * 1e12 / weight_bytes * 256
+    device = (torch.cuda.get_device_name() if a.device == 'cuda' else a.device)
+    print(f'{device}, {a.shape} ({params / 1e6:.0f}M parameters, {a.dtype}), '
+          f'{a.prompts} prompts of {a.min_tokens}-{a.max_tokens} tokens, '
+          f'{a.new_tokens} new tokens, greedy', flush=True)
+    print('| variant | tokens | seconds | tokens/s | ÷ plain loop | ÷ roofline |')
+    print('|---|---|---|---|---|---|')
+    plain_loop(path, texts[:4], a, 4)  # Warm-up: CUDA context, file cache.
+    base = None
+    for name, fn in chosen.items():
+      start = time.perf_counter()
+      try:
+        tokens = fn(path, texts)
+      except Exception as exn:  # pylint: disable=broad-except
+        print(f'| {name} | failed: {type(exn).__name__}: {exn} | | | | |')
+        continue
+      seconds = time.perf_counter() - start
+      rate = tokens / seconds
+      base = base or rate
+      print(f'| {name} | {tokens} | {seconds:.1f} | {rate:,.0f} | '
+            f'{rate / base:.2f} | {rate / roofline:.4f} |', flush=True)
+
+
+if __name__ == '__main__':
+  main()
