@@ -39,6 +39,25 @@ def test_random_weights_constrained_output_validates_for_every_chat(
     jsonschema.validate(value, SCHEMA)
 
 
+def test_masks_computed_during_the_forward_pass_change_nothing(
+    tiny_causal_lm, chats):
+  """The GPU path (masks for the next step started in a thread as soon as
+  a step's tokens are chosen) writes exactly what the step-by-step path
+  writes; run here on CPU, where only the timing differs."""
+  handler = HuggingFaceHandler(
+      model=tiny_causal_lm, dtype='float32',
+      generation={'max_new_tokens': 80, 'response_schema': SCHEMA},
+      batching={})
+  model = handler.load_model()
+  prompts = _prompts(chats)
+  assert not model.overlap_masks  # CPU: off by default.
+  inline = [r.inference.text for r in handler.run_inference(prompts, model)]
+  model.overlap_masks = True
+  overlapped = [r.inference.text for r in handler.run_inference(prompts, model)]
+  assert overlapped == inline
+  assert all(t.startswith('{"sentiment":') for t in inline)
+
+
 def test_the_same_model_unconstrained_produces_no_valid_json(tiny_causal_lm, chats):
   responses = _generate(tiny_causal_lm, _prompts(chats), 60, None)
   valid = 0

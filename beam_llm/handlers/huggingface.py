@@ -180,6 +180,9 @@ class HuggingFaceModel:
     self.use_chat_template = use_chat_template
     self.generate_kwargs = generate_kwargs
     self.token_budget = token_budget  # Padded tokens per generate call.
+    # Schema masks computed during the forward pass: on a GPU only, where
+    # the CPU is otherwise idle meanwhile (on CPU they would compete).
+    self.overlap_masks = device == 'cuda'
 
   def token_counts(self, prompts: list) -> list:
     texts = []
@@ -232,7 +235,10 @@ class HuggingFaceModel:
     kwargs = dict(self.generate_kwargs)
     if self.constraint is not None:
       # One processor per generate call: it keeps per-row parser state.
-      kwargs['logits_processor'] = [self.constraint.logits_processor()]
+      processor = self.constraint.logits_processor(self.overlap_masks)
+      kwargs['logits_processor'] = [processor]
+      if self.overlap_masks:
+        kwargs['stopping_criteria'] = [processor.prefetch]
     with torch.inference_mode():
       out = self.model.generate(**enc, **kwargs)
     if not self.seq2seq:

@@ -35,16 +35,23 @@ class JsonSchemaConstraint:
     self.vocab_size = vocab_size
     self.eos_token_ids = eos_token_ids
 
-  def logits_processor(self) -> 'JsonLogitsProcessor':
-    """A fresh processor: it holds per-row parser state for one generate call."""
-    return JsonLogitsProcessor(self)
+  def logits_processor(self, overlap: bool = False) -> 'JsonLogitsProcessor':
+    """A fresh processor: it holds per-row parser state for one generate
+    call. With `overlap`, pass `processor.prefetch` to generate as a
+    stopping criterion too: each step's masks are then computed while the
+    model runs its forward pass (worth it on a GPU, whose forward pass
+    leaves the CPU free)."""
+    return JsonLogitsProcessor(self, overlap)
 
   def new_matcher(self):
     return self._llguidance.LLMatcher(self._tokenizer, self._grammar, log_level=0)
 
-  def fill_masks(self, matchers, mask: np.ndarray) -> None:
-    import llguidance.numpy
-    llguidance.numpy.fill_next_token_bitmask_par(
+  def fill_masks(self, matchers, mask) -> None:
+    """Fills a (rows, words) int32 CPU tensor: one bit per allowed token,
+    computed for all rows in parallel in llguidance's own threads (the GIL
+    is released meanwhile)."""
+    import llguidance.torch
+    llguidance.torch.fill_next_token_bitmask_par(
         self._executor, [(m, i) for i, m in enumerate(matchers)], mask)
 
 
@@ -52,24 +59,62 @@ class JsonLogitsProcessor:
   """transformers LogitsProcessor: only tokens that keep the JSON valid.
 
   Called once per step with the whole batch (prompt + tokens so far). The
-  first call sees only prompts; each later call first feeds every row's
+  first call sees only prompts; each later step first feeds every row's
   previous token to its parser. Rows that already ended (EOS, then padding)
   are left alone: generate discards their logits.
+
+  The masks are packed bits (32 tokens per int32) on the CPU; they travel
+  to the logits' device packed and are unpacked there, so a step moves
+  rows x vocab / 8 bytes, not a boolean per token. With `overlap`,
+  `prefetch` (a stopping criterion, which generate calls right after
+  choosing each step's tokens and before the next forward pass) feeds the
+  new tokens and starts the next masks in a thread; the processor then only
+  waits for them.
   """
-  def __init__(self, constraint: JsonSchemaConstraint):
+  def __init__(self, constraint: JsonSchemaConstraint, overlap: bool = False):
     self._constraint = constraint
+    self._overlap = overlap
     self._matchers: Optional[list] = None
     self._done: Optional[np.ndarray] = None
+    self._buffers: list = []  # Two, used in turn: one may still be copying.
+    self._turn = 0
+    self._pending = None  # The prefetch's future mask, when overlapping.
 
   def __call__(self, input_ids, scores):
+    if self._matchers is None:
+      batch = scores.shape[0]
+      self._matchers = [self._constraint.new_matcher() for _ in range(batch)]
+      self._done = np.zeros(batch, dtype=bool)
+      mask = self._next_mask(None, scores.is_cuda)
+    elif self._pending is not None:
+      mask, self._pending = self._pending.result(), None
+    else:
+      mask = self._next_mask(input_ids[:, -1].tolist(), scores.is_cuda)
+    return _apply(scores, mask.to(scores.device, non_blocking=True),
+                  self._constraint.vocab_size)
+
+  def prefetch(self, input_ids, scores, **kwargs):
+    """StoppingCriteria: never stops a row; starts the next step's masks."""
+    import torch
+    if self._overlap and self._matchers is not None:
+      tokens = input_ids[:, -1].tolist()  # Waits for this step's tokens.
+      self._pending = _executor().submit(
+          self._next_mask, tokens, input_ids.is_cuda)
+    return torch.zeros(input_ids.shape[0], dtype=torch.bool,
+                       device=input_ids.device)
+
+  def _next_mask(self, tokens: Optional[list], pin: bool):
+    import torch
+    # The buffers are made under generate's inference mode, which is per
+    # thread: the prefetch thread needs it too to write them.
+    with torch.inference_mode():
+      return self._fill_next_mask(tokens, pin)
+
+  def _fill_next_mask(self, tokens: Optional[list], pin: bool):
     import torch
     c = self._constraint
-    batch, width = scores.shape
-    if self._matchers is None:
-      self._matchers = [c.new_matcher() for _ in range(batch)]
-      self._done = np.zeros(batch, dtype=bool)
-    else:
-      for i, token in enumerate(input_ids[:, -1].tolist()):
+    if tokens is not None:
+      for i, token in enumerate(tokens):
         if not self._done[i] and token in c.eos_token_ids:
           self._done[i] = True
         elif not self._done[i]:
@@ -77,15 +122,41 @@ class JsonLogitsProcessor:
           # mask allows nothing but EOS: the row ends, cut off, and
           # ParseJSON reports it instead of passing invalid JSON on.
           self._matchers[i].consume_token(token)
-    mask = np.zeros((batch, (c.vocab_size + 31) // 32), dtype=np.int32)
+    if not self._buffers:
+      shape = (len(self._matchers), (c.vocab_size + 31) // 32)
+      self._buffers = [torch.zeros(shape, dtype=torch.int32, pin_memory=pin)
+                       for _ in range(2)]
+    mask = self._buffers[self._turn]
+    self._turn = 1 - self._turn
     c.fill_masks(self._matchers, mask)
-    mask[self._done] = -1  # Finished rows: anything (their output is padding).
-    allowed = np.unpackbits(mask.view(np.uint8), axis=1, bitorder='little')
-    blocked = np.ones((batch, width), dtype=bool)
-    n = min(width, c.vocab_size)
-    blocked[:, :n] = allowed[:, :n] == 0
-    return scores.masked_fill(torch.from_numpy(blocked).to(scores.device),
-                              float('-inf'))
+    mask[torch.from_numpy(self._done)] = -1  # Finished rows: anything.
+    return mask
+
+
+def _apply(scores, mask, vocab_size: int):
+  """-inf for every token whose bit is 0 in `mask` (rows x words int32, on
+  the scores' device), and for logits past the tokenizer's vocabulary."""
+  import torch
+  batch, width = scores.shape
+  shifts = torch.arange(32, dtype=torch.int32, device=scores.device)
+  allowed = ((mask.unsqueeze(-1) >> shifts) & 1).view(batch, -1).bool()
+  n = min(width, vocab_size, allowed.shape[1])
+  blocked = torch.ones((batch, width), dtype=torch.bool, device=scores.device)
+  blocked[:, :n] = ~allowed[:, :n]
+  return scores.masked_fill(blocked, float('-inf'))
+
+
+_EXECUTOR = None
+
+
+def _executor():
+  """One thread per process computes prefetched masks (the work itself runs
+  in llguidance's thread pool)."""
+  global _EXECUTOR  # pylint: disable=global-statement
+  if _EXECUTOR is None:
+    from concurrent.futures import ThreadPoolExecutor
+    _EXECUTOR = ThreadPoolExecutor(1, thread_name_prefix='beam_llm-masks')
+  return _EXECUTOR
 
 
 def compile_json_schema(schema: Optional[dict], tokenizer, config,
