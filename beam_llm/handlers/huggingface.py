@@ -42,8 +42,9 @@ class HuggingFaceHandler(LocalModelHandler):
     task: `causal` (AutoModelForCausalLM), `seq2seq` (AutoModelForSeq2SeqLM,
       e.g. T5) or `auto` (read from the model's config). Defaults to auto.
     device: `cpu`, `cuda` or `auto` (cuda when available). Defaults to auto.
-    dtype: `auto` (float32 on cpu, the checkpoint's dtype on cuda), `float32`,
-      `float16` or `bfloat16`.
+    dtype: `auto` (on cpu: bfloat16 where the CPU has bfloat16 units,
+      AVX512-BF16 or AMX, else float32; on cuda: the checkpoint's dtype),
+      `float32`, `float16` or `bfloat16`.
     use_chat_template: Format a text prompt with the tokenizer's chat template
       as one user message. Chat prompts (RenderPrompt `messages`) always use
       it. Defaults to false.
