@@ -32,6 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = os.path.join(ROOT, 'schemas', 'sentiment_summary.json')
 SHAPES = {  # name: (hidden, layers, heads, kv heads, mlp, vocab)
     'qwen2.5-0.5b': (896, 24, 14, 2, 4864, 151936),
+    # What issue 18's first table ran: build_causal_lm(hidden_size=896,
+    # num_layers=24, vocab_size=151936), no grouped-query attention.
+    'issue18': (896, 24, 14, 14, 2389, 151936),
     'small': (64, 2, 4, 4, 128, 32000),
 }
 
