@@ -14,7 +14,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Union
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.ml.inference.base import PredictionResult
-from beam_llm.handlers.base import BUG_TYPES
+from beam_llm import row_failures
 
 _LOG = logging.getLogger('beam_llm.EmbedText')
 _NAMESPACE = 'beam_llm.EmbedText'
@@ -80,23 +80,15 @@ class EmbeddingHandler(ModelHandler[Any, Union[Vector, EmbeddingFailure], Any]):
     return [PredictionResult(t, v) for t, v in zip(batch, vectors)]
 
   def _embed_isolating_failures(self, model, texts: list) -> list:
-    if not texts:
-      return []
-    try:
-      vectors = self.embed(model, texts)
-      if len(vectors) != len(texts):
-        raise RuntimeError(
-            f'{self.backend} returned {len(vectors)} vectors for '
-            f'{len(texts)} texts')
-      return vectors
-    except BUG_TYPES:
-      raise  # Our bug or a config error: fail loudly, never an error row.
-    except Exception as exn:  # pylint: disable=broad-except
-      if len(texts) == 1:
-        return [EmbeddingFailure(f'{type(exn).__name__}: {exn}', 'embedding')]
-      _LOG.warning('EmbedText: a batch of %d failed (%s); retrying row by row',
-                   len(texts), exn)
-      return [self._embed_isolating_failures(model, [t])[0] for t in texts]
+    """`embed`, with a failed batch retried row by row
+    (beam_llm/row_failures.py: a text that fails on its own becomes an
+    `embedding` error row; a bug, or a failure every text hits alike,
+    fails the pipeline)."""
+    return row_failures.call_isolating_failures(
+        lambda some: self.embed(model, some), texts,
+        lambda exn: EmbeddingFailure(f'{type(exn).__name__}: {exn}',
+                                     'embedding'),
+        _LOG, f'EmbedText [{self.backend}]')
 
 
 def log_load(describe: str, start: float) -> None:

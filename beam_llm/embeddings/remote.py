@@ -25,10 +25,15 @@ from beam_llm import remote
 from beam_llm.embeddings.base import EmbeddingFailure
 from beam_llm.embeddings.base import EmbeddingHandler
 from beam_llm.redaction import Redactor
+from beam_llm.row_failures import ServiceOutage
 
 _OWNER = 'EmbedText'
 _LOG = logging.getLogger('beam_llm.EmbedText')
 _SPLIT = (remote.CLIENT_ERROR, remote.BAD_RESPONSE)
+# The service, not the texts: once retries are spent, the bundle fails
+# (beam_llm/row_failures.py) instead of the rows turning into error rows.
+_OUTAGE = (remote.RATE_LIMITED, remote.TIMEOUT, remote.SERVER_ERROR,
+           remote.CONNECTION_ERROR, remote.DEADLINE)
 
 POLICY_ARGS_DOC = """
     texts_per_request: Most texts sent in one request. Defaults to 32.
@@ -50,8 +55,9 @@ def documented(cls):
   return cls
 
 
-class RemoteUnavailable(RuntimeError):
-  """The service cannot be used at all (load time): fails the pipeline."""
+class RemoteUnavailable(ServiceOutage):
+  """The service cannot be used at all (at load time, or still failing once
+  the retries are spent): fails the bundle."""
 
 
 @dataclasses.dataclass
@@ -121,6 +127,10 @@ class RemoteEmbedder(EmbeddingHandler):
             results[i] = [float(x) for x in vector]
         elif failure.error_type in _SPLIT and len(group) > 1:
           retry += [[i] for i in group]  # Find the text the service rejects.
+        elif failure.error_type in _OUTAGE:
+          raise RemoteUnavailable(loaded.redactor.redact(
+              f'{_OWNER} [{self.describe()}]: the service kept failing '
+              f'until the retries ran out: {failure.msg}'))
         else:
           for i in group:
             results[i] = EmbeddingFailure(

@@ -14,14 +14,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.ml.inference.base import PredictionResult
 
+from beam_llm import row_failures
 from beam_llm.handlers import token_batching
 
 _LOG = logging.getLogger('beam_llm.GenerateText')
 _PROGRESS_EVERY_SECS = 10.0
-# Exceptions that mean a bug or a config error, never one row's problem.
-# (Not IndexError: torch raises it for a prompt past a model's positions.)
-BUG_TYPES = (TypeError, AttributeError, NameError, ImportError, AssertionError,
-         NotImplementedError, SyntaxError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,43 +166,15 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
     return [PredictionResult(p, r) for p, r in zip(batch, responses)]
 
   def _generate_isolating_failures(self, model, prompts: list) -> list:
-    """`generate`, with a failed batch retried row by row.
-
-    A row that fails on its own becomes a `generation` error row. A bug
-    fails the pipeline with its own traceback: an exception of a type that
-    means a programming or config error (TypeError, AttributeError, ...),
-    or any exception that every row of a batch of several hits alike.
-    """
-    if not prompts:
-      return []
-    try:
-      responses = self.generate(model, prompts)
-    except BUG_TYPES:
-      raise
-    except Exception as exn:  # pylint: disable=broad-except
-      if len(prompts) == 1:
-        return [GenerationFailure(f'{type(exn).__name__}: {exn}', 'generation')]
-      _LOG.warning(
-          'GenerateText: a batch of %d failed (%s); retrying row by row',
-          len(prompts), exn)
-      alone = []
-      for p in prompts:
-        try:
-          alone.append(self.generate(model, [p])[0])
-        except BUG_TYPES:
-          raise
-        except Exception as row_exn:  # pylint: disable=broad-except
-          alone.append(row_exn)
-      kinds = {type(r) for r in alone}
-      if len(kinds) == 1 and issubclass(kinds.pop(), Exception):
-        raise alone[0]  # Every row alike: not a row's problem.
-      return [GenerationFailure(f'{type(r).__name__}: {r}', 'generation')
-              if isinstance(r, Exception) else r for r in alone]
-    if len(responses) != len(prompts):
-      raise RuntimeError(
-          f'{self.backend} returned {len(responses)} responses for '
-          f'{len(prompts)} prompts')
-    return responses
+    """`generate`, with a failed batch retried row by row
+    (beam_llm/row_failures.py: a row that fails on its own becomes a
+    `generation` error row; a bug, or a failure every row hits alike,
+    fails the pipeline)."""
+    return row_failures.call_isolating_failures(
+        lambda some: self.generate(model, some), prompts,
+        lambda exn: GenerationFailure(f'{type(exn).__name__}: {exn}',
+                                      'generation'),
+        _LOG, f'GenerateText [{self.backend}]')
 
   def _record(self, responses: list) -> None:
     failed = sum(isinstance(r, GenerationFailure) for r in responses)

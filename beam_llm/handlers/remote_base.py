@@ -46,6 +46,7 @@ from beam_llm.handlers.base import RowPrompt
 from beam_llm.handlers.base import TextGenerationHandler
 from beam_llm.handlers.base import prompt_problem
 from beam_llm.redaction import Redactor
+from beam_llm.row_failures import ServiceOutage
 from beam_llm.response_cache import ResponseCache
 from beam_llm.response_cache import cache_key
 
@@ -63,7 +64,7 @@ class PromptError(ValueError):
   """A prompt this backend cannot send (becomes a `bad_prompt` row)."""
 
 
-class RemoteUnavailable(RuntimeError):
+class RemoteUnavailable(ServiceOutage):
   """The service cannot be used at all (load time): fails the pipeline."""
 
 

@@ -11,11 +11,13 @@ import json
 import re
 from typing import Any, List, Mapping, Optional, Sequence
 
+from beam_llm.row_failures import ServiceOutage
+
 # Identifiers every store accepts as a collection / table name.
 _NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]{0,62}$')
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(ServiceOutage):
   """The store cannot be reached or used at all: fails the pipeline."""
 
 
@@ -102,6 +104,12 @@ class VectorStore:
 
   def close(self) -> None:
     pass
+
+  def is_transient(self, exn: BaseException) -> bool:
+    """Whether `exn` means the store or the network failed (down,
+    restarting, connection dropped, timed out): retried with a reconnect
+    (stores/calls.py). Not for a row's problem (raise BadRecord) or a bug."""
+    return isinstance(exn, (ConnectionError, TimeoutError))
 
   def ensure_collection(self, dim: int) -> None:
     """Create the collection and its vector index when missing; check `dim`

@@ -119,6 +119,22 @@ class MilvusStore(VectorStore):
           f'{self.describe()}: cannot open ({type(exn).__name__}: '
           f'{_short(exn)})') from exn
 
+  def is_transient(self, exn: BaseException) -> bool:
+    from pymilvus.exceptions import MilvusException
+    from pymilvus.exceptions import MilvusUnavailableException
+    if isinstance(exn, MilvusUnavailableException):
+      return True
+    code = getattr(exn, 'code', None)
+    if callable(code):  # grpc.RpcError.code()
+      code = code()
+    name = getattr(code, 'name', str(code))
+    if name in ('UNAVAILABLE', 'DEADLINE_EXCEEDED'):  # grpc.RpcError.
+      return True
+    text = str(exn).lower()
+    return (isinstance(exn, MilvusException) and any(
+        w in text for w in ('unavailable', 'connect', 'deadline', 'timeout')
+    )) or super().is_transient(exn)
+
   def dimension(self) -> Optional[int]:
     if not self._client.has_collection(self.collection):
       return None

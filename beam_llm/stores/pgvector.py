@@ -78,6 +78,13 @@ class PgVectorStore(VectorStore):
       self._conn.close()
       self._conn = None
 
+  def is_transient(self, exn: BaseException) -> bool:
+    import psycopg
+    # OperationalError: the server went away, is shutting down or starting
+    # up, or could not be reached; InterfaceError: the connection is closed.
+    return (isinstance(exn, (psycopg.OperationalError, psycopg.InterfaceError))
+            or super().is_transient(exn))
+
   def dimension(self) -> Optional[int]:
     row = self._conn.execute(
         "SELECT atttypmod FROM pg_attribute WHERE attrelid = to_regclass(%s) "
@@ -114,6 +121,7 @@ class PgVectorStore(VectorStore):
 
   def upsert(self, records: List[Record]) -> None:
     import numpy as np
+    import psycopg
     from psycopg import sql
     from psycopg.types.json import Jsonb
     query = sql.SQL(
@@ -124,9 +132,12 @@ class PgVectorStore(VectorStore):
             self._table())
     rows = [(r.id, np.asarray(r.vector, dtype=np.float32), r.text, r.doc_id,
              Jsonb(dict(r.metadata))) for r in records]
-    with self._conn.transaction():
-      with self._conn.cursor() as cur:
-        cur.executemany(query, rows)
+    try:
+      with self._conn.transaction():
+        with self._conn.cursor() as cur:
+          cur.executemany(query, rows)
+    except (psycopg.DataError, psycopg.IntegrityError) as exn:
+      raise BadRecord(f'{type(exn).__name__}: {_short(exn)}') from exn
 
   def search(
       self,
@@ -134,6 +145,7 @@ class PgVectorStore(VectorStore):
       top_k: int,
       filter_: Optional[Mapping[str, Any]] = None) -> List[List[Hit]]:
     import numpy as np
+    import psycopg
     from psycopg import sql
     from psycopg.types.json import Jsonb
     where, params = [], []
@@ -152,7 +164,10 @@ class PgVectorStore(VectorStore):
     results = []
     for v in vectors:
       q = np.asarray(v, dtype=np.float32)
-      rows = self._conn.execute(query, [q, *params, q, top_k]).fetchall()
+      try:
+        rows = self._conn.execute(query, [q, *params, q, top_k]).fetchall()
+      except psycopg.DataError as exn:  # E.g. a vector of another size.
+        raise BadRecord(f'{type(exn).__name__}: {_short(exn)}') from exn
       results.append([
           Hit(chunk_id=r[0], doc_id=r[1], text=r[2], score=float(r[4]),
               metadata=r[3] if isinstance(r[3], dict) else json.loads(r[3]))

@@ -30,19 +30,24 @@ def fake_vector(text: str, dim: int = DIM) -> List[float]:
 
 class FakeEmbeddingServer:
   def __init__(self, script: Optional[List[str]] = None, retry_after: float = 0.1,
-               dim: int = DIM):
+               dim: int = DIM, port: int = 0):
     self.script = list(script or [])
     self.retry_after = retry_after
     self.dim = dim
     self.log = []  # (path, number of texts, Authorization header, fault)
     self._lock = threading.Lock()
     handler = type('Handler', (_Handler,), {'fake': self})
-    self._server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    # `port`: to come back where a stopped server was (outage tests).
+    self._server = http.server.ThreadingHTTPServer(('127.0.0.1', port), handler)
     self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
   @property
+  def port(self) -> int:
+    return self._server.server_address[1]
+
+  @property
   def url(self) -> str:
-    return f'http://127.0.0.1:{self._server.server_address[1]}'
+    return f'http://127.0.0.1:{self.port}'
 
   def start(self) -> 'FakeEmbeddingServer':
     self._thread.start()

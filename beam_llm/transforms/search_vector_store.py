@@ -9,6 +9,8 @@ from apache_beam.typehints import row_type
 from beam_llm import _config
 from beam_llm import _rows
 from beam_llm import stores
+from beam_llm.stores import calls
+from beam_llm.stores.base import BadRecord
 from beam_llm.stores.base import check_filter
 
 _OWNER = 'SearchVectorStore'
@@ -35,8 +37,10 @@ class SearchVectorStore(beam.PTransform):
   The store is named as in WriteToVectorStore and checked when the pipeline
   is built: one that cannot be reached, or that has no such collection yet,
   fails then, naming the transform and the store. A row without a usable
-  vector goes to the error output (`bad_vector`), as does a row whose search
-  fails on its own (`store_error`).
+  vector, or with one the store refuses (e.g. of another size than the
+  collection's), goes to the error output (`bad_vector`). A store that is
+  down or restarting is retried with a reconnect (docs/remote.md); an
+  outage that outlasts the retries fails the bundle, not the rows.
 
   Args:
     store: A Milvus Lite path, a Milvus URI or a PostgreSQL URI.
@@ -126,7 +130,8 @@ class _SearchDoFn(beam.DoFn):
     self._failed = Metrics.counter('beam_llm.SearchVectorStore', 'failed')
 
   def setup(self):
-    self._store.connect()
+    self._calls = calls.StoreCaller(self._store)
+    self._calls.call('connect', self._store.connect)
 
   def teardown(self):
     self._store.close()
@@ -144,14 +149,13 @@ class _SearchDoFn(beam.DoFn):
   def _search(self, rows: list):
     if not rows:
       return
-    try:
-      results = self._store.search(
-          [list(getattr(r, self._vector)) for r in rows], self._top_k,
-          self._filter)
-    except Exception as exn:  # pylint: disable=broad-except
+    vectors = [list(getattr(r, self._vector)) for r in rows]
+    try:  # Retried through outages; one that outlasts them fails the bundle.
+      results = self._calls.call('search', lambda: self._store.search(
+          vectors, self._top_k, self._filter))
+    except BadRecord as exn:
       if len(rows) == 1:
-        yield from self._error(
-            rows[0], f'{type(exn).__name__}: {exn}', 'store_error')
+        yield from self._error(rows[0], str(exn), 'bad_vector')
         return
       for row in rows:  # Find the row that fails; the others get answers.
         yield from self._search([row])

@@ -8,6 +8,7 @@ from apache_beam.metrics import Metrics
 from beam_llm import _config
 from beam_llm import _rows
 from beam_llm import stores
+from beam_llm.stores import calls
 from beam_llm.stores.base import BadRecord
 from beam_llm.stores.base import Record
 
@@ -31,8 +32,11 @@ class WriteToVectorStore(beam.PTransform):
   upserted by `id`, so writing the same chunks again replaces them: no
   duplicates. The written rows come out on the main output. A row the store
   cannot take (no id or vector, a vector of another size than the
-  collection's) goes to the error output (`bad_record`), as does a row whose
-  write fails on its own (`store_error`).
+  collection's, a value the store refuses) goes to the error output
+  (`bad_record`). A store that is down or restarting is retried, with a
+  reconnect, for about half a minute (the remote-call policy's defaults,
+  docs/remote.md); an outage that lasts longer fails the bundle (and so the
+  run, unless the runner retries it) rather than turning rows into errors.
 
   Args:
     store: Where to write: a Milvus Lite path, a Milvus URI or a PostgreSQL
@@ -124,7 +128,8 @@ class _UpsertDoFn(beam.DoFn):
     self._failed = Metrics.counter('beam_llm.WriteToVectorStore', 'failed')
 
   def setup(self):
-    self._store.connect()
+    self._calls = calls.StoreCaller(self._store)
+    self._calls.call('connect', self._store.connect)
     self._dims = set()  # Vector sizes already checked against the collection.
 
   def teardown(self):
@@ -137,7 +142,8 @@ class _UpsertDoFn(beam.DoFn):
         record = _record(row, self._fields, self._metadata)
         dim = len(record.vector)
         if dim not in self._dims:
-          self._store.ensure_collection(dim)
+          self._calls.call('create collection',
+                           lambda: self._store.ensure_collection(dim))
           self._dims.add(dim)
         ready.append((row, record))
       except BadRecord as exn:
@@ -145,23 +151,19 @@ class _UpsertDoFn(beam.DoFn):
     yield from self._upsert(ready)
 
   def _upsert(self, ready: list):
+    """Upserts, retried through outages (stores/calls.py: one that outlasts
+    the retries fails the bundle); a batch the store refuses for a row's
+    sake is split to find that row."""
     if not ready:
       return
+    records = [record for _, record in ready]
     try:
-      self._store.upsert([record for _, record in ready])
+      self._calls.call('upsert', lambda: self._store.upsert(records))
     except BadRecord as exn:
       if len(ready) == 1:
         yield from self._error(ready[0][0], str(exn), 'bad_record')
         return
       for one in ready:
-        yield from self._upsert([one])
-      return
-    except Exception as exn:  # pylint: disable=broad-except
-      if len(ready) == 1:
-        yield from self._error(
-            ready[0][0], f'{type(exn).__name__}: {exn}', 'store_error')
-        return
-      for one in ready:  # Find the row that fails; the others get written.
         yield from self._upsert([one])
       return
     self._written.inc(len(ready))
