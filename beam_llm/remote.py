@@ -190,6 +190,17 @@ class Failure:
     """Whether the service turned the request away (feeds the throttler)."""
     return self.status in (429, 503) or self.error_type == TIMEOUT
 
+  @property
+  def signal(self) -> str:
+    """What this failure says about the service's load (AdaptiveLimit)."""
+    if self.status == 429 or self.retry_after is not None:
+      return remote_limits.OVERLOAD
+    if self.status == 503:
+      return remote_limits.BUSY
+    if self.error_type == TIMEOUT:
+      return remote_limits.TIMEOUT
+    return remote_limits.FAULT
+
 
 class BadResponse(Exception):
   """Raised by a backend for an answer it cannot use (no text, bad shape).
@@ -468,11 +479,12 @@ class RemoteCaller:
       else:
         failure = classify(exn)
         if failure is None:  # Not the service's doing: a bug. Raise it.
-          self.limit.release(latency, overloaded=False)
+          self.limit.release(latency, remote_limits.FAULT)
           raise exn
       out.failure = failure
       out.latencies.append(latency)
-      self.limit.release(latency, failure is not None and failure.overloaded)
+      self.limit.release(
+          latency, remote_limits.OK if failure is None else failure.signal)
       self._throttler.record(accepted=failure is None or not failure.overloaded)
       if failure is None:
         if self._tokens and self._usage:

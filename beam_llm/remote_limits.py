@@ -3,15 +3,12 @@
 Used by beam_llm.remote.RemoteCaller only (one instance of each per caller,
 so per worker process and backend, shared by all of its threads):
 
-- `AdaptiveLimit`: how many requests may be in flight, found at run time.
-  It starts at 32, doubles per round trip while the service keeps up
-  (slow start), then grows by about sqrt(limit) per round trip (a quarter
-  per round trip near the limit at which the service last refused); it
-  cuts the limit when the service turns requests away (429, 503, timeouts)
-  or when its smoothed latency grows past twice its recent best (requests
-  are queueing there).
-  Never above `max_concurrency`. A user does not need to know the slot
-  count of their server, and a rate-limited API is not hammered.
+- `AdaptiveLimit`: how many requests may be in flight, found at run time
+  from what the answers say (TCP Vegas-like: the queue the service holds
+  for us, from the median latency of each round trip, and only
+  real overload signals cut it; see the class). Never above
+  `max_concurrency`. A user does not need to know the slot count of their
+  server, and a rate-limited API is not hammered.
 - `Budget`: `requests_per_minute` / `tokens_per_minute`, the limits
   providers publish, as token buckets (tokens are counted from the usage
   the service reports, after the fact: a request that overdraws the budget
@@ -21,24 +18,46 @@ so per worker process and backend, shared by all of its threads):
 import collections
 import math
 import random
+import statistics
 import threading
 import time
 from typing import Optional
 
 # Requests in flight before anything is known about the service.
 INITIAL_LIMIT = 32
-# A smoothed latency this many times its recent best means queueing.
-_LATENCY_TOLERANCE = 2.0
-# The latency is averaged over about one round trip (with `limit` answers per
-# round trip, each answer weighs 1/limit), so that one short or long answer
-# is no signal; its best is kept over two windows of this many seconds.
-_BEST_WINDOW_SECS = 30.0
-_OVERLOAD_CUT = 0.8  # Limit multiplier on a 429 / 503 / timeout.
-_LATENCY_CUT = 0.9  # ... and on latency growth.
+# What one answer says about the service's load (remote.Failure.signal).
+OK = 'ok'  # An answer: its latency is a sample.
+OVERLOAD = 'overload'  # 429, or a Retry-After: the service said "too much".
+BUSY = 'busy'  # 503: overload when many answers of a round trip say it.
+TIMEOUT = 'timeout'  # Overload when most answers of a round trip time out.
+FAULT = 'fault'  # A 500, a dropped connection, a bad body: costs a retry.
+_BUSY_SHARE = 0.1
+_TIMEOUT_SHARE = 0.5
+_OVERLOAD_CUT = 0.8  # Limit multiplier on an overloaded round trip.
+# The queue the service may hold for us, in requests (TCP Vegas's alpha and
+# beta): below ALPHA the limit grows, above BETA it shrinks. A share of the
+# limit, so that a large server is kept full and a small one not flooded.
+_ALPHA = (3.0, 0.075)  # At least 3 requests, or 7.5 % of the limit.
+_BETA = (6.0, 0.15)
+_BASE_WINDOW_SECS = 30.0  # The base latency is the best of about a minute.
 
 
 class AdaptiveLimit:
-  """A concurrency limit that adapts to the service (see module doc)."""
+  """A concurrency limit that adapts to the service, TCP Vegas-like.
+
+  Answers are judged a round trip at a time (about `limit` answers):
+  - the round trip's latency is the median of its answers, so a few
+    stalls do not look like queueing; against the best such figure of the
+    last minute it gives the queue the service holds for us,
+    limit x (1 - best / now). The limit grows while that queue is short
+    (doubling per round trip until the first sign of a queue, then by
+    about sqrt(limit)) and shrinks when it is long;
+  - overload cuts the limit by a fifth: a 429 or a Retry-After, 503s from
+    a tenth of the round trip's answers, or timeouts from half of them.
+    Other failures (a 500, a dropped connection, a malformed body) are
+    faults, not load: they cost a retry, not throughput.
+  Never above `cap` (`max_concurrency`), never below one.
+  """
   def __init__(self, cap: int, initial: int = INITIAL_LIMIT):
     self.cap = cap
     self.limit = float(min(initial, cap))
@@ -48,10 +67,8 @@ class AdaptiveLimit:
     # Coroutines waiting for a slot: (loop, future), woken like threads.
     self._async_waiters = collections.deque()
     self._slow_start = True
-    self._short = None  # Smoothed latency (seconds).
-    self._best = [math.inf, math.inf]  # Its minimum: last window, this one.
-    self._window_start = time.monotonic()
-    self._last_cut = 0.0
+    self._bases = collections.deque()  # (time, a round trip's latency)
+    self._window = _Window()
     # The limit at which the service last turned requests away: near it,
     # grow slowly (probe), so as not to send a 429 every few round trips.
     self._ceiling = None
@@ -83,6 +100,8 @@ class AdaptiveLimit:
   def _take(self) -> None:
     self.in_flight += 1
     self.max_in_flight = max(self.max_in_flight, self.in_flight)
+    if self.in_flight >= int(self.limit):
+      self._window.saturated = True
 
   def _wake(self, n: int) -> None:
     """Wakes up to n waiters (threads and coroutines); holds self._cond."""
@@ -98,52 +117,68 @@ class AdaptiveLimit:
       self.in_flight -= 1
       self._wake(1)
 
-  def release(self, latency: float, overloaded: bool) -> None:
+  def release(self, latency: float, signal: str = OK) -> None:
+    """Gives a slot back with what its answer said (OK, OVERLOAD, ...)."""
     with self._cond:
-      saturated = self.in_flight >= int(self.limit) - 1
       self.in_flight -= 1
       before = int(self.limit)
-      now = time.monotonic()
-      if overloaded:
-        if self._cut(_OVERLOAD_CUT, now):
-          self._ceiling = before
-      else:
-        self._learn(latency, now, saturated)
+      w = self._window
+      w.add(latency, signal)
+      if w.answers >= max(int(self.limit), 4):
+        self._judge(w, time.monotonic())
+        self._window = _Window()
       self.limit = min(float(self.cap), max(1.0, self.limit))
       free = int(self.limit) - self.in_flight
       if free > 0:
         self._wake(free if int(self.limit) > before else 1)
 
-  def _learn(self, latency: float, now: float, saturated: bool) -> None:
-    if self._short is None:
-      self._short = latency
-    self._short += (latency - self._short) / max(1.0, self.limit)
-    if now - self._window_start > _BEST_WINDOW_SECS:
-      self._best = [self._best[1], math.inf]
-      self._window_start = now
-    self._best[1] = min(self._best[1], self._short)
-    if self._short > _LATENCY_TOLERANCE * min(self._best):
-      self._cut(_LATENCY_CUT, now)
+  def _judge(self, w: '_Window', now: float) -> None:
+    """One round trip's verdict on the limit."""
+    if (w.signals[OVERLOAD] or w.signals[BUSY] >= _BUSY_SHARE * w.answers or
+        w.signals[TIMEOUT] >= _TIMEOUT_SHARE * w.answers):
+      self._ceiling = int(self.limit)
+      self._slow_start = False
+      self.limit *= _OVERLOAD_CUT
       return
-    if not saturated:  # Only grow a limit that is in use (as TCP does).
-      return
-    if self._slow_start:
-      self.limit += 1.0  # One more per answer: doubles per round trip.
-    elif self._ceiling and self.limit >= 0.9 * self._ceiling:
-      self.limit += 0.25 / self.limit  # A quarter more per round trip.
-      if self.limit > 1.1 * self._ceiling:
-        self._ceiling = None  # The service got bigger: grow freely again.
-    else:
-      self.limit += math.sqrt(self.limit) / self.limit
+    if len(w.latencies) < 2:
+      return  # Mostly faults: nothing learned about load.
+    latency = statistics.median(w.latencies)
+    self._bases.append((now, latency))
+    while self._bases and now - self._bases[0][0] > 2 * _BASE_WINDOW_SECS:
+      self._bases.popleft()
+    base = min(b for _, b in self._bases)
+    queue = self.limit * (1.0 - base / latency) if latency > 0 else 0.0
+    alpha = max(_ALPHA[0], _ALPHA[1] * self.limit)
+    beta = max(_BETA[0], _BETA[1] * self.limit)
+    if queue > beta:
+      self._slow_start = False
+      self.limit -= max(1.0, (queue - beta) / 2)
+    elif queue < alpha and w.saturated:  # Only grow a limit in use.
+      if self._slow_start:
+        self.limit *= 2
+      elif self._ceiling and self.limit >= 0.9 * self._ceiling:
+        self.limit += 0.25  # Probe slowly near where the service said no.
+        if self.limit > 1.1 * self._ceiling:
+          self._ceiling = None  # The service got bigger: grow freely again.
+      else:
+        self.limit += math.sqrt(self.limit)
+    elif queue >= alpha:
+      self._slow_start = False
 
-  def _cut(self, factor: float, now: float) -> bool:
-    # Once per round trip: the answers of one overloaded round are one signal.
-    if now - self._last_cut < (self._short or 0.0):
-      return False
-    self._last_cut = now
-    self._slow_start = False
-    self.limit *= factor
-    return True
+
+class _Window:
+  """The answers of one round trip."""
+  def __init__(self):
+    self.answers = 0
+    self.latencies = []
+    self.signals = collections.Counter()
+    self.saturated = False  # The limit was reached during it.
+
+  def add(self, latency: float, signal: str) -> None:
+    self.answers += 1
+    self.signals[signal] += 1
+    if signal == OK:
+      self.latencies.append(latency)
 
 
 def _set_done(waiter) -> None:

@@ -47,6 +47,7 @@ class Faults:
   timeout: float = 0.0  # answers only after slow_secs
   drop: float = 0.0  # closes the connection without answering
   malformed: float = 0.0  # 200 with a body cut off mid-JSON
+  stall: float = 0.0  # answers nothing for slow_secs, then drops the connection
   # The wait asked for with 429s: None (none), seconds (int or float) as a
   # Retry-After header, 'date:N' for a Retry-After HTTP date N seconds
   # ahead, or 'info:N' for a google.rpc.RetryInfo of N seconds in the body.
@@ -115,6 +116,9 @@ class FakeLLMServer:
     self.first_arrival = None  # time.monotonic() of the first POST
     self.last_done = None  # ... and of the end of the last answer
     self._in_flight = 0
+    # Time-weighted requests in flight (their mean over the busy time).
+    self._in_flight_area = 0.0
+    self._in_flight_since = None
     self._lock = threading.Lock()
     self._random = random.Random(seed)
     self._slots = threading.BoundedSemaphore(slots) if slots else None
@@ -179,6 +183,14 @@ class FakeLLMServer:
   def __exit__(self, *exc):
     self.stop()
 
+  def _count_in_flight(self, change: int) -> None:
+    """Holds self._lock."""
+    now = time.monotonic()
+    if self._in_flight_since is not None:
+      self._in_flight_area += self._in_flight * (now - self._in_flight_since)
+    self._in_flight_since = now
+    self._in_flight += change
+
   def prompts_answered(self) -> List[str]:
     return [r.prompt for r in self.log if r.status == 200 and r.fault == 'ok']
 
@@ -190,7 +202,7 @@ class FakeLLMServer:
       x = self._random.random()
     for name, p in (('429', f.rate_limited), ('5xx', f.server_error),
                     ('timeout', f.timeout), ('drop', f.drop),
-                    ('malformed', f.malformed)):
+                    ('malformed', f.malformed), ('stall', f.stall)):
       if x < p:
         if name == '5xx':
           return '500' if self._random.random() < 0.5 else '503'
@@ -252,6 +264,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             'rejected': fake.rejected,
             'busy_secs': (fake.last_done - fake.first_arrival
                           if fake.log and fake.last_done else 0.0)}
+        stats['mean_in_flight'] = (fake._in_flight_area / stats['busy_secs']
+                                   if stats['busy_secs'] else 0.0)
       return self._json(200, stats)
     m = re.fullmatch(r'/v1(?:beta1)?/projects/([^/]+)/locations/([^/]+)/endpoints/([^/:]+)', path)
     if not m:
@@ -301,13 +315,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         fake.first_arrival = arrived
     # In flight: arrived and not yet answered, queued for a slot included.
     with fake._lock:
-      fake._in_flight += 1
+      fake._count_in_flight(+1)
       fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
+    slot_held = bool(fake._slots)
     if fake._slots:
       if not fake._slots.acquire(blocking=not fake.reject_when_full):
         with fake._lock:
           fake.rejected += 1
-          fake._in_flight -= 1
+          fake._count_in_flight(-1)
         entry.fault, entry.status = 'full', 429
         return self._error(429, 'RESOURCE_EXHAUSTED', 'All slots are busy')
     try:
@@ -321,16 +336,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
           return self._validation_error(status)
         return self._error(status, 'INVALID_ARGUMENT', message)
       entry.fault = fake._choose_fault(entry.prompt)
+      if entry.fault == 'stall' and fake._slots:
+        # A stall on the way (a network black hole) holds no server slot.
+        fake._slots.release()
+        slot_held = False
       self._answer(entry, path, body)
     finally:
       with fake._lock:
-        fake._in_flight -= 1
+        fake._count_in_flight(-1)
         fake.last_done = time.monotonic()
-      if fake._slots:
+      if fake._slots and slot_held:
         fake._slots.release()
 
   def _answer(self, entry: LoggedRequest, path: str, body: dict):
     fake, fault = self.fake, entry.fault
+    if fault == 'stall':
+      time.sleep(fake.faults.slow_secs)
+      fault = 'drop'
     if fault == 'drop':
       self.close_connection = True
       try:
@@ -524,12 +546,21 @@ def main(argv=None):
                       help='answer 429 instead of queueing past --slots')
   parser.add_argument('--rate_limited', type=float, default=0.0)
   parser.add_argument('--server_error', type=float, default=0.0)
+  for name, what in (('timeout', 'answer only after --slow_secs'),
+                     ('drop', 'close the connection without answering'),
+                     ('malformed', 'answer 200 with a body cut off'),
+                     ('stall', 'wait --slow_secs, then close the connection')):
+    parser.add_argument(f'--{name}', type=float, default=0.0,
+                        help=f'share of requests to {what} (0 to 1)')
+  parser.add_argument('--slow_secs', type=float, default=2.0)
   parser.add_argument('--json_reply', action='store_true',
                       help='answer {"sentiment": 0, "summary": ...} to everything')
   args = parser.parse_args(argv)
   reply = sentiment_reply if args.json_reply else default_reply
   server = FakeLLMServer(
-      Faults(rate_limited=args.rate_limited, server_error=args.server_error),
+      Faults(rate_limited=args.rate_limited, server_error=args.server_error,
+             timeout=args.timeout, drop=args.drop, malformed=args.malformed,
+             stall=args.stall, slow_secs=args.slow_secs),
       latency_secs=args.latency_secs, slots=args.slots, reply=reply,
       port=args.port, reject_when_full=args.reject_when_full)
   print(f'listening on {server.url}', flush=True)

@@ -1,0 +1,71 @@
+"""The adaptive concurrency limit tells overload from faults: only a
+service that says "too much" (429, Retry-After, many 503s or timeouts) or
+whose answers queue (the median latency of a round trip rising) gets less
+traffic; a 500, a dropped connection or a few stalls cost a retry, not
+throughput. Driven here answer by answer, as RemoteCaller drives it."""
+import random
+
+from beam_llm import remote
+from beam_llm import remote_limits as rl
+
+
+def _round_trips(limit, n, answer):
+  """n round trips: `limit.limit` requests taken, then answered by
+  `answer(i) -> (latency, signal)`."""
+  for _ in range(n):
+    size = int(limit.limit)
+    for _ in range(size):
+      limit.acquire()
+    for i in range(size):
+      limit.release(*answer(i))
+
+
+def test_faults_and_stalls_do_not_shrink_the_limit():
+  rng = random.Random(0)
+
+  def faulty(i):
+    x = rng.random()
+    if x < 0.05:
+      return 0.1, rl.FAULT  # A 500.
+    if x < 0.10:
+      return 0.1, rl.BUSY  # A 503: 5 % of answers, below the share.
+    if x < 0.13:
+      return 8.0, rl.FAULT  # A stall, then a dropped connection.
+    if x < 0.15:
+      return 8.0, rl.OK  # A slow answer.
+    return 0.1 * rng.uniform(0.9, 1.1), rl.OK
+
+  limit = rl.AdaptiveLimit(cap=256)
+  _round_trips(limit, 12, faulty)
+  assert limit.limit >= 128  # Grew to the cap's half or more, never cut.
+
+
+def test_a_429_or_many_503s_or_timeouts_cut_the_limit():
+  for bad, share in ((rl.OVERLOAD, 0.02), (rl.BUSY, 0.3), (rl.TIMEOUT, 0.6)):
+    limit = rl.AdaptiveLimit(cap=256, initial=100)
+    _round_trips(limit, 1, lambda i: (0.1, rl.OK))
+    before = limit.limit
+    _round_trips(limit, 1, lambda i, b=bad, s=share: (
+        (0.1, b) if i < s * before else (0.1, rl.OK)))
+    assert limit.limit < before, bad
+
+
+def test_a_queue_at_the_service_brings_the_limit_down_to_its_slots():
+  """A 32-slot server with 100 ms answers: latency = 100 ms x ceil(in
+  flight / 32). The limit settles near 32 plus a small queue."""
+  limit = rl.AdaptiveLimit(cap=256)
+
+  def answer(i):
+    return 0.1 * max(1.0, limit.limit / 32), rl.OK
+
+  _round_trips(limit, 40, answer)
+  assert 32 <= limit.limit <= 48
+
+
+def test_failures_say_what_they_mean_for_load():
+  assert remote.classify_status(429, 'slow down').signal == rl.OVERLOAD
+  assert remote.classify_status(500, 'oops', retry_after=2).signal == rl.OVERLOAD
+  assert remote.classify_status(503, 'busy').signal == rl.BUSY
+  assert remote.classify_status(500, 'oops').signal == rl.FAULT
+  assert remote.Failure(remote.TIMEOUT, 't', True).signal == rl.TIMEOUT
+  assert remote.Failure(remote.CONNECTION_ERROR, 'reset', True).signal == rl.FAULT
