@@ -56,3 +56,29 @@ def test_remote_embeddings_batch_retry_and_isolate_bad_texts(
   assert [f for *_, f in server.log[:2]] == ['429', '503']
   if kind == 'OpenAICompatible':
     assert {a for _, _, a, _ in server.log} == {'Bearer sk-emb-5678'}
+
+
+def test_identical_texts_are_embedded_once_and_kept_across_runs(
+    embedding_server, tmp_path):
+  server = embedding_server()
+  texts = ['same text', 'other text', 'same text', 'same text']
+  config = dict(_config('OpenAICompatible', server), cache_dir=str(tmp_path))
+  config.pop('api_key_env')
+
+  def run():
+    out, _ = run_transform(
+        beam_llm.EmbedText(model_handler={'type': 'OpenAICompatible',
+                                          'config': config},
+                           min_batch_size=4, max_batch_size=4),
+        [{'id': i, 'text': t} for i, t in enumerate(texts)])
+    return {r.id: r.embedding for r in out['good']}
+
+  first = run()
+  assert sorted(first) == [0, 1, 2, 3]
+  assert first[0] == first[2] == first[3] == pytest.approx(fake_vector('same text'))
+  assert sum(n for _, n, _, _ in server.log) == 2  # Each distinct text once.
+  assert run() == first  # A new run (new process state): read from cache_dir.
+  assert sum(n for _, n, _, _ in server.log) == 2
+  config['cache'] = False
+  run()
+  assert sum(n for _, n, _, _ in server.log) == 6

@@ -154,12 +154,17 @@ def test_policy_options_are_declared_once_and_shared():
   import inspect
   from beam_llm import remote
   names = [f.name for f in __import__('dataclasses').fields(remote.RemotePolicy)]
-  for backend in ('OpenAICompatible', 'VertexAI', 'Gemini'):
-    cls = handlers.backend_class('GenerateText', backend)
+  from beam_llm.embeddings.openai_compatible import OpenAIEmbedder
+  from beam_llm.embeddings.vertex_ai import VertexAIEmbedder
+  classes = [handlers.backend_class('GenerateText', b)
+             for b in ('OpenAICompatible', 'VertexAI', 'Gemini')]
+  # EmbedText's remote backends: the same options, the same defaults.
+  for cls in classes + [OpenAIEmbedder, VertexAIEmbedder]:
     params = inspect.signature(cls.__init__).parameters
-    for name in names:
-      assert name in params, (backend, name)
-      assert f'    {name}:' in cls.__doc__, (backend, name)
+    for f in __import__('dataclasses').fields(remote.RemotePolicy):
+      assert f.name in params, (cls, f.name)
+      assert params[f.name].default == f.default, (cls, f.name)
+      assert f'    {f.name}:' in cls.__doc__, (cls, f.name)
   with pytest.raises(ValueError, match="'model_handler.config.max_concurrency' must be"):
     handlers.create_handler('GenerateText', {'type': 'Gemini', 'config': {
         'model': 'g', 'max_concurrency': 0}}, {}, {})

@@ -4,13 +4,13 @@ import os
 from typing import List, Optional
 
 from beam_llm import remote
+from beam_llm.embeddings.remote import Embeddings
 from beam_llm.embeddings.remote import RemoteEmbedder
-from beam_llm.embeddings.remote import documented
 
 _OWNER = 'EmbedText'
 
 
-@documented
+@remote.with_policy
 class OpenAIEmbedder(RemoteEmbedder):
   """`model_handler: {type: OpenAICompatible, config: {...}}`.
 
@@ -25,6 +25,7 @@ class OpenAIEmbedder(RemoteEmbedder):
     api_key_env: Name of the environment variable holding the API key, read
       on the worker. The key never goes in the YAML. Defaults to none.
     dimensions: Ask for vectors of this size (models that support it).
+    texts_per_request: Most texts sent in one request. Defaults to 32.
   """
   backend = 'OpenAICompatible'
 
@@ -36,20 +37,9 @@ class OpenAIEmbedder(RemoteEmbedder):
       api_key_env: Optional[str] = None,
       dimensions: Optional[int] = None,
       texts_per_request: int = 32,
-      max_concurrency: int = 4,
-      max_retries: int = 5,
-      timeout_secs: float = 60.0,
-      deadline_secs: float = 600.0,
-      initial_backoff_secs: float = 1.0,
-      max_backoff_secs: float = 60.0,
-      batching: Optional[dict] = None):
-    super().__init__(
-        batching or {}, texts_per_request,
-        remote.RemotePolicy(
-            max_concurrency=max_concurrency, max_retries=max_retries,
-            timeout_secs=timeout_secs, deadline_secs=deadline_secs,
-            initial_backoff_secs=initial_backoff_secs,
-            max_backoff_secs=max_backoff_secs))
+      batching: Optional[dict] = None,
+      **policy):
+    super().__init__(batching or {}, texts_per_request, policy)
     self._model = model
     self._base_url = base_url.rstrip('/')
     self._api_key_env = api_key_env
@@ -57,6 +47,9 @@ class OpenAIEmbedder(RemoteEmbedder):
 
   def describe(self) -> str:
     return f'OpenAICompatible {self._model} at {self._base_url}'
+
+  def identity(self) -> tuple:
+    return (self.backend, self._base_url, self._model, self._dimensions)
 
   def connect(self, redactor):
     import openai
@@ -83,7 +76,10 @@ class OpenAIEmbedder(RemoteEmbedder):
     if not isinstance(data, list) or not all(
         isinstance(d, dict) and isinstance(d.get('embedding'), list) for d in data):
       raise remote.BadResponse('the answer has no embeddings')
-    return [d['embedding'] for d in sorted(data, key=lambda d: d.get('index', 0))]
+    usage = answer.get('usage') if isinstance(answer.get('usage'), dict) else {}
+    return Embeddings(
+        [d['embedding'] for d in sorted(data, key=lambda d: d.get('index', 0))],
+        usage.get('prompt_tokens'))
 
   def classify(self, exn: BaseException) -> remote.Failure:
     import openai

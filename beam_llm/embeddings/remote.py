@@ -6,25 +6,33 @@ Embedding services take many texts per request, so a backend implements:
 
 - `connect(redactor)`: build the client on the worker;
 - `send(client, texts, timeout_secs)`: one request for a list of texts,
-  returning one vector per text (raise `remote.BadResponse` for an answer
-  that cannot be used);
+  returning `Embeddings` (one vector per text, and the tokens the service
+  counted; raise `remote.BadResponse` for an answer that cannot be used);
+- `identity()`: what makes a text's vector (for the response cache);
 - `classify(exn)`: what a client exception means (`remote.Failure`).
 
-A request that the service rejects as a whole (a 4xx, or an answer it could
-not use) is retried text by text, so one bad text fails only its own row.
+The remote-call options (`@remote.with_policy`: retries, budgets, adaptive
+concurrency, cache) are GenerateText's, with the same defaults. A request
+that the service rejects as a whole (a 4xx, or an answer it could not use)
+is retried text by text, so one bad text fails only its own row; a service
+that stays down past the retries fails the bundle. Vectors are cached per
+text (in memory, and in `cache_dir` across runs) unless `cache: false`.
 """
 import dataclasses
 import functools
 import logging
-from typing import Any, List, Optional
+from typing import Any, List, Mapping, Optional
 
 from apache_beam.metrics import Metrics
 
 from beam_llm import _config
 from beam_llm import remote
+from beam_llm import remote_limits
 from beam_llm.embeddings.base import EmbeddingFailure
 from beam_llm.embeddings.base import EmbeddingHandler
 from beam_llm.redaction import Redactor
+from beam_llm.response_cache import ResponseCache
+from beam_llm.response_cache import cache_key
 from beam_llm.row_failures import ServiceOutage
 
 _OWNER = 'EmbedText'
@@ -35,24 +43,14 @@ _SPLIT = (remote.CLIENT_ERROR, remote.BAD_RESPONSE)
 _OUTAGE = (remote.RATE_LIMITED, remote.TIMEOUT, remote.SERVER_ERROR,
            remote.CONNECTION_ERROR, remote.DEADLINE)
 
-POLICY_ARGS_DOC = """
-    texts_per_request: Most texts sent in one request. Defaults to 32.
-    max_concurrency: Most requests in flight at once per worker process.
-      Defaults to 4.
-    max_retries: Most retries per request after its first attempt; only 429,
-      408, 5xx, dropped connections and timeouts are retried. Defaults to 5.
-    timeout_secs: Longest wait for one answer. Defaults to 60.
-    deadline_secs: Most time one request may take, retries and waits
-      included. Defaults to 600.
-    initial_backoff_secs: Backoff before the first retry; it doubles with
-      each retry (with jitter), and is at least the service's Retry-After.
-      Defaults to 1.
-    max_backoff_secs: Longest backoff between two attempts. Defaults to 60."""
 
 
-def documented(cls):
-  cls.__doc__ = cls.__doc__.rstrip() + POLICY_ARGS_DOC + '\n'
-  return cls
+@dataclasses.dataclass(frozen=True)
+class Embeddings:
+  """What `send` returns: one vector per text, and the tokens the service
+  counted for the request if it says (for `tokens_per_minute`)."""
+  vectors: List[List[float]]
+  tokens: Optional[int] = None
 
 
 class RemoteUnavailable(ServiceOutage):
@@ -67,12 +65,14 @@ class _Remote:
   client: Any
   caller: remote.RemoteCaller
   redactor: Redactor
+  cache: Optional[ResponseCache]  # None with `cache: false`.
 
 
 class RemoteEmbedder(EmbeddingHandler):
-  def __init__(self, batching, texts_per_request: int, policy: remote.RemotePolicy):
-    for key, problem in policy.problems():
-      _config.fail(_OWNER, f'model_handler.config.{key}', problem)
+  def __init__(self, batching, texts_per_request: int, policy: Mapping[str, Any]):
+    # The remote-call options and their defaults are GenerateText's
+    # (`@remote.with_policy` on each backend): declared once.
+    self.policy = remote.RemotePolicy.from_options(_OWNER, policy)
     if texts_per_request < 1:
       _config.fail(_OWNER, 'model_handler.config.texts_per_request',
                    'must be at least 1')
@@ -81,19 +81,26 @@ class RemoteEmbedder(EmbeddingHandler):
       if batching.pop(key, None):
         _config.fail(_OWNER, key, f'is for models on the worker; the '
                      f'{self.backend} backend shares one client per process')
-    # Enough texts per batch to keep every concurrent request busy.
-    batching.setdefault('max_batch_size', texts_per_request * policy.max_concurrency)
+    # Enough texts per batch to keep the requests the limit starts with busy.
+    batching.setdefault('max_batch_size', texts_per_request * min(
+        self.policy.max_concurrency, remote_limits.INITIAL_LIMIT))
     super().__init__(batching)
-    self.policy = policy
     self._per_request = texts_per_request
+    # Embeddings are deterministic: cached unless `cache: false`.
+    self._cache_on = self.policy.cache is not False
     self.stats = {'requests': 0, 'retries': 0, 'responses_429': 0}
 
   # -- to implement -------------------------------------------------------
   def connect(self, redactor: Redactor) -> Any:
     raise NotImplementedError
 
-  def send(self, client, texts: List[str], timeout_secs: float) -> List[List[float]]:
+  def send(self, client, texts: List[str], timeout_secs: float) -> Embeddings:
     raise NotImplementedError
+
+  def identity(self) -> tuple:
+    """What makes the same text give the same vector (service, model,
+    options): part of each response cache key."""
+    return (self.backend, self.describe())
 
   def classify(self, exn: BaseException) -> remote.Failure:
     raise NotImplementedError
@@ -107,23 +114,65 @@ class RemoteEmbedder(EmbeddingHandler):
       raise RemoteUnavailable(redactor.redact(
           f'{_OWNER} [{self.describe()}]: cannot set up the client: '
           f'{type(exn).__name__}: {exn}')) from None
-    return _Remote(client, remote.RemoteCaller(self.policy), redactor)
+    return _Remote(
+        client,
+        remote.RemoteCaller(self.policy, usage=lambda answer: answer.tokens),
+        redactor,
+        ResponseCache(self.policy.cache_dir) if self._cache_on else None)
 
   def embed(self, loaded, texts: List[str]) -> list:
-    groups = [list(range(i, min(i + self._per_request, len(texts))))
-              for i in range(0, len(texts), self._per_request)]
     results: list = [None] * len(texts)
+    if loaded.cache is None:
+      self._embed_uncached(loaded, texts, list(range(len(texts))), results)
+      return results
+    # Each distinct text is claimed once: hits come from memory or
+    # cache_dir, the rest is sent, and repeats wait for their first.
+    keys = [cache_key('embedding', *self.identity(), t) for t in texts]
+    owned, waiting = {}, []
+    for i, key in enumerate(keys):
+      value, future, owner = loaded.cache.claim(key)
+      if future is None:
+        results[i] = value
+      elif owner:
+        kept = loaded.cache.read(key)
+        if kept is not None:
+          loaded.cache.settle(key, future, kept, True)
+          results[i] = kept
+        else:
+          owned[i] = future
+      else:
+        waiting.append((i, future))
+    try:
+      self._embed_uncached(loaded, texts, list(owned), results)
+    finally:  # Settled even on an outage, so that no repeat waits forever.
+      for i, future in owned.items():
+        ok = isinstance(results[i], list)
+        if ok:
+          loaded.cache.write(keys[i], results[i])
+        loaded.cache.settle(keys[i], future, results[i], ok)
+    for i, future in waiting:
+      value, ok = future.result()
+      results[i] = value if ok else (
+          value if isinstance(value, EmbeddingFailure) else
+          EmbeddingFailure('the same text failed in this batch', 'embedding'))
+    return results
+
+  def _embed_uncached(self, loaded, texts, todo: List[int], results: list):
+    """Fills results[i] for i in todo, `texts_per_request` per request."""
+    groups = [todo[i:i + self._per_request]
+              for i in range(0, len(todo), self._per_request)]
     while groups:
       outcomes = self._send_all(loaded, [[texts[i] for i in g] for g in groups])
       retry = []
       for group, out in zip(groups, outcomes):
         failure = out.failure
-        if failure is None and len(out.value) != len(group):
+        vectors = out.value.vectors if failure is None else None
+        if failure is None and len(vectors) != len(group):
           failure = remote.Failure(
               remote.BAD_RESPONSE,
-              f'{len(out.value)} vectors for {len(group)} texts')
+              f'{len(vectors)} vectors for {len(group)} texts')
         if failure is None:
-          for i, vector in zip(group, out.value):
+          for i, vector in zip(group, vectors):
             results[i] = [float(x) for x in vector]
         elif failure.error_type in _SPLIT and len(group) > 1:
           retry += [[i] for i in group]  # Find the text the service rejects.
@@ -137,7 +186,6 @@ class RemoteEmbedder(EmbeddingHandler):
                 loaded.redactor.redact(f'{self.backend}: {failure.msg}'),
                 failure.error_type)
       groups = retry
-    return results
 
   def _send_all(self, loaded, batches: List[List[str]]) -> list:
     client, caller = loaded.client, loaded.caller

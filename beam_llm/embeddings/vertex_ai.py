@@ -4,11 +4,11 @@ google-cloud-aiplatform client (REST), imported on the worker only."""
 from typing import List, Optional
 
 from beam_llm import remote
+from beam_llm.embeddings.remote import Embeddings
 from beam_llm.embeddings.remote import RemoteEmbedder
-from beam_llm.embeddings.remote import documented
 
 
-@documented
+@remote.with_policy
 class VertexAIEmbedder(RemoteEmbedder):
   """`model_handler: {type: VertexAI, config: {...}}`.
 
@@ -27,6 +27,7 @@ class VertexAIEmbedder(RemoteEmbedder):
     api_endpoint: Another API host (e.g. a regional or private endpoint, or
       `http://127.0.0.1:PORT` for a local test server, which is called
       without credentials). Defaults to `<location>-aiplatform.googleapis.com`.
+    texts_per_request: Most texts sent in one request. Defaults to 32.
   """
   backend = 'VertexAI'
 
@@ -40,20 +41,9 @@ class VertexAIEmbedder(RemoteEmbedder):
       dimensions: Optional[int] = None,
       api_endpoint: Optional[str] = None,
       texts_per_request: int = 32,
-      max_concurrency: int = 4,
-      max_retries: int = 5,
-      timeout_secs: float = 60.0,
-      deadline_secs: float = 600.0,
-      initial_backoff_secs: float = 1.0,
-      max_backoff_secs: float = 60.0,
-      batching: Optional[dict] = None):
-    super().__init__(
-        batching or {}, texts_per_request,
-        remote.RemotePolicy(
-            max_concurrency=max_concurrency, max_retries=max_retries,
-            timeout_secs=timeout_secs, deadline_secs=deadline_secs,
-            initial_backoff_secs=initial_backoff_secs,
-            max_backoff_secs=max_backoff_secs))
+      batching: Optional[dict] = None,
+      **policy):
+    super().__init__(batching or {}, texts_per_request, policy)
     self._model = model
     self._project = project
     self._location = location
@@ -63,6 +53,10 @@ class VertexAIEmbedder(RemoteEmbedder):
 
   def describe(self) -> str:
     return f'VertexAI {self._model} ({self._location})'
+
+  def identity(self) -> tuple:
+    return (self.backend, self._api_endpoint, self._project, self._location,
+            self._model, self._task_type, self._dimensions)
 
   def connect(self, redactor):
     from google.api_core.client_options import ClientOptions
@@ -101,14 +95,16 @@ class VertexAIEmbedder(RemoteEmbedder):
         endpoint=name, instances=instances, parameters=parameters,
         timeout=timeout_secs)
     answer = json_format.MessageToDict(response._pb)  # pylint: disable=protected-access
-    vectors = []
+    vectors, tokens = [], 0
     for prediction in answer.get('predictions') or []:
-      values = (prediction.get('embeddings') or {}).get('values') if isinstance(
-          prediction, dict) else None
+      embeddings = (prediction.get('embeddings') or {}) if isinstance(
+          prediction, dict) else {}
+      values = embeddings.get('values')
       if not isinstance(values, list):
         raise remote.BadResponse('a prediction has no embeddings.values')
       vectors.append(values)
-    return vectors
+      tokens += int((embeddings.get('statistics') or {}).get('token_count') or 0)
+    return Embeddings(vectors, tokens or None)
 
   def classify(self, exn: BaseException) -> remote.Failure:
     from google.api_core import exceptions
