@@ -35,6 +35,7 @@ TRANSFORMS = {
     'Classify': 'beam_llm.transforms.semantic.classify',
     'Extract': 'beam_llm.transforms.semantic.extract',
     'SemanticFilter': 'beam_llm.transforms.semantic.semantic_filter',
+    'SemanticMap': 'beam_llm.transforms.semantic.semantic_map',
     'SummarizePerKey': 'beam_llm.transforms.semantic.summarize',
 }
 

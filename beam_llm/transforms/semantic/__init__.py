@@ -1,2 +1,2 @@
 """Semantic operators: one-step LLM tasks (Classify, Extract, SemanticFilter,
-SummarizePerKey) built from RenderPrompt, GenerateText and ParseJSON."""
+SemanticMap, SummarizePerKey) built from RenderPrompt, GenerateText and ParseJSON."""
