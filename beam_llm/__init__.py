@@ -36,6 +36,7 @@ TRANSFORMS = {
     'Extract': 'beam_llm.transforms.semantic.extract',
     'SemanticFilter': 'beam_llm.transforms.semantic.semantic_filter',
     'SemanticMap': 'beam_llm.transforms.semantic.semantic_map',
+    'SemanticJoin': 'beam_llm.transforms.semantic.semantic_join',
     'SummarizePerKey': 'beam_llm.transforms.semantic.summarize',
 }
 

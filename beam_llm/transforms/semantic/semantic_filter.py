@@ -48,6 +48,8 @@ class SemanticFilter(_base.SemanticOperator):
       ParseJSON type such as `schema` or `invalid_json` for an answer that
       is not a decision, `truncated`, `empty`).
   """
+  owner = _OWNER  # Who messages and metrics name (SemanticJoin reuses it).
+
   def __init__(
       self,
       condition: str,
@@ -64,7 +66,7 @@ class SemanticFilter(_base.SemanticOperator):
     options = {k: v for k, v in locals().items()
                if k not in ('self', '__class__', 'generate_options')}
     if not condition.strip():
-      _config.fail(_OWNER, 'condition', 'is empty')
+      _config.fail(self.owner, 'condition', 'is empty')
     properties = {'holds': {'type': 'boolean'}}
     form = '{"holds": true or false}'
     if reason_output:
@@ -79,13 +81,13 @@ class SemanticFilter(_base.SemanticOperator):
         'required': list(properties),
         'additionalProperties': False
     }
-    source = _base.content_source(_OWNER, field, template, template_file)
+    source = _base.content_source(self.owner, field, template, template_file)
     user = _base.literal(
         'Decide whether this condition holds for the text below.\n\n'
         f'Condition: {condition.strip()}\n\n') + source + _base.literal(
             f'\n\nAnswer with JSON only, in this form: {form}')
     self._build(
-        _OWNER, {**options, **generate_options},
+        self.owner, {**options, **generate_options},
         _base.prompt_messages(
             'You judge texts carefully. You answer with JSON only.', user, chat),
         schema, _Decision(reason_output), prompt_output, error_handling, keep_fields)

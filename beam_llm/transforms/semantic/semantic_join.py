@@ -1,0 +1,226 @@
+"""SemanticJoin: pairs of rows from two inputs for which a plain-language
+condition holds, with blocking so that the model sees candidate pairs only."""
+from typing import Any, Mapping, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.typehints import row_type
+
+from beam_llm import _config
+from beam_llm import _rows
+from beam_llm.transforms.semantic import _base
+from beam_llm.transforms.semantic import _options
+from beam_llm.transforms.semantic.semantic_filter import SemanticFilter
+
+_OWNER = 'SemanticJoin'
+_NAMESPACE = 'beam_llm.SemanticJoin'
+_VECTOR = 'beam_llm_vector'
+
+
+@_options.inherits_generate_options
+class SemanticJoin(beam.PTransform):
+  """Joins two inputs on a condition in plain language.
+
+  Give the inputs as `input: {left: A, right: B}`. Every candidate pair (a
+  left row and a right row) is shown to the model with the condition
+  (`The chat is about this product.`); pairs for which it holds come out as
+  one row holding both rows' fields, prefixed (`left_`, `right_`). A naive
+  join asks the model n x m times, so candidates are cut first (blocking):
+
+  - `block_by: {left: field, right: field}`: only pairs whose two fields are
+    equal (a join key the data has, e.g. a category);
+  - `embedding_model_handler` (EmbedText's backends): each left row is
+    paired with its `block_top_k` nearest right rows, by the cosine
+    similarity of `left_text` and `right_text` embeddings (the right input
+    is held in memory on each worker);
+  - neither: every pair, which needs `max_model_calls`; the run fails
+    before asking the model if there are more candidate pairs than that.
+
+  The metric `candidate_pairs` (namespace `beam_llm.SemanticJoin`) counts
+  the pairs, each one question to the model; `output_rows` the pairs that
+  hold and `dropped_rows` those that do not.
+
+  Args:
+    condition: The condition, in plain language, that a joined pair meets.
+    left_fields: Left fields shown to the model. Defaults to all of them.
+    right_fields: Right fields shown to the model. Defaults to all of them.
+    block_by: `{left: <field>, right: <field>}`: pair only rows whose two
+      fields are equal.
+    embedding_model_handler: An EmbedText backend (`{type, config}`) to
+      pair each left row with its nearest right rows.
+    left_text: Left field embedded for `embedding_model_handler`.
+    right_text: Right field embedded for `embedding_model_handler`.
+    block_top_k: Right rows paired with each left row by embeddings.
+      Defaults to 5.
+    max_model_calls: Most candidate pairs the model may be asked about; the
+      run fails before any model call when there are more. Required when
+      there is no blocking.
+    left_prefix: Prefix of the left fields in the output. Defaults to
+      `left_`.
+    right_prefix: Prefix of the right fields in the output. Defaults to
+      `right_`.
+    reason_output: If set, the model first gives a short reason, kept in a
+      field of that name.
+    chat: Send the prompt as system + user chat messages. Defaults to true.
+    prompt_output: If set, the rendered prompt is kept in a field of that
+      name.
+    error_handling: `{output: <name>}` sends pairs the model could not
+      decide to that output as error rows (`element` is the pair).
+  """
+  def __init__(
+      self,
+      condition: str,
+      left_fields: Optional[Sequence[str]] = None,
+      right_fields: Optional[Sequence[str]] = None,
+      block_by: Optional[Mapping[str, str]] = None,
+      embedding_model_handler: Optional[Mapping[str, Any]] = None,
+      left_text: Optional[str] = None,
+      right_text: Optional[str] = None,
+      block_top_k: int = 5,
+      max_model_calls: Optional[int] = None,
+      left_prefix: str = 'left_',
+      right_prefix: str = 'right_',
+      reason_output: Optional[str] = None,
+      chat: bool = True,
+      prompt_output: Optional[str] = None,
+      error_handling: Optional[Mapping[str, Any]] = None,
+      **generate_options):
+    super().__init__()
+    if not condition.strip():
+      _config.fail(_OWNER, 'condition', 'is empty')
+    if block_by is not None and embedding_model_handler is not None:
+      _config.fail(_OWNER, 'block_by',
+                   'and embedding_model_handler are alternatives: give one')
+    if block_by is not None and set(block_by) != {'left', 'right'}:
+      _config.fail(_OWNER, 'block_by',
+                   f'must be {{left: <field>, right: <field>}}, got {block_by!r}')
+    if embedding_model_handler is not None and not (left_text and right_text):
+      _config.fail(_OWNER, 'left_text',
+                   'and right_text name the fields to embed: give both with '
+                   'embedding_model_handler')
+    if block_by is None and embedding_model_handler is None and not max_model_calls:
+      _config.fail(
+          _OWNER, 'max_model_calls',
+          'is required without blocking (every left row is compared with every '
+          'right row: n x m model calls): give block_by or '
+          'embedding_model_handler, or a max_model_calls the run may not pass')
+    if block_top_k < 1:
+      _config.fail(_OWNER, 'block_top_k', f'must be at least 1, got {block_top_k}')
+    if left_prefix == right_prefix:
+      _config.fail(_OWNER, 'left_prefix', 'must differ from right_prefix')
+    self._condition = condition.strip()
+    self._shown = {'left': left_fields, 'right': right_fields}
+    self._block_by = block_by
+    self._embed = None
+    if embedding_model_handler is not None:
+      from beam_llm.transforms.embed_text import EmbedText
+      self._embed = {side: EmbedText(model_handler=embedding_model_handler,
+                                     text=field, output=_VECTOR)
+                     for side, field in (('left', left_text),
+                                         ('right', right_text))}
+    self._top_k = block_top_k
+    self._max_calls = max_model_calls
+    self._prefix = {'left': left_prefix, 'right': right_prefix}
+    self._filter_options = dict(
+        reason_output=reason_output, chat=chat, prompt_output=prompt_output,
+        error_handling=error_handling, **generate_options)
+    # Checked now, with a stand-in text: a misspelt option fails at build.
+    _PairJudge(condition=self._condition, template='{{ x }}',
+               **self._filter_options)
+
+  def expand(self, inputs):
+    if not isinstance(inputs, dict) or set(inputs) != {'left', 'right'}:
+      _config.fail(_OWNER, 'input',
+                   'must name two inputs: `input: {left: A, right: B}`')
+    fields = {}
+    for side in ('left', 'right'):
+      fields[side] = _rows.input_fields(inputs[side])
+      if fields[side] is None:
+        _config.fail(_OWNER, 'input', f'{side} has no schema (rows with '
+                     'named fields are needed)')
+      for name in self._shown[side] or []:
+        _rows.require_field(_OWNER, f'{side}_fields', name, fields[side])
+      if self._block_by:
+        _rows.require_field(_OWNER, 'block_by', self._block_by[side], fields[side])
+    pair_fields = [(self._prefix[s] + n, t) for s in ('left', 'right')
+                   for n, t in fields[s]]
+    pair_type = row_type.RowTypeConstraint.from_fields(pair_fields)
+    pairs = self._candidates(inputs, pair_type)
+    if self._max_calls:
+      count = pairs | 'CountCandidates' >> beam.combiners.Count.Globally()
+      pairs = pairs | 'Cap' >> beam.Map(
+          _within_cap, beam.pvalue.AsSingleton(count),
+          self._max_calls).with_output_types(pair_type)
+    pairs = pairs | 'CountPairs' >> beam.Map(_counted).with_output_types(pair_type)
+    shown = {s: self._shown[s] or [n for n, _ in fields[s]]
+             for s in ('left', 'right')}
+    template = ''.join(
+        f'{title}:\n' + ''.join(
+            f'- {n}: {{{{ {self._prefix[s] + n} }}}}\n' for n in shown[s])
+        for s, title in (('left', 'First row'), ('right', 'Second row')))
+    judge = _PairJudge(condition=self._condition, template=template,
+                       **self._filter_options)
+    return pairs | 'Judge' >> judge
+
+  def _candidates(self, inputs, pair_type):
+    prefix = self._prefix
+    if self._block_by:
+      keyed = {
+          side: inputs[side] | f'Key{side}' >> beam.Map(
+              lambda row, f=self._block_by[side]: (getattr(row, f), row))
+          for side in ('left', 'right')}
+      return (keyed | 'Block' >> beam.CoGroupByKey()
+              | 'Pairs' >> beam.FlatMap(
+                  lambda kv: (_pair(l, r, prefix) for l in kv[1]['left']
+                              for r in kv[1]['right'] if kv[0] is not None)
+              ).with_output_types(pair_type))
+    if self._embed:
+      vectors = {side: inputs[side] | f'Embed{side}' >> self._embed[side]
+                 for side in ('left', 'right')}
+      return vectors['left'] | 'Nearest' >> beam.FlatMap(
+          _nearest, beam.pvalue.AsList(vectors['right']), self._top_k,
+          prefix).with_output_types(pair_type)
+    return inputs['left'] | 'AllPairs' >> beam.FlatMap(
+        lambda l, rights: (_pair(l, r, prefix) for r in rights),
+        beam.pvalue.AsList(inputs['right'])).with_output_types(pair_type)
+
+
+class _PairJudge(SemanticFilter):
+  """SemanticFilter over candidate pairs, under SemanticJoin's name."""
+  owner = _OWNER
+
+
+def _pair(left, right, prefix):
+  values = {}
+  for side, row in (('left', left), ('right', right)):
+    for name, value in _rows.as_dict(row).items():
+      if name != _VECTOR:
+        values[prefix[side] + name] = value
+  return beam.Row(**values)
+
+
+def _nearest(left, rights, k, prefix):
+  import numpy as np
+  if not rights:
+    return
+  matrix = np.asarray([getattr(r, _VECTOR) for r in rights], dtype=np.float32)
+  matrix /= np.linalg.norm(matrix, axis=1, keepdims=True) + 1e-12
+  query = np.asarray(getattr(left, _VECTOR), dtype=np.float32)
+  scores = matrix @ (query / (np.linalg.norm(query) + 1e-12))
+  for i in np.argsort(-scores)[:k]:
+    yield _pair(left, rights[int(i)], prefix)
+
+
+def _within_cap(pair, count, cap):
+  if count > cap:
+    raise RuntimeError(
+        f'{_OWNER}: {count} candidate pairs, more than max_model_calls '
+        f'({cap}); add blocking (block_by, embedding_model_handler) or raise '
+        'max_model_calls')
+  return pair
+
+
+def _counted(pair):
+  # Each candidate pair is one question to the model (GenerateText's `rows`).
+  Metrics.counter(_NAMESPACE, 'candidate_pairs').inc()
+  return pair

@@ -1,0 +1,124 @@
+"""SemanticJoin on the OpenAI-compatible fake server (the real `openai`
+client): blocking decides which pairs the model sees; only pairs that hold
+come out; a join without blocking stops at max_model_calls."""
+import json
+import re
+import uuid
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_llm import SemanticJoin
+from beam_llm.testing.fake_embedding_server import FakeEmbeddingServer
+from tests.beam_helpers import _SINKS, _metrics, _record
+from tests.test_semantic_operators import openai
+
+CHATS = [{'chat_id': 1, 'category': 'food', 'text': 'my pizza was cold'},
+         {'chat_id': 2, 'category': 'food', 'text': 'the fries were great'},
+         {'chat_id': 3, 'category': 'app', 'text': 'the app crashes'}]
+PRODUCTS = [{'sku': 'P1', 'category': 'food', 'name': 'pizza'},
+            {'sku': 'F1', 'category': 'food', 'name': 'fries'},
+            {'sku': 'A1', 'category': 'app', 'name': 'mobile app'},
+            {'sku': 'X1', 'category': None, 'name': 'gift card'}]
+
+
+def about_product(prompt):
+  """The fake model: the chat mentions the product's name."""
+  text = re.search(r'- text: (.*)\n', prompt).group(1)
+  name = re.search(r'- name: (.*)\n', prompt).group(1)
+  return json.dumps({'holds': name.split()[-1] in text})
+
+
+def run_join(join):
+  key = str(uuid.uuid4())
+  p = beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner']))
+  left = p | 'L' >> beam.Create([beam.Row(**c) for c in CHATS])
+  right = p | 'R' >> beam.Create([beam.Row(**x) for x in PRODUCTS])
+  out = {'left': left, 'right': right} | join
+  out = out if isinstance(out, dict) else {'good': out}
+  _ = out['good'] | beam.Map(lambda r: _record(key, r._asdict()))
+  result = p.run()
+  result.wait_until_finish()
+  return _SINKS.pop(key, []), _metrics(result)
+
+
+def test_block_by_a_key_asks_only_about_pairs_that_share_it(llm_server):
+  server = llm_server(reply=about_product)
+  rows, metrics = run_join(SemanticJoin(
+      condition='The chat is about this product.',
+      left_fields=['text'], right_fields=['name'],
+      block_by={'left': 'category', 'right': 'category'},
+      model_handler=openai(server)))
+  assert sorted((r['left_chat_id'], r['right_sku']) for r in rows) == [
+      (1, 'P1'), (2, 'F1'), (3, 'A1')]
+  # 2 food chats x 2 food products + 1 app x 1 app; none with the gift card.
+  assert metrics['candidate_pairs'] == 5 == len(server.log)
+  assert set(rows[0]) == {'left_chat_id', 'left_category', 'left_text',
+                          'right_sku', 'right_category', 'right_name'}
+
+
+def test_embedding_blocking_keeps_the_nearest_right_rows(llm_server):
+  server = llm_server(reply=about_product)
+  embeddings = FakeEmbeddingServer().start()
+  try:
+    rows, metrics = run_join(SemanticJoin(
+        condition='The chat is about this product.',
+        embedding_model_handler={'type': 'OpenAICompatible', 'config': {
+            'model': 'e', 'base_url': embeddings.url + '/v1'}},
+        left_text='text', right_text='name', block_top_k=2,
+        model_handler=openai(server)))
+  finally:
+    embeddings.stop()
+  assert metrics['candidate_pairs'] == 3 * 2 == len(server.log)
+  asked = {(re.search(r'- text: (.*)\n', r.prompt).group(1),
+            re.search(r'- name: (.*)\n', r.prompt).group(1)) for r in server.log}
+  assert len(asked) == 6
+  assert all(about_product(f'- text: {t}\n- name: {n}\n') == '{"holds": true}'
+             for t, n in {(r['left_text'], r['right_name']) for r in rows})
+
+
+def test_without_blocking_the_cap_is_required_and_enforced(llm_server):
+  server = llm_server(reply=about_product)
+  with pytest.raises(ValueError, match="'max_model_calls' is required without blocking"):
+    SemanticJoin(condition='x', model_handler=openai(server))
+  with pytest.raises(Exception, match='12 candidate pairs, more than max_model_calls'):
+    run_join(SemanticJoin(condition='The chat is about this product.',
+                          max_model_calls=10, model_handler=openai(server)))
+  assert server.log == []  # Stopped before asking anything.
+  rows, metrics = run_join(SemanticJoin(
+      condition='The chat is about this product.', max_model_calls=12,
+      model_handler=openai(server)))
+  assert metrics['candidate_pairs'] == 12
+  assert sorted((r['left_chat_id'], r['right_sku']) for r in rows) == [
+      (1, 'P1'), (2, 'F1'), (3, 'A1')]
+
+
+def test_through_beam_yaml_with_two_named_inputs(llm_server, tmp_path):
+  import yaml
+  from tests.conftest import read_json_lines, run_yaml
+  server = llm_server(reply=about_product)
+  for name, rows in (('chats', CHATS), ('products', PRODUCTS[:3])):
+    (tmp_path / f'{name}.jsonl').write_text(
+        ''.join(json.dumps(r) + '\n' for r in rows))
+  spec = {'pipeline': {'transforms': [
+      {'type': 'ReadFromJson', 'name': 'Chats',
+       'config': {'path': str(tmp_path / 'chats.jsonl')}},
+      {'type': 'ReadFromJson', 'name': 'Products',
+       'config': {'path': str(tmp_path / 'products.jsonl')}},
+      {'type': 'SemanticJoin', 'input': {'left': 'Chats', 'right': 'Products'},
+       'config': {'condition': 'The chat is about this product.',
+                  'block_by': {'left': 'category', 'right': 'category'},
+                  'left_fields': ['text'], 'right_fields': ['name'],
+                  'model_handler': openai(server)}},
+      {'type': 'WriteToJson', 'input': 'SemanticJoin',
+       'config': {'path': str(tmp_path / 'joined')}},
+  ]}, 'providers': [{'type': 'python', 'config': {}, 'transforms': {
+      'SemanticJoin': 'beam_llm.SemanticJoin'}}]}
+  path = tmp_path / 'join.yaml'
+  path.write_text(yaml.safe_dump(spec, sort_keys=False))
+  result = run_yaml(str(path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = read_json_lines(str(tmp_path / 'joined'))
+  assert sorted((r['left_chat_id'], r['right_sku']) for r in rows) == [
+      (1, 'P1'), (2, 'F1'), (3, 'A1')]
