@@ -125,7 +125,9 @@ def started_pids(state):
 def test_a_server_that_dies_mid_run_is_restarted_and_no_row_is_lost(
     fake_vllm, chats, tmp_path):
   python, state = fake_vllm
-  many = [dict(c, chat_id=i) for i, c in enumerate(chats * 5)]  # 100 chats.
+  # 100 chats, each prompt its own (identical prompts are sent once).
+  many = [dict(c, chat_id=i, history=f'{c["history"]}\n(ticket {i})')
+          for i, c in enumerate(chats * 5)]
   chats_file = tmp_path / 'chats.jsonl'
   chats_file.write_text(''.join(json.dumps(c) + '\n' for c in many))
   result, _ = run_chat_sentiment(
