@@ -81,9 +81,8 @@ def alive(pid):
     return False
 
 
-def run_chat_sentiment(tmp_path, vllm, chats_file=None, env=None):
-  variables = {'output': str(tmp_path / 'out'), 'vllm': vllm,
-               'max_new_tokens': 96}
+def run_chat_sentiment(tmp_path, vllm, chats_file=None, env=None, **more):
+  variables = {'output': str(tmp_path / 'out'), 'vllm': vllm, **more}
   if chats_file:
     variables['input'] = chats_file
   started = time.monotonic()
@@ -95,7 +94,10 @@ def test_chat_sentiment_on_a_real_vllm_server(
     vllm_python, vllm_model, chats, tmp_path):
   result, secs = run_chat_sentiment(tmp_path, {
       'model': vllm_model, 'python': vllm_python, 'dtype': 'bfloat16',
-      'max_model_len': 2048, 'server_args': {'enforce-eager': None}})
+      'max_model_len': 2048, 'server_args': {'enforce-eager': None}},
+      # A random model writes summaries up to the schema's 512 characters
+      # (a token can be one character): room for all of them.
+      max_new_tokens=640)
   assert result.returncode == 0, result.stderr[-5000:]
   rows = read_json_lines(str(tmp_path / 'out'))
   errors = read_json_lines(str(tmp_path / 'out') + '-errors')
