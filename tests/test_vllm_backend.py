@@ -149,6 +149,20 @@ def test_a_server_that_dies_mid_run_is_restarted_and_no_row_is_lost(
   assert not any(alive(pid) for pair in starts for pid in pair)
 
 
+def test_the_worker_processes_of_a_machine_share_one_server(fake_vllm, tmp_path):
+  python, state = fake_vllm
+  result = run_yaml(
+      PIPELINE, '--direct_num_workers=2', '--direct_running_mode=multi_processing',
+      jinja_variables={'output': str(tmp_path / 'out'),
+                       'vllm': {'model': 'fake-model', 'python': python}},
+      env={'FAKE_VLLM_STATE_DIR': state})
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert len(started_pids(state)) == 1
+  # The second process reached the first one's server through its proxy.
+  assert 'Connecting to remote proxy' in result.stderr
+  assert not any(alive(pid) for pair in started_pids(state) for pid in pair)
+
+
 def test_a_server_that_never_becomes_healthy_fails_the_run_in_time(
     fake_vllm, tmp_path):
   python, state = fake_vllm

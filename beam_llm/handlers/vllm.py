@@ -199,8 +199,13 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
     let go stops it."""
     if self._shared is not None:
       server, self._server = self._server, None
-      self._shared.release(server)
-      self._shared = None
+      shared, self._shared = self._shared, None
+      try:
+        shared.release(server)
+      except (ConnectionError, EOFError):
+        # The process that hosted the server has exited, and stopped the
+        # server on its way out: nothing is left to let go of.
+        pass
 
   def send(self, client, request: dict, timeout_secs: float):
     try:
