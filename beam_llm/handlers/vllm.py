@@ -78,8 +78,9 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
     api: `chat` (chat template applied by the server) or `completions`.
       Defaults to chat.
     structured_output: How `response_schema` is sent (as for
-      OpenAICompatible): `auto` (json_schema, then guided_json if refused),
-      `json_schema`, `guided_json` or `none`. Defaults to auto.
+      OpenAICompatible): `auto` (json_schema, and the next form if the
+      server refuses one), `json_schema`, `guided_json` (vLLM's older body
+      field) or `none`. Defaults to auto.
   """
   backend = 'VLLM'
 
