@@ -90,6 +90,8 @@ def run_chat_sentiment(tmp_path, vllm, chats_file=None, env=None, **more):
   return result, time.monotonic() - started
 
 
+# On a new machine the vLLM venv is built first (a few minutes of pip).
+@pytest.mark.timeout(1800)
 def test_chat_sentiment_on_a_real_vllm_server(
     vllm_python, vllm_model, chats, tmp_path):
   result, secs = run_chat_sentiment(tmp_path, {
