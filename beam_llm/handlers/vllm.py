@@ -79,8 +79,9 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
       Defaults to chat.
     structured_output: How `response_schema` is sent (as for
       OpenAICompatible): `auto` (json_schema, and the next form if the
-      server refuses one), `json_schema`, `guided_json` (vLLM's older body
-      field) or `none`. Defaults to auto.
+      server refuses one), `json_schema`, `guided_json` (older vLLM
+      releases' body field: vLLM 0.32 ignores it without an error, so its
+      answers are unconstrained) or `none`. Defaults to auto.
   """
   backend = 'VLLM'
 
