@@ -121,9 +121,30 @@ def fake_vllm(tmp_path):
   return fake_vllm_python(str(tmp_path / 'fake-vllm')), str(tmp_path / 'state')
 
 
-def started_pids(state):
+def starts_of(state):
+  """What the stand-in recorded of each start (fake_vllm_server.py)."""
   with open(os.path.join(state, 'starts')) as f:
-    return [[int(pid) for pid in line.split()] for line in f]
+    return [json.loads(line) for line in f]
+
+
+def started_pids(state):
+  return [[start['pid'], start['engine_pid']] for start in starts_of(state)]
+
+
+def check_command_line(start):
+  """The server got the options (as test_a_server_that_dies... sets them)
+  and beam-llm's defaults."""
+  argv = start['argv']
+  assert argv[:4] == ['--model', 'fake-model', '--host', '127.0.0.1']
+  assert argv[argv.index('--structured-outputs-config') + 1] == (
+      '{"backend": "guidance", "disable_any_whitespace": true}')
+  for flag, value in (('--dtype', 'bfloat16'), ('--max-model-len', '1024'),
+                      ('--gpu-memory-utilization', '0.5'),
+                      ('--tensor-parallel-size', '1'), ('--revision', 'main'),
+                      ('--max-num-seqs', '8')):
+    assert argv[argv.index(flag) + 1] == value
+  assert '--enforce-eager' in argv
+  assert start['kv_cache'] == '2'  # Not vLLM's default: most of the memory.
 
 
 def test_a_server_that_dies_mid_run_is_restarted_and_no_row_is_lost(
@@ -135,10 +156,14 @@ def test_a_server_that_dies_mid_run_is_restarted_and_no_row_is_lost(
   chats_file = tmp_path / 'chats.jsonl'
   chats_file.write_text(''.join(json.dumps(c) + '\n' for c in many))
   result, _ = run_chat_sentiment(
-      tmp_path, {'model': 'fake-model', 'python': python},
+      tmp_path, {'model': 'fake-model', 'python': python, 'dtype': 'bfloat16',
+                 'max_model_len': 1024, 'gpu_memory_utilization': 0.5,
+                 'tensor_parallel_size': 1, 'revision': 'main',
+                 'server_args': {'enforce-eager': None, 'max-num-seqs': 8}},
       chats_file=str(chats_file),
       env={'FAKE_VLLM_STATE_DIR': state, 'FAKE_VLLM_DIE_AFTER': '30'})
   assert result.returncode == 0, result.stderr[-5000:]
+  check_command_line(starts_of(state)[0])
   starts = started_pids(state)
   assert len(starts) == 2  # Died once, restarted once.
   assert 'the server died (exit code 17); restarting it' in result.stderr

@@ -7,7 +7,6 @@ sees every row in flight, with no batch barriers.
 """
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from typing import Any, Literal, Mapping, Optional
@@ -138,12 +137,13 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
       if value is not None:
         command.append(json.dumps(value) if isinstance(value, (dict, list))
                        else str(value))
-    kv_cache = cpu_kv_cache_gib or os.environ.get(
-        'VLLM_CPU_KVCACHE_SPACE', _CPU_KV_CACHE_GIB)
+    gib = float(cpu_kv_cache_gib or _CPU_KV_CACHE_GIB)
+    kv_cache = {'VLLM_CPU_KVCACHE_SPACE': f'{gib:g}'}
     self._spec = vllm_server.ServerSpec(
         command=command,
-        # vLLM's own logging setup would take over Beam's worker logging.
-        env={'VLLM_CPU_KVCACHE_SPACE': f'{float(kv_cache):g}'},
+        # Unless set here, the worker's own VLLM_CPU_KVCACHE_SPACE wins.
+        env=kv_cache if cpu_kv_cache_gib else {},
+        env_defaults={} if cpu_kv_cache_gib else kv_cache,
         startup_timeout_secs=startup_timeout_secs, max_restarts=max_restarts,
         description=model)
     self._server = None

@@ -36,6 +36,7 @@ class ServerSpec:
   """How to start the server: plain data, so it pickles to every worker."""
   command: List[str]  # With `{port}` where the port goes.
   env: Dict[str, str]  # Added to the worker's environment.
+  env_defaults: Dict[str, str]  # Added where the worker's has none.
   startup_timeout_secs: float
   max_restarts: int
   description: str  # For messages: the model, never a secret.
@@ -130,7 +131,8 @@ class VLLMServer:
     with open(self._log_path, 'ab') as log:
       self._process = start_tied_to_this_process(
           command, stdout=log, stderr=subprocess.STDOUT,
-          stdin=subprocess.DEVNULL, env={**os.environ, **self._spec.env},
+          stdin=subprocess.DEVNULL,
+          env={**self._spec.env_defaults, **os.environ, **self._spec.env},
           # Its own process group, so stop() reaches vLLM's engine process.
           start_new_session=True)
     self._wait_until_healthy(started)

@@ -19,10 +19,12 @@ What goes wrong is set by environment variables, with FAKE_VLLM_STATE_DIR
 - FAKE_VLLM_NEVER_HEALTHY=1: `/health` answers 503 forever.
 - FAKE_VLLM_LATENCY_SECS=S: each answer takes S seconds (default 0.05).
 
-FAKE_VLLM_STATE_DIR/starts gets one line per start: the server's process
-id and its engine's.
+FAKE_VLLM_STATE_DIR/starts gets one JSON line per start: the server's
+process id (`pid`) and its engine's (`engine_pid`), its arguments (`argv`)
+and the VLLM_CPU_KVCACHE_SPACE it got (`kv_cache`).
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -69,7 +71,10 @@ def main(argv=None):
     starts = os.path.join(state, 'starts')
     first = not os.path.exists(starts)
     with open(starts, 'a') as f:
-      f.write(f'{os.getpid()} {engine.pid}\n')
+      f.write(json.dumps({
+          'pid': os.getpid(), 'engine_pid': engine.pid,
+          'argv': sys.argv[1:],
+          'kv_cache': os.environ.get('VLLM_CPU_KVCACHE_SPACE')}) + '\n')
   die_after = int(os.environ.get('FAKE_VLLM_DIE_AFTER') or 0) if first else 0
   answered = [0]
   lock = threading.Lock()
