@@ -220,14 +220,18 @@ def test_a_worker_killed_outright_takes_its_server_along(fake_vllm, tmp_path):
 def test_a_server_that_never_becomes_healthy_fails_the_run_in_time(
     fake_vllm, tmp_path):
   python, state = fake_vllm
+  # No `python` this time: the worker's own interpreter runs the server,
+  # and finds the stand-in's `vllm` on its path.
+  site = os.path.join(os.path.dirname(python), 'site')
   result, secs = run_chat_sentiment(
-      tmp_path, {'model': 'fake-model', 'python': python,
-                 'startup_timeout_secs': 5},
-      env={'FAKE_VLLM_STATE_DIR': state, 'FAKE_VLLM_NEVER_HEALTHY': '1'})
+      tmp_path, {'model': 'fake-model', 'startup_timeout_secs': 5},
+      env={'FAKE_VLLM_STATE_DIR': state, 'FAKE_VLLM_NEVER_HEALTHY': '1',
+           'PYTHONPATH': site + os.pathsep + os.environ.get('PYTHONPATH', '')})
   assert result.returncode != 0
   assert 'did not become healthy' in result.stderr
   assert 'startup_timeout_secs=5' in result.stderr
   assert secs < 60  # Beam start-up + 5 s, not the default 20 minutes.
+  assert starts_of(state)[0]['argv'][:2] == ['--model', 'fake-model']
   assert not any(alive(pid) for pair in started_pids(state) for pid in pair)
 
 

@@ -129,7 +129,8 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
     args = {'structured-outputs-config': _STRUCTURED_OUTPUTS_CONFIG}
     args.update({k: v for k, v in options.items() if v is not None})
     args.update({k.lstrip('-'): v for k, v in (server_args or {}).items()})
-    command = [python or sys.executable, '-m',
+    # Without `python`, the worker's own interpreter (known only there).
+    command = [python or '{python}', '-m',
                'vllm.entrypoints.openai.api_server', '--model', model,
                '--host', '127.0.0.1', '--port', '{port}']
     for key, value in args.items():

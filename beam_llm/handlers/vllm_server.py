@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -34,7 +35,8 @@ class ServerUnavailable(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class ServerSpec:
   """How to start the server: plain data, so it pickles to every worker."""
-  command: List[str]  # With `{port}` where the port goes.
+  # With `{port}` where the port goes; `{python}` is this interpreter.
+  command: List[str]
   env: Dict[str, str]  # Added to the worker's environment.
   env_defaults: Dict[str, str]  # Added where the worker's has none.
   startup_timeout_secs: float
@@ -122,6 +124,8 @@ class VLLMServer:
           _log_dir(), f'beam-llm-vllm-{os.getpid()}-{self._port}.log')
     command = [arg.replace('{port}', str(self._port))
                for arg in self._spec.command]
+    if command[0] == '{python}':
+      command[0] = sys.executable
     self._starts += 1
     started = time.monotonic()
     _LOG.info('GenerateText [VLLM %s]: starting the server on port %d '
