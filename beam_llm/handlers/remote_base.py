@@ -82,6 +82,10 @@ class RemoteHandler(TextGenerationHandler):
   """Base of the remote GenerateText backends (one request per row)."""
   # GenerateText runs this backend with `flow_dofn()`, not RunInference.
   flows_rows = True
+  # Whether the loaded client is let go (`disconnect`) when the last DoFn of
+  # the process using it tears down. Otherwise it lives as long as the
+  # process, its cache and adaptive limits with it.
+  release_at_teardown = False
 
   def __init__(
       self,
@@ -131,7 +135,8 @@ class RemoteHandler(TextGenerationHandler):
 
   def disconnect(self, client) -> None:
     """Frees what `connect` holds beyond the process's life (a server it
-    started); called when the last DoFn using it tears down."""
+    started); called when the last DoFn using it tears down, in a backend
+    with `release_at_teardown`."""
 
   # -- shared -------------------------------------------------------------
   def load_model(self) -> _Remote:
@@ -164,7 +169,8 @@ class RemoteHandler(TextGenerationHandler):
     """Lets go of a `shared_load`; the last holder disconnects."""
     with _LOADED_LOCK:
       _HOLDERS[self._uid] = _HOLDERS.get(self._uid, 1) - 1
-      if _HOLDERS[self._uid] > 0 or self._uid not in _LOADED:
+      if (_HOLDERS[self._uid] > 0 or self._uid not in _LOADED
+          or not self.release_at_teardown):
         return
       loaded = _LOADED.pop(self._uid)
     self.disconnect(loaded.client)

@@ -83,6 +83,7 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
       answers are unconstrained) or `none`. Defaults to auto.
   """
   backend = 'VLLM'
+  release_at_teardown = True  # The server goes when the workers are done.
 
   def __init__(
       self,
