@@ -16,6 +16,7 @@ BACKENDS = {
         'beam_llm.handlers.openai_compatible:OpenAICompatibleHandler',
     'VertexAI': 'beam_llm.handlers.vertex_ai:VertexAIHandler',
     'Gemini': 'beam_llm.handlers.gemini:GeminiHandler',
+    'VLLM': 'beam_llm.handlers.vllm:VLLMHandler',
 }
 
 # type name -> (the setup.cfg extra that installs it, modules it imports on
@@ -27,6 +28,9 @@ BACKEND_EXTRAS = {
     'OpenAICompatible': ('openai', ('openai', 'httpx')),
     'VertexAI': ('vertex', ('google.cloud.aiplatform',)),
     'Gemini': ('gemini', ('google.genai', 'httpx')),
+    # The client side only: vLLM itself runs in an interpreter of its own
+    # (the backend's `python` option), checked by VLLMHandler.check_at_build.
+    'VLLM': ('vllm', ('openai', 'httpx')),
 }
 
 

@@ -55,8 +55,10 @@ _OWNER = 'GenerateText'
 _FAILURE_LOG_EVERY_SECS = 30.0
 
 # One loaded client (and caller, cache) per handler per worker process,
-# shared by every DoFn instance and thread of the process.
+# shared by every DoFn instance and thread of the process, and how many
+# DoFn instances hold it (the last to tear down lets it go).
 _LOADED = {}
+_HOLDERS = {}
 _LOADED_LOCK = threading.Lock()
 
 
@@ -81,6 +83,10 @@ class RemoteHandler(TextGenerationHandler):
   """Base of the remote GenerateText backends (one request per row)."""
   # GenerateText runs this backend with `flow_dofn()`, not RunInference.
   flows_rows = True
+  # Whether the loaded client is let go (`disconnect`) when the last DoFn of
+  # the process using it tears down. Otherwise it lives as long as the
+  # process, its cache and adaptive limits with it.
+  release_at_teardown = False
 
   def __init__(
       self,
@@ -129,6 +135,11 @@ class RemoteHandler(TextGenerationHandler):
   def classify(self, exn: BaseException) -> Optional[remote.Failure]:
     return remote.generic_failure(exn)
 
+  def disconnect(self, client) -> None:
+    """Frees what `connect` holds beyond the process's life (a server it
+    started); called when the last DoFn using it tears down, in a backend
+    with `release_at_teardown`."""
+
   # -- shared -------------------------------------------------------------
   def load_model(self) -> _Remote:
     redactor = Redactor()
@@ -148,11 +159,23 @@ class RemoteHandler(TextGenerationHandler):
                    redactor)
 
   def shared_load(self) -> _Remote:
-    """This handler's loaded client in this process (loaded once)."""
+    """This handler's loaded client in this process (loaded once); each
+    call holds it until a `shared_release`."""
     with _LOADED_LOCK:
       if self._uid not in _LOADED:
         _LOADED[self._uid] = self.load_model()
+      _HOLDERS[self._uid] = _HOLDERS.get(self._uid, 0) + 1
       return _LOADED[self._uid]
+
+  def shared_release(self) -> None:
+    """Lets go of a `shared_load`; the last holder disconnects."""
+    with _LOADED_LOCK:
+      _HOLDERS[self._uid] = _HOLDERS.get(self._uid, 1) - 1
+      if (_HOLDERS[self._uid] > 0 or self._uid not in _LOADED
+          or not self.release_at_teardown):
+        return
+      loaded = _LOADED.pop(self._uid)
+    self.disconnect(loaded.client)
 
   def flow_dofn(self) -> beam.DoFn:
     return RemoteGenerateDoFn(self)
@@ -314,6 +337,11 @@ class RemoteGenerateDoFn(beam.DoFn):
   def setup(self):
     self._loaded = self._handler.shared_load()
     self._most_pending = max(64, 2 * self._handler.policy.max_concurrency)
+
+  def teardown(self):
+    if getattr(self, '_loaded', None) is not None:  # setup() succeeded.
+      self._loaded = None
+      self._handler.shared_release()
 
   def start_bundle(self):
     self._pending = {}

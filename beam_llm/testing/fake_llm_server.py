@@ -129,6 +129,7 @@ class FakeLLMServer:
     # (see STRUCTURED); a form it does not take is refused its way.
     self.structured = structured
     self.rejected = 0
+    self.healthy = True  # What GET /health answers: 200, or 503 when False.
     self._httpd = _Server(('127.0.0.1', port), _Handler)
     self._httpd.fake = self
     self._httpd.tls = False
@@ -256,6 +257,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
   def do_GET(self):
     path = self.path.split('?')[0]
+    if path == '/health':  # vLLM's readiness check.
+      return self._json(200 if self.fake.healthy else 503, {})
+    if path == '/v1/models':
+      return self._json(200, {'object': 'list', 'data': [
+          {'id': 'fake', 'object': 'model', 'owned_by': 'fake'}]})
     if path == '/_stats':  # For benchmarks that run the server elsewhere.
       fake = self.fake
       with fake._lock:
