@@ -36,9 +36,43 @@ def test_run_is_quiet_accounts_for_every_chat_and_leaves_no_temp_dirs(
   # The failed row is a JSON object with its field names.
   assert errors[0]['element']['chat_id'] == errors[0]['chat_id']
   assert sorted(os.listdir(out)) == ['sentiment-errors-00000-of-00001']
-  # The summary, from the run's metrics: every chat went to errors, cut off.
-  assert f'error rows by reason: truncated {len(chats)}' in result.stdout
-  assert f'model rows: {len(chats)} (0 failed)' in result.stdout
+  # The summary: every chat went to the errors file, cut off.
+  n = len(chats)
+  assert f'rows in: {n}\n' in result.stdout
+  assert f'{out}/sentiment: no rows, no file written' in result.stdout
+  assert (f'wrote {out}/sentiment-errors-00000-of-00001: {n} error rows '
+          f'(truncated {n})') in result.stdout
+  assert f'model: {n} rows (0 failed)' in result.stdout
+
+
+def test_summary_counts_rows_as_written_not_failures_a_step_rescued(
+    tmp_path, chats):
+  """The model answers a bare label, not JSON: ParseJSON fails on every
+  answer and Classify rescues each one. Those are no error rows; the one
+  input line that is not JSON is."""
+  import json
+  from beam_llm.testing.fake_llm_server import FakeLLMServer
+  chats_file = tmp_path / 'chats.jsonl'
+  chats_file.write_text(
+      ''.join(json.dumps(c) + '\n' for c in chats[:3]) + 'not json\n')
+  out = tmp_path / 'out'
+  with FakeLLMServer(reply=lambda prompt: 'unhappy') as server:
+    result = _beam_llm(
+        'run', 'tests/pipelines/classify_rescued.yaml',
+        '--jinja_variables=' + json.dumps({
+            'input': str(chats_file), 'output': str(out),
+            'base_url': server.url + '/v1'}))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert [r['label'] for r in read_json_lines(str(out))] == ['unhappy'] * 3
+  assert [e['error_type'] for e in read_json_lines(f'{out}-errors')] == [
+      'invalid_json']
+  summary = result.stdout[result.stdout.index('beam-llm summary'):]
+  assert 'rows in: 4\n' in summary
+  assert f'wrote {tmp_path}/out-00000-of-00001: 3 rows\n' in summary
+  assert (f'wrote {tmp_path}/out-errors-00000-of-00001: 1 error row '
+          '(invalid_json 1)\n') in summary
+  assert 'Classify: output_rows 3, rescued_answers 3' in summary
+  assert 'failed 3' not in summary and 'invalid_json 4' not in summary
 
 
 def test_run_passes_tests_flag_and_reports_usage():

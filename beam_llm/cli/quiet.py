@@ -11,8 +11,6 @@ import os
 import sys
 import tempfile
 
-import yaml
-
 # Prefixes of messages Beam logs on the root logger.
 IRRELEVANT = (
     # BigQuery IO's optional client, imported by Beam YAML's IO catalogue.
@@ -70,30 +68,6 @@ def _captured_stderr():
       sys.stderr.flush()
       os.dup2(saved, 2)
       os.close(saved)
-
-
-def output_paths(yaml_main, argv) -> list:
-  """The `path` of every Write* transform, from the expanded pipeline."""
-  try:
-    _, _, _, pipeline_yaml = yaml_main._build_pipeline_yaml_from_argv(argv)
-    spec = yaml.safe_load(pipeline_yaml)
-  except Exception:  # pylint: disable=broad-except
-    return []  # The run itself reports a broken file, with Beam's message.
-  paths = []
-
-  def walk(transforms):
-    for t in transforms or []:
-      if not isinstance(t, dict):
-        continue
-      config = t.get('config') or {}
-      if str(t.get('type', '')).startswith('Write') and isinstance(
-          config.get('path'), str):
-        paths.append(config['path'])
-      walk(t.get('transforms'))
-
-  pipeline = (spec or {}).get('pipeline') or {}
-  walk(pipeline.get('transforms') if isinstance(pipeline, dict) else pipeline)
-  return paths
 
 
 def remove_empty_temp_dirs(paths) -> None:
