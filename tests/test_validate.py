@@ -11,7 +11,12 @@ from tests.conftest import ROOT
 PIPELINES = sorted(  # Every bundled pipeline, with its default variables.
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'pipelines', '*.yaml')))
 
+# The leading comment block (Beam strips it before parsing) must not shift
+# the line numbers in the messages.
 BROKEN = textwrap.dedent('''\
+    # A pipeline with one mistake after another,
+    # commented as every bundled pipeline is.
+
     pipeline:
       transforms:
         - type: ReadFromJson
@@ -57,21 +62,21 @@ def test_a_broken_pipeline_gets_one_line_per_problem(tmp_path):
   assert 'Traceback' not in result.stdout + result.stderr
   lines = [l[len(str(path)) + 2:] for l in result.stdout.splitlines()]
   assert lines == [
-      "line 6: RenderPrompt: input 'Raed' names no transform of this pipeline "
+      "line 9: RenderPrompt: input 'Raed' names no transform of this pipeline "
       "(known: Gen, ParseJSON, Read, RenderPrompt)",
-      "line 6: RenderPrompt: option 'outptu' is unknown (did you mean "
+      "line 9: RenderPrompt: option 'outptu' is unknown (did you mean "
       "'output'?); known options: error_handling, lineage, messages, output, template, "
       "template_file, variables",
-      "line 9: Gen (GenerateText): HuggingFace model '/no/such/model' is not "
+      "line 12: Gen (GenerateText): HuggingFace model '/no/such/model' is not "
       "available: no such local directory '/no/such/model'. To run without "
       "the hub, point the pipeline at a local model directory (one saved with "
       "save_pretrained, or fetched on a connected machine with `hf download "
       "/no/such/model --local-dir DIR`), e.g. --jinja_variables='{\"model\": "
       "\"/path/to/DIR\"}'",
-      "line 15: ParseJSON: option 'schema_file': cannot read 'nope.json' "
+      "line 18: ParseJSON: option 'schema_file': cannot read 'nope.json' "
       f"(relative paths are resolved from '{ROOT}'): [Errno 2] No such file "
       "or directory: 'nope.json'",
-      "line 9: Gen (GenerateText): error output 'failed' is not consumed: "
+      "line 12: Gen (GenerateText): error output 'failed' is not consumed: "
       "give 'Gen.failed' as the input of a transform (e.g. a WriteToJson of "
       "the errors), or rows that fail would be lost",
   ]

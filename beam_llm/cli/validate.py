@@ -32,6 +32,23 @@ class Problem:
 
 
 def validate(argv: List[str], check_reachable: bool = False) -> List[Problem]:
+  from apache_beam.yaml import main as yaml_main
+  from beam_llm.cli import lines
+  try:
+    _, _, template, pipeline_yaml = yaml_main._build_pipeline_yaml_from_argv(argv)
+  except Exception:  # pylint: disable=broad-except
+    template = pipeline_yaml = ''  # _problems reports it.
+  to_file = lines.line_map(template, pipeline_yaml)
+  problems = _problems(argv, check_reachable)
+  for problem in problems:
+    # Lines of the file as written, not of its Jinja expansion.
+    if problem.line:
+      problem.line = to_file(problem.line)
+    problem.message = lines.in_message(problem.message, to_file)
+  return problems
+
+
+def _problems(argv: List[str], check_reachable: bool) -> List[Problem]:
   os.environ['BEAM_LLM_CHECK_REACHABLE'] = '1' if check_reachable else '0'
   from apache_beam.yaml import main as yaml_main
   from apache_beam.yaml import yaml_transform
