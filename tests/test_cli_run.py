@@ -82,3 +82,26 @@ def test_run_passes_tests_flag_and_reports_usage():
   result = _beam_llm('launch')
   assert result.returncode == 2
   assert "unknown command 'launch'" in result.stderr
+
+
+def test_a_build_time_mistake_is_one_line_with_file_and_line(tmp_path):
+  """A misspelt option: one line naming the file, the line as written (the
+  leading comment block counted), the step and the fix; exit status 1; the
+  traceback only with --verbose."""
+  with open(os.path.join(ROOT, 'pipelines', 'chat_sentiment.yaml')) as f:
+    source = f.read()
+  typo = tmp_path / 'typo.yaml'
+  typo.write_text(source.replace('max_new_tokens:', 'max_new_token:', 1))
+  line = next(i for i, l in enumerate(source.splitlines(), 1)
+              if 'type: Extract' in l)
+  result = _beam_llm('run', str(typo))
+  assert result.returncode == 1
+  assert result.stderr.splitlines() == [
+      f"{typo}: line {line}: Extract: option 'max_new_token' is unknown (did "
+      "you mean 'max_new_tokens'?); known options: " +
+      result.stderr.split('known options: ', 1)[1].splitlines()[0],
+      '(run with --verbose for the traceback)']
+  verbose = _beam_llm('run', str(typo), '--verbose')
+  assert verbose.returncode == 1
+  assert 'Traceback' in verbose.stderr
+  assert "option 'max_new_token' is unknown" in verbose.stderr

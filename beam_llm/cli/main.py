@@ -48,13 +48,6 @@ def main(argv=None):
   sys.exit(2)
 
 
-def _pipeline_file_flag(argv) -> list:
-  argv = list(argv)
-  if argv and not argv[0].startswith('-'):  # `beam-llm run P.yaml ...`
-    argv[0] = f'--yaml_pipeline_file={argv[0]}'
-  return argv
-
-
 def validate(argv) -> int:
   files = [a for a in argv if not a.startswith('-')]
   flags = [a for a in argv if a.startswith('-') and a != '--check_reachable']
@@ -80,53 +73,5 @@ def validate(argv) -> int:
 
 
 def run(argv) -> int:
-  argv = _pipeline_file_flag(argv)
-  if not any(a == '--runner' or a.startswith('--runner=') for a in argv):
-    argv.append('--runner=FnApiRunner')
-  quiet.before_beam_starts()
-  from apache_beam.yaml import main as yaml_main
-  if '--tests' in argv or '--test' in argv:
-    yaml_main.run_tests(argv)
-    return 0
-  from beam_llm.cli import outputs
-  spec = outputs.pipeline_spec(yaml_main, argv)
-  try:
-    _run_with_summary(yaml_main, argv, spec)
-  finally:
-    quiet.remove_empty_temp_dirs([p for p, _ in outputs.output_paths(spec)])
-  return 0
-
-
-def _run_with_summary(yaml_main, argv, spec) -> None:
-  """apache_beam.yaml.main.run, keeping the result to print its metrics."""
-  import logging
-  import time
-
-  import apache_beam as beam
-
-  from beam_llm.cli import outputs
-  from beam_llm.cli import summary
-  # GenerateText's progress lines (rows, failures, rows/s) on long runs.
-  progress = logging.getLogger('beam_llm')
-  progress.setLevel(logging.INFO)
-  if not progress.handlers:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
-    progress.addHandler(handler)
-    progress.propagate = False
-  build_start = time.monotonic()
-  wall_start = time.time()
-  options, constructor, display_data = (
-      yaml_main.build_pipeline_components_from_argv(argv))
-  p = beam.Pipeline(options=options, display_data=display_data)
-  print('Building pipeline...')
-  constructor(p)
-  print('Running pipeline...')
-  run_start = time.monotonic()
-  result = p.run()
-  result.wait_until_finish()
-  times = {'start-up': build_start - _STARTED, 'build': run_start - build_start,
-           'run': time.monotonic() - run_start}
-  print(summary.render(
-      summary.beam_llm_counters(result), outputs.written(spec, wall_start),
-      times, outputs.local_input_rows(spec)))
+  from beam_llm.cli import run as running
+  return running.run(argv, _STARTED)

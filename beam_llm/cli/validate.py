@@ -155,7 +155,5 @@ def _line(t: dict) -> Optional[int]:
 
 
 def _one_line(exn: BaseException) -> str:
-  """The innermost message, on one line: no traceback."""
-  while exn.__cause__ is not None or exn.__context__ is not None and not exn.__suppress_context__:
-    exn = exn.__cause__ or exn.__context__
-  return ' '.join(str(exn).split()) or type(exn).__name__
+  from beam_llm.cli import errors
+  return errors.one_line(exn)

@@ -1,0 +1,101 @@
+"""`beam-llm run`: build the pipeline, run it, tell what happened.
+
+A mistake found while building the pipeline (a misspelt option, a missing
+input field, a model that is not there, a missing extra) is printed as one
+line with the file and the line (beam_llm/cli/errors.py), exit status 1;
+--verbose adds the traceback. After the run, a summary of what was read
+and written (beam_llm/cli/summary.py).
+"""
+import logging
+import sys
+import time
+
+from beam_llm.cli import quiet
+
+VERBOSE = '--verbose'
+
+
+class _BuildFailed(Exception):
+  """Building (not running) the pipeline failed with `__cause__`."""
+
+
+def run(argv, started: float) -> int:
+  verbose = VERBOSE in argv
+  argv = _pipeline_file_flag([a for a in argv if a != VERBOSE])
+  if not any(a == '--runner' or a.startswith('--runner=') for a in argv):
+    argv.append('--runner=FnApiRunner')
+  quiet.before_beam_starts()
+  from apache_beam.yaml import main as yaml_main
+  if '--tests' in argv or '--test' in argv:
+    yaml_main.run_tests(argv)
+    return 0
+  from beam_llm.cli import outputs
+  spec = outputs.pipeline_spec(yaml_main, argv)
+  try:
+    _run_with_summary(yaml_main, argv, spec, started)
+  except _BuildFailed as failed:
+    _report(yaml_main, argv, failed.__cause__, verbose)
+    return 1
+  finally:
+    quiet.remove_empty_temp_dirs([p for p, _ in outputs.output_paths(spec)])
+  return 0
+
+
+def _pipeline_file_flag(argv) -> list:
+  argv = list(argv)
+  if argv and not argv[0].startswith('-'):  # `beam-llm run P.yaml ...`
+    argv[0] = f'--yaml_pipeline_file={argv[0]}'
+  return argv
+
+
+def _report(yaml_main, argv, exn, verbose) -> None:
+  from beam_llm.cli import errors
+  from beam_llm.cli import lines
+  where = next((a.split('=', 1)[1] for a in argv
+                if a.startswith('--yaml_pipeline_file=')), 'pipeline')
+  try:
+    _, _, template, expanded = yaml_main._build_pipeline_yaml_from_argv(argv)
+    to_file = lines.line_map(template, expanded)
+  except Exception:  # pylint: disable=broad-except
+    to_file = lambda line: line  # The file itself does not expand.
+  sys.stdout.flush()
+  sys.stderr.write(errors.report(exn, where, to_file, verbose))
+
+
+def _run_with_summary(yaml_main, argv, spec, started: float) -> None:
+  """apache_beam.yaml.main.run, keeping the result to print its metrics."""
+  import apache_beam as beam
+
+  from beam_llm.cli import outputs
+  from beam_llm.cli import summary
+  _show_progress()
+  build_start = time.monotonic()
+  wall_start = time.time()
+  print('Building pipeline...')
+  try:
+    options, constructor, display_data = (
+        yaml_main.build_pipeline_components_from_argv(argv))
+    p = beam.Pipeline(options=options, display_data=display_data)
+    constructor(p)
+  except Exception as exn:  # pylint: disable=broad-except
+    raise _BuildFailed() from exn
+  print('Running pipeline...')
+  run_start = time.monotonic()
+  result = p.run()
+  result.wait_until_finish()
+  times = {'start-up': build_start - started, 'build': run_start - build_start,
+           'run': time.monotonic() - run_start}
+  print(summary.render(
+      summary.beam_llm_counters(result), outputs.written(spec, wall_start),
+      times, outputs.local_input_rows(spec)))
+
+
+def _show_progress() -> None:
+  # GenerateText's progress lines (rows, failures, rows/s) on long runs.
+  progress = logging.getLogger('beam_llm')
+  progress.setLevel(logging.INFO)
+  if not progress.handlers:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
+    progress.addHandler(handler)
+    progress.propagate = False
