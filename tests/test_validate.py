@@ -93,3 +93,28 @@ def test_offline_by_default_reachability_on_request():
                      env=env)
   assert result.returncode == 1
   assert "HuggingFace model 'nobody/no-such-model' is not available" in result.stdout
+
+
+def test_a_misspelt_or_unquoted_jinja_variable_is_one_clear_line():
+  result = _validate('pipelines/summarize.yaml',
+                     '--jinja_variables={"modle": "/tmp/m"}')
+  assert result.returncode == 1
+  assert result.stdout.splitlines() == [
+      "pipelines/summarize.yaml: --jinja_variables: the pipeline uses no "
+      "variable 'modle' (did you mean 'model'?); its variables: input, "
+      "max_new_tokens, model, output, use_chat_template"]
+  # Python's quotes: one message (not argparse's usage banner, twice), for
+  # run as for validate.
+  for command in ('validate', 'run'):
+    result = subprocess.run(
+        [sys.executable, '-m', 'beam_llm', command, 'pipelines/summarize.yaml',
+         "--jinja_variables={'model': '/tmp/m'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    out = (result.stdout + result.stderr).strip()
+    assert 'usage' not in out
+    assert out.splitlines() == [
+        "pipelines/summarize.yaml: --jinja_variables is not valid JSON: "
+        "Expecting property name enclosed in double quotes: line 1 column 2 "
+        "(char 1) (JSON wants double quotes: --jinja_variables='{\"model\": "
+        "\"DIR\"}'); got {'model': '/tmp/m'}"]

@@ -24,6 +24,12 @@ def run(argv, started: float) -> int:
   argv = _pipeline_file_flag([a for a in argv if a != VERBOSE])
   if not any(a == '--runner' or a.startswith('--runner=') for a in argv):
     argv.append('--runner=FnApiRunner')
+  from beam_llm.cli import variables
+  try:
+    variables.check(argv, variables.pipeline_template(argv))
+  except variables.VariablesError as exn:
+    print(f'{_where(argv)}: {exn}', file=sys.stderr)
+    return 1
   quiet.before_beam_starts()
   from apache_beam.yaml import main as yaml_main
   if '--tests' in argv or '--test' in argv:
@@ -48,11 +54,15 @@ def _pipeline_file_flag(argv) -> list:
   return argv
 
 
+def _where(argv) -> str:
+  return next((a.split('=', 1)[1] for a in argv
+               if a.startswith('--yaml_pipeline_file=')), 'pipeline')
+
+
 def _report(yaml_main, argv, exn, verbose) -> None:
   from beam_llm.cli import errors
   from beam_llm.cli import lines
-  where = next((a.split('=', 1)[1] for a in argv
-                if a.startswith('--yaml_pipeline_file=')), 'pipeline')
+  where = _where(argv)
   try:
     _, _, template, expanded = yaml_main._build_pipeline_yaml_from_argv(argv)
     to_file = lines.line_map(template, expanded)

@@ -32,8 +32,15 @@ class Problem:
 
 
 def validate(argv: List[str], check_reachable: bool = False) -> List[Problem]:
-  from apache_beam.yaml import main as yaml_main
   from beam_llm.cli import lines
+  from beam_llm.cli import variables
+  try:
+    # Before Beam parses the flags: Beam's message for bad JSON is a usage
+    # banner.
+    variables.check(argv, variables.pipeline_template(argv))
+  except variables.VariablesError as exn:
+    return [Problem(None, '', str(exn))]
+  from apache_beam.yaml import main as yaml_main
   try:
     _, _, template, pipeline_yaml = yaml_main._build_pipeline_yaml_from_argv(argv)
   except Exception:  # pylint: disable=broad-except
