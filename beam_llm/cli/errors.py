@@ -62,8 +62,12 @@ def line_of(exn: BaseException, to_file: Callable[[int], int]) -> Optional[int]:
 
 
 def report(exn: BaseException, where: str, to_file: Callable[[int], int],
-           verbose: bool) -> str:
-  """What `beam-llm run` prints (on stderr) when building the pipeline failed."""
+           verbose: bool, kinds: Optional[dict] = None) -> str:
+  """What `beam-llm run` prints (on stderr) when building the pipeline failed.
+
+  `kinds`: step name -> transform type, to name a step as validate does
+  (`Write (WriteToVectorStore)`).
+  """
   if verbose or not is_mistake(exn):
     text = ''.join(traceback.format_exception(exn))
     if not is_mistake(exn):
@@ -75,12 +79,15 @@ def report(exn: BaseException, where: str, to_file: Callable[[int], int],
   message = one_line(exn)
   name = next((m.group(1) for m in map(_AT_NAME.search, map(str, chain(exn)))
                if m), None)
-  if name and not message.startswith(name):
-    # `Extract: GenerateText: ...` (the step inside it spoke): the step's name.
+  if name and not message.startswith((f'{name}: ', f'{name} (')):
+    # `GenerateText: ...` from a step of another name (or inside it): the
+    # step's name leads, as in validate.
     import beam_llm
     inner = message.split(': ', 1)
     if len(inner) == 2 and inner[0] in beam_llm.TRANSFORMS:
       message = inner[1]
-    message = f'{name}: {message}'
+    kind = (kinds or {}).get(name)
+    label = f'{name} ({kind})' if kind and kind != name else name
+    message = f'{label}: {message}'
   return (f'{where}: {at}{message}\n'
           '(run with --verbose for the traceback)\n')

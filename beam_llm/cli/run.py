@@ -40,7 +40,7 @@ def run(argv, started: float) -> int:
   try:
     _run_with_summary(yaml_main, argv, spec, started)
   except _BuildFailed as failed:
-    _report(yaml_main, argv, failed.__cause__, verbose)
+    _report(yaml_main, argv, failed.__cause__, verbose, spec)
     return 1
   finally:
     quiet.remove_empty_temp_dirs([p for p, _ in outputs.output_paths(spec)])
@@ -59,9 +59,12 @@ def _where(argv) -> str:
                if a.startswith('--yaml_pipeline_file=')), 'pipeline')
 
 
-def _report(yaml_main, argv, exn, verbose) -> None:
+def _report(yaml_main, argv, exn, verbose, spec) -> None:
   from beam_llm.cli import errors
   from beam_llm.cli import lines
+  from beam_llm.cli import outputs
+  kinds = {t['name']: t.get('type') for t in outputs.transforms(spec)
+           if isinstance(t.get('name'), str)}
   where = _where(argv)
   try:
     _, _, template, expanded = yaml_main._build_pipeline_yaml_from_argv(argv)
@@ -69,7 +72,7 @@ def _report(yaml_main, argv, exn, verbose) -> None:
   except Exception:  # pylint: disable=broad-except
     to_file = lambda line: line  # The file itself does not expand.
   sys.stdout.flush()
-  sys.stderr.write(errors.report(exn, where, to_file, verbose))
+  sys.stderr.write(errors.report(exn, where, to_file, verbose, kinds))
 
 
 def _run_with_summary(yaml_main, argv, spec, started: float) -> None:
