@@ -105,3 +105,26 @@ def test_a_build_time_mistake_is_one_line_with_file_and_line(tmp_path):
   assert verbose.returncode == 1
   assert 'Traceback' in verbose.stderr
   assert "option 'max_new_token' is unknown" in verbose.stderr
+
+
+def test_help_empty_file_and_fake_server_flags(tmp_path):
+  """The small things a first run trips over."""
+  result = _beam_llm('run', '--help')
+  assert result.returncode == 0
+  assert result.stdout.startswith('usage:\n  beam-llm run PIPELINE.yaml')
+  assert '__main__.py' not in result.stdout + result.stderr
+  empty = tmp_path / 'empty.yaml'
+  empty.write_text('# nothing yet\n')
+  result = _beam_llm('run', str(empty))
+  assert result.returncode == 1
+  assert result.stderr.splitlines()[0] == (
+      f'{empty}: the file has no pipeline: section (see the pipelines/ '
+      'folder for examples)')
+  assert 'AttributeError' not in result.stderr
+  server = [sys.executable, '-m', 'beam_llm.testing.fake_llm_server']
+  result = subprocess.run(server + ['--help'], capture_output=True, text=True)
+  assert '429 Too Many Requests' in ' '.join(result.stdout.split())
+  result = subprocess.run(server + ['--rate_limited', '5'], capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 2
+  assert '5 is not a probability' in result.stderr

@@ -68,11 +68,9 @@ def test_a_broken_pipeline_gets_one_line_per_problem(tmp_path):
       "'output'?); known options: error_handling, lineage, messages, output, template, "
       "template_file, variables",
       "line 12: Gen (GenerateText): HuggingFace model '/no/such/model' is not "
-      "available: no such local directory '/no/such/model'. To run without "
-      "the hub, point the pipeline at a local model directory (one saved with "
-      "save_pretrained, or fetched on a connected machine with `hf download "
-      "/no/such/model --local-dir DIR`), e.g. --jinja_variables='{\"model\": "
-      "\"/path/to/DIR\"}'",
+      "available: no such local directory '/no/such/model'. Check the path: "
+      "it must be a model directory saved with save_pretrained (or fetched "
+      "on a connected machine with `hf download REPO_ID --local-dir DIR`)",
       "line 18: ParseJSON: option 'schema_file': cannot read 'nope.json' "
       f"(relative paths are resolved from '{ROOT}'): [Errno 2] No such file "
       "or directory: 'nope.json'",

@@ -25,9 +25,13 @@ _STARTED = time.monotonic()
 from beam_llm.cli import quiet  # noqa: E402
 
 USAGE = """usage:
-  beam-llm run PIPELINE.yaml [--jinja_variables=JSON] [--tests] [beam options...]
+  beam-llm run PIPELINE.yaml [--jinja_variables=JSON] [--tests] [--verbose] [beam options...]
       Runs a Beam YAML pipeline like `python -m apache_beam.yaml.main`,
-      quietly, on FnApiRunner unless --runner is given.
+      quietly, on FnApiRunner unless --runner is given, and prints a
+      summary of what it read and wrote. Takes apache_beam.yaml.main's
+      flags (--jinja_variables, --tests, --json_schema_validation, ...)
+      and any Beam pipeline option (--runner, --project, ...).
+      A mistake in the pipeline is one line; --verbose adds the traceback.
   beam-llm validate PIPELINE.yaml... [--jinja_variables=JSON] [--check_reachable]
       Checks a pipeline without running it or loading a model: one line per
       problem, exit status 1 if there is any. Offline unless
@@ -40,6 +44,10 @@ def main(argv=None):
     print(USAGE)
     sys.exit(0 if argv else 2)
   command, rest = argv[0], argv[1:]
+  if command in ('run', 'validate') and ('-h' in rest or '--help' in rest):
+    # Not Beam's own --help: it lists only its Jinja flags, as `__main__.py`.
+    print(USAGE)
+    sys.exit(0)
   if command == 'run':
     sys.exit(run(rest))
   if command == 'validate':

@@ -34,13 +34,14 @@ class Written:
   reasons: Dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def pipeline_spec(yaml_main, argv) -> dict:
-  """The pipeline file after Jinja expansion, as apache_beam.yaml.main sees it."""
+def pipeline_spec(yaml_main, argv) -> Optional[dict]:
+  """The pipeline file after Jinja expansion, as apache_beam.yaml.main sees
+  it ({} for an empty file), or None if it does not expand or parse."""
   try:
     _, _, _, pipeline_yaml = yaml_main._build_pipeline_yaml_from_argv(argv)
     return yaml.safe_load(pipeline_yaml) or {}
   except Exception:  # pylint: disable=broad-except
-    return {}  # The run itself reports a broken file.
+    return None  # The run itself reports a broken file, with Beam's words.
 
 
 def transforms(spec: dict) -> list:

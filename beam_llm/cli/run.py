@@ -43,7 +43,8 @@ def run(argv, started: float) -> int:
     _report(yaml_main, argv, failed.__cause__, verbose, spec)
     return 1
   finally:
-    quiet.remove_empty_temp_dirs([p for p, _ in outputs.output_paths(spec)])
+    quiet.remove_empty_temp_dirs(
+        [p for p, _ in outputs.output_paths(spec or {})])
   return 0
 
 
@@ -63,7 +64,7 @@ def _report(yaml_main, argv, exn, verbose, spec) -> None:
   from beam_llm.cli import errors
   from beam_llm.cli import lines
   from beam_llm.cli import outputs
-  kinds = {t['name']: t.get('type') for t in outputs.transforms(spec)
+  kinds = {t['name']: t.get('type') for t in outputs.transforms(spec or {})
            if isinstance(t.get('name'), str)}
   where = _where(argv)
   try:
@@ -86,6 +87,11 @@ def _run_with_summary(yaml_main, argv, spec, started: float) -> None:
   wall_start = time.time()
   print('Building pipeline...')
   try:
+    if spec is not None and not (
+        isinstance(spec, dict) and spec.get('pipeline')):
+      # Beam's own message for this is an AttributeError on None.
+      raise ValueError('the file has no pipeline: section (see the '
+                       'pipelines/ folder for examples)')
     options, constructor, display_data = (
         yaml_main.build_pipeline_components_from_argv(argv))
     p = beam.Pipeline(options=options, display_data=display_data)
@@ -99,8 +105,8 @@ def _run_with_summary(yaml_main, argv, spec, started: float) -> None:
   times = {'start-up': build_start - started, 'build': run_start - build_start,
            'run': time.monotonic() - run_start}
   print(summary.render(
-      summary.beam_llm_counters(result), outputs.written(spec, wall_start),
-      times, outputs.local_input_rows(spec)))
+      summary.beam_llm_counters(result), outputs.written(spec or {}, wall_start),
+      times, outputs.local_input_rows(spec or {})))
 
 
 def _show_progress() -> None:
