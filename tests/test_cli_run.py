@@ -128,3 +128,30 @@ def test_help_empty_file_and_fake_server_flags(tmp_path):
                           text=True, timeout=60)
   assert result.returncode == 2
   assert '5 is not a probability' in result.stderr
+
+
+def test_progress_lines_while_rows_wait_on_a_slow_rate_limited_server(
+    tmp_path, chats):
+  """Rows waiting (429 + Retry-After, then a slow answer) still get a
+  progress line every BEAM_LLM_PROGRESS_SECS (10 s by default; 1 s here to
+  keep the test short), before the summary."""
+  import json
+  from beam_llm.testing.fake_llm_server import FakeLLMServer, Faults
+  chats_file = tmp_path / 'chats.jsonl'
+  chats_file.write_text(''.join(json.dumps(c) + '\n' for c in chats[:2]))
+  out = tmp_path / 'out'
+  with FakeLLMServer(faults=Faults(script=['429', '429'], retry_after=2),
+                     latency_secs=2, reply=lambda prompt: 'happy') as server:
+    result = subprocess.run(
+        [sys.executable, '-m', 'beam_llm', 'run',
+         'tests/pipelines/classify_rescued.yaml', '--jinja_variables=' +
+         json.dumps({'input': str(chats_file), 'output': str(out),
+                     'base_url': server.url + '/v1'})],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, 'BEAM_LLM_PROGRESS_SECS': '1'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  progress = [l for l in result.stderr.splitlines()
+              if 'GenerateText [OpenAICompatible' in l and 'in flight' in l]
+  assert progress, result.stderr[-3000:]
+  assert ' 2 in flight' in progress[0]
+  assert 'wrote ' in result.stdout and 'rows in: 2' in result.stdout

@@ -14,8 +14,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.ml.inference.base import PredictionResult
 
+from beam_llm import progress
+
 _LOG = logging.getLogger('beam_llm.GenerateText')
-_PROGRESS_EVERY_SECS = 10.0
 # Exceptions that mean a bug or a config error, never one row's problem.
 # (Not IndexError: torch raises it for a prompt past a model's positions.)
 BUG_TYPES = (TypeError, AttributeError, NameError, ImportError, AssertionError,
@@ -98,7 +99,6 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
   def __init__(self, generation: Mapping[str, Any], batching: Mapping[str, Any]):
     super().__init__(**batching)
     self._generation = dict(generation)
-    self._progress = None  # Set on the worker by the first batch.
     self.usage = {'input_tokens': 0, 'output_tokens': 0}
 
   # -- to implement -------------------------------------------------------
@@ -137,6 +137,7 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
       batch: Sequence[Any],
       model: Any,
       inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
+    progress.started(self.describe(), len(batch))
     responses: list = [None] * len(batch)
     todo = []
     for i, prompt in enumerate(batch):
@@ -196,17 +197,8 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
     namespace = self.get_metrics_namespace()
     Metrics.counter(namespace, 'rows').inc(len(responses))
     Metrics.counter(namespace, 'failed_rows').inc(failed)
-    now = time.monotonic()
-    if self._progress is None:
-      self._progress = [now, now, 0, 0]  # start, last log, rows, failed
-    p = self._progress
-    p[2] += len(responses)
-    p[3] += failed
-    if now - p[1] >= _PROGRESS_EVERY_SECS:
-      p[1] = now
-      _LOG.info(
-          'GenerateText [%s]: %d rows (%d failed) in %.0fs, %.2f rows/s',
-          self.describe(), p[2], p[3], now - p[0], p[2] / max(now - p[0], 1e-9))
+    # The progress line, every 10 s even while a batch is still running.
+    progress.finished(self.describe(), len(responses), failed)
 
 
 def fit_prompts(
