@@ -7,7 +7,9 @@ from tests.conftest import ROOT, read_json_lines
 
 NOISE = ('apitools not found', 'Could not load ML transform module',
          'absl::InitializeLog', 'oneDNN custom operations', 'cuda drivers',
-         'No shards found to finalize', 'Resource module is not available')
+         'No shards found to finalize', 'Resource module is not available',
+         'Loading weights', 'failed call to cuInit', 'INFO:',
+         'No semi_persistent_directory')
 
 
 def _beam_llm(*args):
@@ -155,3 +157,34 @@ def test_progress_lines_while_rows_wait_on_a_slow_rate_limited_server(
   assert progress, result.stderr[-3000:]
   assert ' 2 in flight' in progress[0]
   assert 'wrote ' in result.stdout and 'rows in: 2' in result.stdout
+
+
+def test_nothing_to_ignore_from_worker_processes_or_the_tiny_gemma(
+    tmp_path, chats):
+  """Beam's worker processes (multi_processing mode) log their start-up at
+  INFO on descriptor 2; the tiny Gemma's tokenizer trainer prints its spec
+  and TensorFlow its banners. None of it reaches the screen."""
+  import json
+  from beam_llm.testing.fake_llm_server import FakeLLMServer
+  chats_file = tmp_path / 'chats.jsonl'
+  chats_file.write_text(''.join(json.dumps(c) + '\n' for c in chats[:2]))
+  with FakeLLMServer(reply=lambda prompt: 'happy') as server:
+    result = _beam_llm(
+        'run', 'tests/pipelines/classify_rescued.yaml',
+        '--direct_running_mode=multi_processing', '--direct_num_workers=2',
+        '--jinja_variables=' + json.dumps({
+            'input': str(chats_file), 'output': str(tmp_path / 'out'),
+            'base_url': server.url + '/v1'}))
+  assert result.returncode == 0, result.stderr[-3000:]
+  said = [l for l in result.stderr.splitlines()
+          if l.strip() and 'GenerateText [' not in l]
+  assert said == []
+  assert 'rows in: 2' in result.stdout
+  gemma = subprocess.run(
+      [sys.executable, '-m', 'beam_llm.testing.tiny_models',
+       str(tmp_path / 'gemma'), '--gemma'], cwd=ROOT, capture_output=True,
+      text=True, timeout=600, env={**os.environ, 'KERAS_BACKEND': 'torch'})
+  assert gemma.returncode == 0, gemma.stderr[-3000:]
+  assert (gemma.stdout + gemma.stderr).strip().splitlines() == [
+      'Saved a tiny RANDOM-WEIGHT model (its output is gibberish) to '
+      f'{tmp_path / "gemma"}']

@@ -100,8 +100,9 @@ def _run_with_summary(yaml_main, argv, spec, started: float) -> None:
     raise _BuildFailed() from exn
   print('Running pipeline...')
   run_start = time.monotonic()
-  result = p.run()
-  result.wait_until_finish()
+  with quiet.filtered_stderr():
+    result = p.run()
+    result.wait_until_finish()
   times = {'start-up': build_start - started, 'build': run_start - build_start,
            'run': time.monotonic() - run_start}
   print(summary.render(
