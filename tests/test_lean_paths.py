@@ -129,3 +129,22 @@ def test_a_missing_rag_extra_stops_the_build_naming_the_extra(
     assert message in said.splitlines(), said
     assert 'Running pipeline' not in said
     assert not (tmp_path / 'kb.db').exists()
+
+
+def test_beam_llm_run_does_not_import_tensorflow_for_a_pipeline_without_ml_transforms():
+  """The full install has TensorFlow (keras-hub brings it); Beam YAML's ML
+  catalogue imported it on every start-up (~8 s). `beam-llm run` builds and
+  tests a pipeline without MLTransform without it."""
+  import importlib.util
+  assert importlib.util.find_spec('tensorflow') is not None  # The full install.
+  runner = ('import atexit, sys\n'
+            'atexit.register(lambda: print("imported:", sorted(m for m in '
+            '("tensorflow", "sentence_transformers", "vertexai") '
+            'if m in sys.modules)))\n'
+            'sys.argv = ["beam-llm", *sys.argv[1:]]\n'
+            'from beam_llm.cli.main import main\nmain()\n')
+  result = subprocess.run(
+      [sys.executable, '-c', runner, 'run', 'pipelines/apology.yaml', '--tests'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'imported: []' in result.stdout

@@ -70,15 +70,8 @@ class _DropIrrelevant(logging.Filter):
     return not str(record.msg).startswith(IRRELEVANT)
 
 
-def before_beam_starts(import_beam_yaml: bool = True) -> None:
-  """Filters Beam's irrelevant log lines, then imports Beam YAML's modules.
-
-  Beam YAML imports TensorFlow at start-up wherever it is installed
-  (keras-hub installs it), and TensorFlow's C++ libraries print banners
-  (oneDNN, CUDA drivers, CPU features) straight to file descriptor 2, before
-  any log level applies. Those imports run here with descriptor 2 captured;
-  if one fails, what it printed is shown before the error.
-  """
+def before_beam_starts() -> None:
+  """Filters Beam's irrelevant log lines (then import_beam_yaml_quietly)."""
   for name, value in QUIET_ENVIRONMENT.items():
     os.environ.setdefault(name, value)
   # faiss logs at INFO which of its builds failed to load, with the error.
@@ -86,14 +79,20 @@ def before_beam_starts(import_beam_yaml: bool = True) -> None:
   drop = _DropIrrelevant()
   logging.getLogger().addFilter(drop)
   logging.getLogger('apache_beam.io.filebasedsink').addFilter(drop)
-  if import_beam_yaml:
-    import_beam_yaml_quietly()
 
 
-def import_beam_yaml_quietly() -> None:
+def import_beam_yaml_quietly(spec=None) -> None:
+  """Imports Beam YAML's modules for the pipeline `spec` (lean_start.py).
+
+  Where TensorFlow is installed and a pipeline needs it, its C++ libraries
+  print banners (oneDNN, CUDA drivers, CPU features) straight to file
+  descriptor 2, before any log level applies. Those imports run here with
+  descriptor 2 captured; if one fails, what it printed is shown before the
+  error.
+  """
+  from beam_llm.cli import lean_start
   with captured_stderr():
-    import apache_beam.yaml.main  # noqa: F401
-    import apache_beam.yaml.yaml_ml  # noqa: F401
+    lean_start.import_beam_yaml(spec)
 
 
 @contextlib.contextmanager

@@ -31,12 +31,13 @@ def run(argv, started: float) -> int:
     print(f'{_where(argv)}: {exn}', file=sys.stderr)
     return 1
   quiet.before_beam_starts()
-  from apache_beam.yaml import main as yaml_main
+  from apache_beam.yaml import main as yaml_main  # Cheap: no ML modules.
+  from beam_llm.cli import outputs
+  spec = outputs.pipeline_spec(yaml_main, argv)
+  quiet.import_beam_yaml_quietly(spec)
   if '--tests' in argv or '--test' in argv:
     yaml_main.run_tests(argv)
     return 0
-  from beam_llm.cli import outputs
-  spec = outputs.pipeline_spec(yaml_main, argv)
   try:
     _run_with_summary(yaml_main, argv, spec, started)
   except _BuildFailed as failed:

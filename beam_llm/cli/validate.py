@@ -71,7 +71,7 @@ def _problems(argv: List[str], check_reachable: bool) -> List[Problem]:
   if problems:
     return problems
   from beam_llm.cli import quiet
-  quiet.import_beam_yaml_quietly()
+  quiet.import_beam_yaml_quietly(spec)
   try:
     import apache_beam as beam
     options, constructor = yaml_main.build_pipeline_components_from_yaml(
