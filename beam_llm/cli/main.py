@@ -1,19 +1,13 @@
-"""`beam-llm run ...`: Beam YAML's own runner, without the noise.
+"""`beam-llm run|validate ...` (also `python -m beam_llm`): the commands.
 
-`beam-llm run --yaml_pipeline_file=P.yaml [any apache_beam.yaml.main flag]`
-runs exactly what `python -m apache_beam.yaml.main` runs (same flags, same
-Jinja expansion, `--tests` too), with three differences a newcomer would
-otherwise trip over:
-
-- Beam's start-up warnings that concern other parts of Beam (BigQuery's
-  apitools, MLTransform modules, TensorFlow's C++ banner) are not shown;
-- the runner defaults to FnApiRunner (local, in-process), so a local run
-  does not first try to download the Prism runner; any --runner wins;
-- the empty `.temp…` folders Beam's file sinks leave beside an output that
-  received no rows are removed;
-- GenerateText's progress lines show on long runs, and a summary of the
-  run's beam-llm metrics (rows, error rows by reason, tokens, retries, cache
-  hits, wall time, rows/s) is printed at the end.
+`run` (beam_llm/cli/run.py) runs exactly what `python -m
+apache_beam.yaml.main` runs (same flags, same Jinja expansion, `--tests`
+too), with what a newcomer would otherwise trip over taken care of: Beam's
+unrelated start-up noise hidden (quiet.py) and its ML catalogue skipped
+(lean_start.py); FnApiRunner unless --runner is given; a mistake told in one
+line (errors.py); progress lines and a summary of what was read and written
+(summary.py); empty `.temp…` folders removed. `validate` (validate.py)
+checks a pipeline without running it.
 """
 import os
 import sys
@@ -48,7 +42,8 @@ USAGE = """usage:
       summary of what it read and wrote. Takes apache_beam.yaml.main's
       flags (--jinja_variables, --tests, --json_schema_validation, ...)
       and any Beam pipeline option (--runner, --project, ...).
-      A mistake in the pipeline is one line; --verbose adds the traceback.
+      A mistake in the pipeline is one line; --verbose adds the traceback
+      and shows what worker processes print, unfiltered.
   beam-llm validate PIPELINE.yaml... [--jinja_variables=JSON] [--check_reachable]
       Checks a pipeline without running it or loading a model: one line per
       problem, exit status 1 if there is any. Offline unless

@@ -3,9 +3,11 @@
 A mistake found while building the pipeline (a misspelt option, a missing
 input field, a model that is not there, a missing extra) is printed as one
 line with the file and the line (beam_llm/cli/errors.py), exit status 1;
---verbose adds the traceback. After the run, a summary of what was read
+--verbose adds the traceback, and shows what worker processes and C++
+libraries print while the pipeline runs (filtered otherwise: quiet.py). After the run, a summary of what was read
 and written (beam_llm/cli/summary.py).
 """
+import contextlib
 import logging
 import sys
 import time
@@ -39,7 +41,7 @@ def run(argv, started: float) -> int:
     yaml_main.run_tests(argv)
     return 0
   try:
-    _run_with_summary(yaml_main, argv, spec, started)
+    _run_with_summary(yaml_main, argv, spec, started, verbose)
   except _BuildFailed as failed:
     _report(yaml_main, argv, failed.__cause__, verbose, spec)
     return 1
@@ -77,7 +79,8 @@ def _report(yaml_main, argv, exn, verbose, spec) -> None:
   sys.stderr.write(errors.report(exn, where, to_file, verbose, kinds))
 
 
-def _run_with_summary(yaml_main, argv, spec, started: float) -> None:
+def _run_with_summary(yaml_main, argv, spec, started: float,
+                      verbose: bool = False) -> None:
   """apache_beam.yaml.main.run, keeping the result to print its metrics."""
   import apache_beam as beam
 
@@ -101,7 +104,8 @@ def _run_with_summary(yaml_main, argv, spec, started: float) -> None:
     raise _BuildFailed() from exn
   print('Running pipeline...')
   run_start = time.monotonic()
-  with quiet.filtered_stderr():
+  # --verbose: everything the workers and libraries print, unfiltered.
+  with contextlib.nullcontext() if verbose else quiet.filtered_stderr():
     result = p.run()
     result.wait_until_finish()
   times = {'start-up': build_start - started, 'build': run_start - build_start,
