@@ -107,6 +107,27 @@ def test_a_build_time_mistake_is_one_line_with_file_and_line(tmp_path):
   assert verbose.returncode == 1
   assert 'Traceback' in verbose.stderr
   assert "option 'max_new_token' is unknown" in verbose.stderr
+  # A missing input file, and a hub model on a machine without the hub: the
+  # step and the line (the model's step in the file, Beam's line counted in
+  # the expanded text).
+  import json
+  for variables, line, said in [
+      ({'input': '/nope/chats.jsonl'}, 20,
+       'ReadJsonLines: No files found based on the file pattern '
+       '/nope/chats.jsonl'),
+      ({}, 37, "Summarize (GenerateText): HuggingFace model "
+       "'Qwen/Qwen2.5-0.5B-Instruct' is not available: it is not in the "
+       "local cache and HF_HUB_OFFLINE is set.")]:
+    pipeline = 'pipelines/chat_sentiment.yaml' if variables else 'pipelines/summarize.yaml'
+    result = subprocess.run(
+        [sys.executable, '-m', 'beam_llm', 'run', pipeline,
+         '--jinja_variables=' + json.dumps(variables)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, 'HF_HUB_OFFLINE': '1',
+             'HF_HOME': str(tmp_path / 'empty-hf-home')})
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 2, result.stderr
+    assert result.stderr.startswith(f'{pipeline}: line {line}: {said}')
 
 
 def test_help_empty_file_and_fake_server_flags(tmp_path):

@@ -48,25 +48,26 @@ def is_mistake(exn: BaseException) -> bool:
   return isinstance(inner, mistakes) and not isinstance(inner, _BUGS)
 
 
-def line_of(exn: BaseException, to_file: Callable[[int], int]) -> Optional[int]:
-  """The pipeline line the error is about (in the file), if any says so."""
+def line_of(exn: BaseException) -> Optional[int]:
+  """The line of the expanded pipeline the error is about, if any says so."""
   import yaml
   for e in chain(exn):
     mark = getattr(e, 'problem_mark', None)
     if isinstance(e, yaml.MarkedYAMLError) and mark is not None:
-      return to_file(mark.line + 1)
+      return mark.line + 1
     found = _AT_LINE.search(str(e))
     if found:
-      return to_file(int(found.group(1)))
+      return int(found.group(1))
   return None
 
 
 def report(exn: BaseException, where: str, to_file: Callable[[int], int],
-           verbose: bool, kinds: Optional[dict] = None) -> str:
+           verbose: bool, steps: Optional[dict] = None) -> str:
   """What `beam-llm run` prints (on stderr) when building the pipeline failed.
 
-  `kinds`: step name -> transform type, to name a step as validate does
-  (`Write (WriteToVectorStore)`).
+  `steps`: line of the expanded pipeline -> the transform there, named as
+  validate names it (`Write (WriteToVectorStore)`); Beam's own message
+  sometimes names the type instead of the name.
   """
   if verbose or not is_mistake(exn):
     text = ''.join(traceback.format_exception(exn))
@@ -74,20 +75,19 @@ def report(exn: BaseException, where: str, to_file: Callable[[int], int],
       text += ('\nThis looks like a bug in beam-llm or Beam, not in the '
                'pipeline: please report it with the traceback above.\n')
     return text
-  line = line_of(exn, to_file)
-  at = f'line {line}: ' if line else ''
+  line = line_of(exn)
+  at = f'line {to_file(line)}: ' if line else ''
   message = one_line(exn)
-  name = next((m.group(1) for m in map(_AT_NAME.search, map(str, chain(exn)))
-               if m), None)
-  if name and not message.startswith((f'{name}: ', f'{name} (')):
+  label = (steps or {}).get(line) or next(
+      (m.group(1) for m in map(_AT_NAME.search, map(str, chain(exn))) if m),
+      None)
+  if label and not message.startswith((f'{label}: ', f'{label.split()[0]}: ')):
     # `GenerateText: ...` from a step of another name (or inside it): the
     # step's name leads, as in validate.
     import beam_llm
     inner = message.split(': ', 1)
     if len(inner) == 2 and inner[0] in beam_llm.TRANSFORMS:
       message = inner[1]
-    kind = (kinds or {}).get(name)
-    label = f'{name} ({kind})' if kind and kind != name else name
     message = f'{label}: {message}'
   return (f'{where}: {at}{message}\n'
           '(run with --verbose for the traceback)\n')

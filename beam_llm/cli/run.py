@@ -43,7 +43,7 @@ def run(argv, started: float) -> int:
   try:
     _run_with_summary(yaml_main, argv, spec, started, verbose)
   except _BuildFailed as failed:
-    _report(yaml_main, argv, failed.__cause__, verbose, spec)
+    _report(yaml_main, argv, failed.__cause__, verbose)
     return 1
   finally:
     quiet.remove_empty_temp_dirs(
@@ -63,20 +63,20 @@ def _where(argv) -> str:
                if a.startswith('--yaml_pipeline_file=')), 'pipeline')
 
 
-def _report(yaml_main, argv, exn, verbose, spec) -> None:
+def _report(yaml_main, argv, exn, verbose) -> None:
   from beam_llm.cli import errors
   from beam_llm.cli import lines
-  from beam_llm.cli import outputs
-  kinds = {t['name']: t.get('type') for t in outputs.transforms(spec or {})
-           if isinstance(t.get('name'), str)}
+  from beam_llm.cli import validate
   where = _where(argv)
+  steps = {}
   try:
     _, _, template, expanded = yaml_main._build_pipeline_yaml_from_argv(argv)
     to_file = lines.line_map(template, expanded)
+    steps = validate.steps_by_line(expanded)
   except Exception:  # pylint: disable=broad-except
     to_file = lambda line: line  # The file itself does not expand.
   sys.stdout.flush()
-  sys.stderr.write(errors.report(exn, where, to_file, verbose, kinds))
+  sys.stderr.write(errors.report(exn, where, to_file, verbose, steps))
 
 
 def _run_with_summary(yaml_main, argv, spec, started: float,

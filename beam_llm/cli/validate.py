@@ -142,6 +142,23 @@ def _build_beam_llm_transform(t: dict, label: str) -> List[Problem]:
   return []
 
 
+def steps_by_line(expanded: str) -> dict:
+  """{line of the expanded pipeline: its transform, labelled as here}."""
+  from apache_beam.yaml import yaml_transform
+  spec = yaml.load(expanded, Loader=yaml_transform.SafeLineLoader)
+  found = {}
+
+  def walk(items):
+    for t in items or []:
+      if isinstance(t, dict):
+        found[_line(t)] = _label(t)
+        walk(t.get('transforms'))
+
+  pipeline = spec.get('pipeline') if isinstance(spec, dict) else None
+  walk(pipeline.get('transforms') if isinstance(pipeline, dict) else pipeline)
+  return found
+
+
 def _inputs(value: Any) -> List[str]:
   if isinstance(value, str):
     return [value]
