@@ -78,7 +78,10 @@ def before_beam_starts() -> None:
   logging.getLogger('faiss.loader').setLevel(logging.WARNING)
   drop = _DropIrrelevant()
   logging.getLogger().addFilter(drop)
-  logging.getLogger('apache_beam.io.filebasedsink').addFilter(drop)
+  # A logger's filters apply only to records logged on it, not to those
+  # its children propagate: the loggers that log the messages above.
+  for name in ('apache_beam.io.filebasedsink', 'apache_beam.transforms.core'):
+    logging.getLogger(name).addFilter(drop)
 
 
 def import_beam_yaml_quietly(spec=None) -> None:
