@@ -11,13 +11,14 @@ import re
 import traceback
 from typing import Callable, List, Optional
 
+from beam_llm.cli import lines
+
 # What Beam YAML and beam-llm raise for a mistake in the pipeline or its
 # options (ConfigError is a ValueError; a missing extra is an ImportError;
 # a file that is not there an OSError; a model, preset, endpoint or store
 # that is not there a RuntimeError). Anything else is a bug.
 _MISTAKES = (ValueError, TypeError, ImportError, OSError, RuntimeError)
 _BUGS = (NotImplementedError, RecursionError)
-_AT_LINE = re.compile(r'\bat line (\d+)\b')
 # Beam YAML names the transform: `... "ReadChats" at line 3: ...`.
 _AT_NAME = re.compile(r'"([^"]+)" at line \d+')
 
@@ -55,7 +56,7 @@ def line_of(exn: BaseException) -> Optional[int]:
     mark = getattr(e, 'problem_mark', None)
     if isinstance(e, yaml.MarkedYAMLError) and mark is not None:
       return mark.line + 1
-    found = _AT_LINE.search(str(e))
+    found = lines.AT_LINE.search(str(e))
     if found:
       return int(found.group(1))
   return None

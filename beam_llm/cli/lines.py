@@ -14,7 +14,7 @@ import re
 from typing import Callable
 
 # Beam YAML's own wording (yaml_transform.identify_object and others).
-_AT_LINE = re.compile(r'\b(at line )(\d+)\b')
+AT_LINE = re.compile(r'\bat line (\d+)\b')
 
 
 def line_map(template: str, expanded: str) -> Callable[[int], int]:
@@ -38,5 +38,4 @@ def line_map(template: str, expanded: str) -> Callable[[int], int]:
 
 def in_message(message: str, to_file: Callable[[int], int]) -> str:
   """`message` with Beam's `at line N` counted in the file."""
-  return _AT_LINE.sub(
-      lambda m: f'{m.group(1)}{to_file(int(m.group(2)))}', message)
+  return AT_LINE.sub(lambda m: f'at line {to_file(int(m.group(1)))}', message)
