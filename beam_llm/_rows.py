@@ -13,6 +13,10 @@ from apache_beam.typehints.schemas import named_fields_from_element_type
 
 ERRORS_TAG = 'errors'
 ERROR_METRICS_NAMESPACE = 'beam_llm.errors'
+# The error output name a composite (Classify, Extract, ...) gives the
+# transforms inside it. Their error rows are not the run's: the composite
+# rescues some and re-emits the rest as its own, counted once, there.
+INNER_ERRORS = 'errors_of_a_step_inside'
 
 
 def input_fields(pcoll) -> Optional[list]:
@@ -108,6 +112,8 @@ def split_outputs(
     # No error output configured: a bad row fails the pipeline, loudly.
     _ = errors | f'{label}/FailOnError' >> beam.Map(_raise_error)
     return good
+  if error_output == INNER_ERRORS:
+    return {'good': good, error_output: errors}
   counted = errors | f'{label}/CountErrors' >> beam.Map(_count_error)
   counted.element_type = errors.element_type
   return {'good': good, error_output: counted}

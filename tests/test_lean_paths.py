@@ -7,6 +7,7 @@ itself imports torch in apache_beam.ml.inference.base wherever torch is
 installed; blocking it also shows Beam copes without it.
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -100,3 +101,50 @@ def test_an_unreachable_keras_preset_fails_at_build_in_seconds(tmp_path):
   assert 'Running pipeline' not in result.stderr + result.stdout
   assert not os.path.exists(str(tmp_path / 'out-errors-00000-of-00001'))
   assert time.monotonic() - start < 120
+
+
+def test_a_missing_rag_extra_stops_the_build_naming_the_extra(
+    embedding_model, tmp_path):
+  """pymilvus missing (an `.[hf]` install): validate and run both stop at
+  build time, one line naming the [rag] extra, before any row is read."""
+  runner = ('import sys\nsys.modules["pymilvus"] = None\n'
+            'sys.argv = ["beam-llm", *sys.argv[1:]]\n'
+            'from beam_llm.cli.main import main\nmain()\n')
+  variables = '--jinja_variables=' + json.dumps(
+      {'embedding_model': embedding_model, 'store': str(tmp_path / 'kb.db'),
+       'errors': str(tmp_path / 'errors')})
+  with open(f'{ROOT}/pipelines/rag_ingest.yaml') as f:
+    line = next(i for i, l in enumerate(f, 1) if 'type: WriteToVectorStore' in l)
+  message = (f"pipelines/rag_ingest.yaml: line {line}: Write "
+             "(WriteToVectorStore): the Milvus Lite store needs beam-llm's "
+             "[rag] extra, which is not installed here (no module pymilvus). "
+             "Install it with: pip install 'beam-llm[rag]'")
+  for command in ('validate', 'run'):
+    result = subprocess.run(
+        [sys.executable, '-c', runner, command, 'pipelines/rag_ingest.yaml',
+         variables], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+    assert result.returncode == 1, result.stderr[-3000:]
+    said = result.stdout + result.stderr
+    assert message in said.splitlines(), said
+    assert 'Running pipeline' not in said
+    assert not (tmp_path / 'kb.db').exists()
+
+
+def test_beam_llm_run_does_not_import_tensorflow_for_a_pipeline_without_ml_transforms():
+  """The full install has TensorFlow (keras-hub brings it); Beam YAML's ML
+  catalogue imported it on every start-up (~8 s). `beam-llm run` builds and
+  tests a pipeline without MLTransform without it."""
+  import importlib.util
+  assert importlib.util.find_spec('tensorflow') is not None  # The full install.
+  runner = ('import atexit, sys\n'
+            'atexit.register(lambda: print("imported:", sorted(m for m in '
+            '("tensorflow", "sentence_transformers", "vertexai") '
+            'if m in sys.modules)))\n'
+            'sys.argv = ["beam-llm", *sys.argv[1:]]\n'
+            'from beam_llm.cli.main import main\nmain()\n')
+  result = subprocess.run(
+      [sys.executable, '-c', runner, 'run', 'pipelines/apology.yaml', '--tests'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'imported: []' in result.stdout

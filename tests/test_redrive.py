@@ -36,8 +36,11 @@ def test_bad_lines_cost_one_row_each_then_a_redrive_completes_the_failures(
                 ) == sorted(BAD_LINES)
   done = read_json_lines(first) + read_json_lines(second)
   assert sorted(r['chat_id'] for r in done) == sorted(c['chat_id'] for c in good)
-  # The bad lines cannot be completed: they are error rows again, once each.
+  # The bad lines cannot be completed: they are error rows again, once each,
+  # with their own reason, file and line (not nested in the error row).
   again = read_json_lines(second + '-errors')
-  assert sorted(e['error_type'] for e in again) == ['schema'] * 3
-  assert sorted(json.loads(e['element']['line'])['element']['line']
-                for e in again) == sorted(BAD_LINES)
+  assert sorted((e['error_type'], e['element']['file'], e['element']['line'])
+                for e in again) == sorted(
+                    (e['error_type'], e['element']['file'], e['element']['line'])
+                    for e in errors if e['element'].get('line'))
+  assert {e['element']['file'] for e in again} == {str(data)}

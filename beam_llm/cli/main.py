@@ -1,29 +1,49 @@
-"""`beam-llm run ...`: Beam YAML's own runner, without the noise.
+"""`beam-llm run|validate ...` (also `python -m beam_llm`): the commands.
 
-`beam-llm run --yaml_pipeline_file=P.yaml [any apache_beam.yaml.main flag]`
-runs exactly what `python -m apache_beam.yaml.main` runs (same flags, same
-Jinja expansion, `--tests` too), with three differences a newcomer would
-otherwise trip over:
-
-- Beam's start-up warnings that concern other parts of Beam (BigQuery's
-  apitools, MLTransform modules, TensorFlow's C++ banner) are not shown;
-- the runner defaults to FnApiRunner (local, in-process), so a local run
-  does not first try to download the Prism runner; any --runner wins;
-- the empty `.temp…` folders Beam's file sinks leave beside an output that
-  received no rows are removed;
-- GenerateText's progress lines show on long runs, and a summary of the
-  run's beam-llm metrics (rows, error rows by reason, tokens, retries, cache
-  hits, wall time, rows/s) is printed at the end.
+`run` (beam_llm/cli/run.py) runs exactly what `python -m
+apache_beam.yaml.main` runs (same flags, same Jinja expansion, `--tests`
+too), with what a newcomer would otherwise trip over taken care of: Beam's
+unrelated start-up noise hidden (quiet.py) and its ML catalogue skipped
+(lean_start.py); FnApiRunner unless --runner is given; a mistake told in one
+line (errors.py); progress lines and a summary of what was read and written
+(summary.py); empty `.temp…` folders removed. `validate` (validate.py)
+checks a pipeline without running it.
 """
-import argparse
+import os
 import sys
+import time
 
-from beam_llm.cli import quiet
+
+def _process_start() -> float:
+  """time.monotonic() when this process started (Linux: from /proc), else now.
+
+  The summary's wall time starts there, with the command: the interpreter,
+  imports and the pipeline's construction are part of what a user waits for.
+  """
+  now = time.monotonic()
+  try:
+    with open('/proc/self/stat') as f:
+      start_ticks = int(f.read().rsplit(')', 1)[1].split()[19])  # starttime
+    with open('/proc/uptime') as f:
+      uptime = float(f.read().split()[0])
+    return now - max(0.0, uptime - start_ticks / os.sysconf('SC_CLK_TCK'))
+  except (OSError, ValueError, IndexError):
+    return now
+
+
+_STARTED = _process_start()
+
+from beam_llm.cli import quiet  # noqa: E402
 
 USAGE = """usage:
-  beam-llm run PIPELINE.yaml [--jinja_variables=JSON] [--tests] [beam options...]
+  beam-llm run PIPELINE.yaml [--jinja_variables=JSON] [--tests] [--verbose] [beam options...]
       Runs a Beam YAML pipeline like `python -m apache_beam.yaml.main`,
-      quietly, on FnApiRunner unless --runner is given.
+      quietly, on FnApiRunner unless --runner is given, and prints a
+      summary of what it read and wrote. Takes apache_beam.yaml.main's
+      flags (--jinja_variables, --tests, --json_schema_validation, ...)
+      and any Beam pipeline option (--runner, --project, ...).
+      A mistake in the pipeline is one line; --verbose adds the traceback
+      and shows what worker processes print, unfiltered.
   beam-llm validate PIPELINE.yaml... [--jinja_variables=JSON] [--check_reachable]
       Checks a pipeline without running it or loading a model: one line per
       problem, exit status 1 if there is any. Offline unless
@@ -36,19 +56,16 @@ def main(argv=None):
     print(USAGE)
     sys.exit(0 if argv else 2)
   command, rest = argv[0], argv[1:]
+  if command in ('run', 'validate') and ('-h' in rest or '--help' in rest):
+    # Not Beam's own --help: it lists only its Jinja flags, as `__main__.py`.
+    print(USAGE)
+    sys.exit(0)
   if command == 'run':
     sys.exit(run(rest))
   if command == 'validate':
     sys.exit(validate(rest))
   print(f'beam-llm: unknown command {command!r}\n\n{USAGE}', file=sys.stderr)
   sys.exit(2)
-
-
-def _pipeline_file_flag(argv) -> list:
-  argv = list(argv)
-  if argv and not argv[0].startswith('-'):  # `beam-llm run P.yaml ...`
-    argv[0] = f'--yaml_pipeline_file={argv[0]}'
-  return argv
 
 
 def validate(argv) -> int:
@@ -60,7 +77,7 @@ def validate(argv) -> int:
   if not files:
     print(USAGE, file=sys.stderr)
     return 2
-  quiet.before_beam_starts(import_beam_yaml=False)
+  quiet.before_beam_starts()
   from beam_llm.cli import validate as validation
   failed = False
   for path in files:
@@ -76,45 +93,5 @@ def validate(argv) -> int:
 
 
 def run(argv) -> int:
-  argv = _pipeline_file_flag(argv)
-  if not any(a == '--runner' or a.startswith('--runner=') for a in argv):
-    argv.append('--runner=FnApiRunner')
-  quiet.before_beam_starts()
-  from apache_beam.yaml import main as yaml_main
-  if '--tests' in argv or '--test' in argv:
-    yaml_main.run_tests(argv)
-    return 0
-  written = quiet.output_paths(yaml_main, argv)
-  try:
-    _run_with_summary(yaml_main, argv)
-  finally:
-    quiet.remove_empty_temp_dirs(written)
-  return 0
-
-
-def _run_with_summary(yaml_main, argv) -> None:
-  """apache_beam.yaml.main.run, keeping the result to print its metrics."""
-  import logging
-  import time
-
-  import apache_beam as beam
-
-  from beam_llm.cli import summary
-  # GenerateText's progress lines (rows, failures, rows/s) on long runs.
-  progress = logging.getLogger('beam_llm')
-  progress.setLevel(logging.INFO)
-  if not progress.handlers:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
-    progress.addHandler(handler)
-    progress.propagate = False
-  start = time.monotonic()
-  options, constructor, display_data = (
-      yaml_main.build_pipeline_components_from_argv(argv))
-  p = beam.Pipeline(options=options, display_data=display_data)
-  print('Building pipeline...')
-  constructor(p)
-  print('Running pipeline...')
-  result = p.run()
-  result.wait_until_finish()
-  print(summary.render(summary.beam_llm_counters(result), time.monotonic() - start))
+  from beam_llm.cli import run as running
+  return running.run(argv, _STARTED)

@@ -32,6 +32,30 @@ class Problem:
 
 
 def validate(argv: List[str], check_reachable: bool = False) -> List[Problem]:
+  from beam_llm.cli import lines
+  from beam_llm.cli import variables
+  try:
+    # Before Beam parses the flags: Beam's message for bad JSON is a usage
+    # banner.
+    variables.check(argv, variables.pipeline_template(argv))
+  except variables.VariablesError as exn:
+    return [Problem(None, '', str(exn))]
+  from apache_beam.yaml import main as yaml_main
+  try:
+    _, _, template, pipeline_yaml = yaml_main._build_pipeline_yaml_from_argv(argv)
+  except Exception:  # pylint: disable=broad-except
+    template = pipeline_yaml = ''  # _problems reports it.
+  to_file = lines.line_map(template, pipeline_yaml)
+  problems = _problems(argv, check_reachable)
+  for problem in problems:
+    # Lines of the file as written, not of its Jinja expansion.
+    if problem.line:
+      problem.line = to_file(problem.line)
+    problem.message = lines.in_message(problem.message, to_file)
+  return problems
+
+
+def _problems(argv: List[str], check_reachable: bool) -> List[Problem]:
   os.environ['BEAM_LLM_CHECK_REACHABLE'] = '1' if check_reachable else '0'
   from apache_beam.yaml import main as yaml_main
   from apache_beam.yaml import yaml_transform
@@ -47,7 +71,7 @@ def validate(argv: List[str], check_reachable: bool = False) -> List[Problem]:
   if problems:
     return problems
   from beam_llm.cli import quiet
-  quiet.import_beam_yaml_quietly()
+  quiet.import_beam_yaml_quietly(spec)
   try:
     import apache_beam as beam
     options, constructor = yaml_main.build_pipeline_components_from_yaml(
@@ -118,6 +142,23 @@ def _build_beam_llm_transform(t: dict, label: str) -> List[Problem]:
   return []
 
 
+def steps_by_line(expanded: str) -> dict:
+  """{line of the expanded pipeline: its transform, labelled as here}."""
+  from apache_beam.yaml import yaml_transform
+  spec = yaml.load(expanded, Loader=yaml_transform.SafeLineLoader)
+  found = {}
+
+  def walk(items):
+    for t in items or []:
+      if isinstance(t, dict):
+        found[_line(t)] = _label(t)
+        walk(t.get('transforms'))
+
+  pipeline = spec.get('pipeline') if isinstance(spec, dict) else None
+  walk(pipeline.get('transforms') if isinstance(pipeline, dict) else pipeline)
+  return found
+
+
 def _inputs(value: Any) -> List[str]:
   if isinstance(value, str):
     return [value]
@@ -138,7 +179,5 @@ def _line(t: dict) -> Optional[int]:
 
 
 def _one_line(exn: BaseException) -> str:
-  """The innermost message, on one line: no traceback."""
-  while exn.__cause__ is not None or exn.__context__ is not None and not exn.__suppress_context__:
-    exn = exn.__cause__ or exn.__context__
-  return ' '.join(str(exn).split()) or type(exn).__name__
+  from beam_llm.cli import errors
+  return errors.one_line(exn)

@@ -15,6 +15,15 @@ BACKENDS = {
     'OpenAICompatible': 'beam_llm.embeddings.openai_compatible:OpenAIEmbedder',
     'VertexAI': 'beam_llm.embeddings.vertex_ai:VertexAIEmbedder',
 }
+# type name -> (the setup.cfg extra that installs it, modules it imports on
+# the worker): checked at build time, as GenerateText's backends are
+# (beam_llm/handlers/__init__.py), so a missing library is one message
+# naming the extra, not a ModuleNotFoundError mid-run.
+BACKEND_EXTRAS = {
+    'SentenceTransformers': ('rag', ('torch', 'sentence_transformers')),
+    'OpenAICompatible': ('openai', ('openai', 'httpx')),
+    'VertexAI': ('vertex', ('google.cloud.aiplatform',)),
+}
 
 
 def backend_class(owner: str, name: Any):
@@ -23,6 +32,8 @@ def backend_class(owner: str, name: Any):
         owner, 'model_handler.type',
         f'names an unknown embedding backend {name!r}; choose one of '
         f'{", ".join(sorted(BACKENDS))}')
+  extra, modules = BACKEND_EXTRAS[name]
+  _config.require_extra(owner, f'the {name} embedding backend', extra, modules)
   module, cls = BACKENDS[name].split(':')
   return getattr(importlib.import_module(module), cls)
 

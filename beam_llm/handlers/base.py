@@ -14,11 +14,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.ml.inference.base import PredictionResult
 
+from beam_llm import progress
 from beam_llm import row_failures
 from beam_llm.handlers import token_batching
 
 _LOG = logging.getLogger('beam_llm.GenerateText')
-_PROGRESS_EVERY_SECS = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +100,6 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
     self._max_batch_tokens = batching.pop('max_batch_tokens', None)
     super().__init__(**batching)
     self._generation = dict(generation)
-    self._progress = None  # Set on the worker by the first batch.
     self.usage = {'input_tokens': 0, 'output_tokens': 0}
 
   # -- to implement -------------------------------------------------------
@@ -144,6 +143,7 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
       batch: Sequence[Any],
       model: Any,
       inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
+    progress.started(self.describe(), len(batch))
     responses: list = [None] * len(batch)
     todo = []
     for i, prompt in enumerate(batch):
@@ -181,17 +181,8 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
     namespace = self.get_metrics_namespace()
     Metrics.counter(namespace, 'rows').inc(len(responses))
     Metrics.counter(namespace, 'failed_rows').inc(failed)
-    now = time.monotonic()
-    if self._progress is None:
-      self._progress = [now, now, 0, 0]  # start, last log, rows, failed
-    p = self._progress
-    p[2] += len(responses)
-    p[3] += failed
-    if now - p[1] >= _PROGRESS_EVERY_SECS:
-      p[1] = now
-      _LOG.info(
-          'GenerateText [%s]: %d rows (%d failed) in %.0fs, %.2f rows/s',
-          self.describe(), p[2], p[3], now - p[0], p[2] / max(now - p[0], 1e-9))
+    # The progress line, every 10 s even while a batch is still running.
+    progress.finished(self.describe(), len(responses), failed)
 
 
 def fit_prompts(

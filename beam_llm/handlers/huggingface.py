@@ -24,6 +24,12 @@ class ModelUnavailable(RuntimeError):
 
 
 def _unavailable_message(model: str, why: str) -> str:
+  if not _HUB_ID.match(model):  # A path: `hf download /tmp/x` would not help.
+    return (
+        f"HuggingFace model {model!r} is not available: {why}.\n"
+        "Check the path: it must be a model directory saved with "
+        "save_pretrained (or fetched on a connected machine with `hf download "
+        "REPO_ID --local-dir DIR`)")
   return (
       f"HuggingFace model {model!r} is not available: {why}.\n"
       "To run without the hub, point the pipeline at a local model directory "

@@ -38,6 +38,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 
 from beam_llm import _config
+from beam_llm import progress
 from beam_llm import remote
 from beam_llm.generation_params import GenerationParams
 from beam_llm.handlers.base import Generation
@@ -351,6 +352,7 @@ class RemoteGenerateDoFn(beam.DoFn):
   def process(self, keyed, wv=beam.DoFn.WindowedValueParam):
     n = self._next
     self._next += 1
+    progress.started(self._handler.describe(), 1)
     future = self._handler.start(self._loaded, keyed[1])
     self._pending[n] = (wv, keyed, future)
     future.add_done_callback(lambda _, n=n: self._done.put(n))

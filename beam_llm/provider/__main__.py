@@ -9,7 +9,7 @@ from beam_llm.cli import quiet
 from beam_llm.provider import PROVIDERS_FILE
 
 if extensions.transforms() or extensions.backends():
-  quiet.before_beam_starts(import_beam_yaml=False)  # clashes() imports Beam.
+  quiet.before_beam_starts()  # clashes() imports Beam.
   clashes = extensions.clashes()
 else:
   clashes = []

@@ -15,6 +15,14 @@ from beam_llm.stores.base import VectorStore
 
 _MILVUS = 'beam_llm.stores.milvus:MilvusStore'
 _PGVECTOR = 'beam_llm.stores.pgvector:PgVectorStore'
+# What each store's client needs (all in the [rag] extra), checked at build
+# time whatever the reachability setting: a missing library is one message
+# naming the extra, not a StoreUnavailable mid-run.
+_MODULES = {
+    'Milvus Lite': ('pymilvus', 'milvus_lite'),
+    'Milvus': ('pymilvus',),
+    'PostgreSQL': ('psycopg', 'pgvector'),
+}
 
 
 def store_class(owner: str, store: str) -> type:
@@ -55,6 +63,8 @@ def create_store(
     instance = store_class(owner, store)(store, collection, index=index)
   except ValueError as exn:
     _config.fail(owner, 'index', str(exn))
+  _config.require_extra(owner, f'the {instance.kind} store', 'rag',
+                        _MODULES.get(instance.kind, ()))
   if not _config.reachability_checks():
     return instance  # `beam-llm validate` offline: the store is not contacted.
   try:

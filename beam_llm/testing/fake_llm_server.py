@@ -543,22 +543,41 @@ def _predict(body, prompt, text):
           'deployedModelId': '42'}
 
 
+def _probability(text: str) -> float:
+  value = float(text)
+  if not 0 <= value <= 1:
+    raise argparse.ArgumentTypeError(
+        f'{text} is not a probability: give a share from 0 to 1 (0.2: one '
+        'request in five)')
+  return value
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--port', type=int, default=8000)
-  parser.add_argument('--latency_secs', type=float, default=0.0)
-  parser.add_argument('--slots', type=int, default=None)
+  parser.add_argument('--port', type=int, default=8000,
+                      help='port to listen on, on 127.0.0.1 (default 8000)')
+  parser.add_argument('--latency_secs', type=float, default=0.0,
+                      help='seconds each answer takes (default 0)')
+  parser.add_argument('--slots', type=int, default=None,
+                      help='requests served at once; more wait in a queue '
+                      '(default: no limit)')
   parser.add_argument('--reject_when_full', action='store_true',
                       help='answer 429 instead of queueing past --slots')
-  parser.add_argument('--rate_limited', type=float, default=0.0)
-  parser.add_argument('--server_error', type=float, default=0.0)
+  parser.add_argument(
+      '--rate_limited', type=_probability, default=0.0, metavar='P',
+      help='answer this share of requests (0 to 1) with 429 Too Many Requests')
+  parser.add_argument(
+      '--server_error', type=_probability, default=0.0, metavar='P',
+      help='answer this share of requests (0 to 1) with a 500 or 503')
   for name, what in (('timeout', 'answer only after --slow_secs'),
                      ('drop', 'close the connection without answering'),
                      ('malformed', 'answer 200 with a body cut off'),
                      ('stall', 'wait --slow_secs, then close the connection')):
-    parser.add_argument(f'--{name}', type=float, default=0.0,
-                        help=f'share of requests to {what} (0 to 1)')
-  parser.add_argument('--slow_secs', type=float, default=2.0)
+    parser.add_argument(f'--{name}', type=_probability, default=0.0,
+                        metavar='P',
+                        help=f'share of requests (0 to 1) to {what}')
+  parser.add_argument('--slow_secs', type=float, default=2.0,
+                      help='seconds of a timeout or a stall (default 2)')
   parser.add_argument('--json_reply', action='store_true',
                       help='answer {"sentiment": 0, "summary": ...} to everything')
   args = parser.parse_args(argv)

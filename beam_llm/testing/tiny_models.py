@@ -122,7 +122,9 @@ def build_gemma(path: str, seed: int = 0) -> str:
       pad_id=0, bos_id=1, eos_id=2, unk_id=3,
       pad_piece='<pad>', bos_piece='<bos>', eos_piece='<eos>', unk_piece='<unk>',
       user_defined_symbols=['<start_of_turn>', '<end_of_turn>'],
-      hard_vocab_limit=False)
+      hard_vocab_limit=False,
+      # Its trainer prints its whole spec (~80 lines) at INFO otherwise.
+      minloglevel=2)
   tokenizer = keras_hub.models.GemmaTokenizer(proto=words.getvalue())
   backbone = keras_hub.models.GemmaBackbone(
       vocabulary_size=tokenizer.vocabulary_size(),
@@ -145,7 +147,12 @@ def main(argv=None):
   os.makedirs(args.path, exist_ok=True)
   build = (build_seq2seq_lm if args.seq2seq else
            build_gemma if args.gemma else build_causal_lm)
-  build(args.path)
+  # keras-hub imports TensorFlow, whose C++ banners (and a cuInit "error"
+  # on machines without a GPU) go straight to descriptor 2: shown only if
+  # the build fails.
+  from beam_llm.cli import quiet
+  with quiet.captured_stderr():
+    build(args.path)
   print(f'Saved a tiny RANDOM-WEIGHT model (its output is gibberish) to '
         f'{args.path}')
 

@@ -53,6 +53,8 @@ class ChunkText(beam.PTransform):
       _config.fail(_OWNER, 'chunk_overlap',
                    f'must be at least 0 and less than chunk_size ({chunk_size}), '
                    f'got {chunk_overlap}')
+    _config.require_extra(_OWNER, 'ChunkText', 'rag',
+                          ('langchain_text_splitters',))
     self._text = text
     self._id = id
     self._splitter = dict(

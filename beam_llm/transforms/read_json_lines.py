@@ -89,6 +89,9 @@ class _ParseLineDoFn(beam.DoFn):
 
   def process(self, file_and_line):
     path, line = file_and_line
+    yield from self._parse(path, line, self._record_field)
+
+  def _parse(self, path, line, record_field):
     if not line.strip():
       return
     try:
@@ -96,10 +99,16 @@ class _ParseLineDoFn(beam.DoFn):
     except ValueError as exn:
       yield from self._bad(path, line, 'invalid_json', f'not valid JSON: {exn}')
       return
-    if self._record_field is not None and isinstance(value, dict):
-      value = value.get(self._record_field)
+    if record_field is not None and isinstance(value, dict):
+      value = value.get(record_field)
+      if self._is_bad_line(value):
+        # A redriven error row of a bad input line: read that line again,
+        # so a line still bad keeps its own reason, file and text (not a
+        # schema error on the wrapper, with the line nested inside).
+        yield from self._parse(value['file'], value['line'], None)
+        return
     if not isinstance(value, dict):
-      where = f' in field {self._record_field!r}' if self._record_field else ''
+      where = f' in field {record_field!r}' if record_field else ''
       yield from self._bad(
           path, line, 'not_an_object',
           f'expected a JSON object{where}, got {json_schema_types.json_kind(value)}')
@@ -110,6 +119,12 @@ class _ParseLineDoFn(beam.DoFn):
       return
     self._read.inc()
     yield beam.Row(**self._fields_of(value))
+
+  def _is_bad_line(self, value) -> bool:
+    names = set(self._schema.get('properties') or {})
+    return (isinstance(value, dict) and not {'file', 'line'} & names
+            and isinstance(value.get('file'), str)
+            and isinstance(value.get('line'), str))
 
   def _bad(self, path, line, error_type, reason):
     self._failed.inc()

@@ -104,13 +104,15 @@ class SemanticOperator(beam.PTransform):
     self._error_output = _config.error_output_name(owner, error_handling)
     try:
       self._render = RenderPrompt(
-          **render_options, output=PROMPT, error_handling={'output': 'errors'})
+          **render_options, output=PROMPT,
+          error_handling={'output': _rows.INNER_ERRORS})
     except _config.ConfigError as exn:
       raise _config.ConfigError(
           str(exn).replace('RenderPrompt', owner, 1)) from None
     self._generate = _options.generate_text(owner, options, PROMPT, ANSWER, schema)
     self._parse = ParseJSON(
-        field=ANSWER, schema=schema, error_handling={'output': 'errors'})
+        field=ANSWER, schema=schema,
+        error_handling={'output': _rows.INNER_ERRORS})
 
   def expand(self, pcoll):
     fields = _rows.input_fields(pcoll)
@@ -147,10 +149,11 @@ class SemanticOperator(beam.PTransform):
         _wrap, input_names).with_output_types(wrap_type)
     parsed = wrapped | 'Parse' >> self._parse
     outcomes = (
-        rendered['errors'] | 'RenderErrors' >> beam.Map(lambda e: ('render', e)),
-        generated['errors'] | 'GenerateErrors' >> beam.Map(
+        rendered[_rows.INNER_ERRORS]
+        | 'RenderErrors' >> beam.Map(lambda e: ('render', e)),
+        generated[_rows.INNER_ERRORS] | 'GenerateErrors' >> beam.Map(
             lambda e: ('generate', e)),
-        parsed['errors'] | 'ParseErrors' >> beam.Map(lambda e: ('parse', e)),
+        parsed[_rows.INNER_ERRORS] | 'ParseErrors' >> beam.Map(lambda e: ('parse', e)),
         parsed['good'] | 'Parsed' >> beam.Map(lambda r: ('parsed', r)),
     ) | 'Outcomes' >> beam.Flatten()
     extra = list(self._decider.output_fields)

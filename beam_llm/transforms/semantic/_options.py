@@ -103,13 +103,14 @@ def generate_text(
       backend = None  # GenerateText reports it below.
     if backend is not None and not backend.supports_response_schema:
       response_schema = None  # Prompted only; the answer is still checked.
+  from beam_llm import _rows
   try:
     return _generate_text()(
         **generate_options,
         prompt=prompt,
         output=output,
         response_schema=response_schema,
-        error_handling={'output': 'errors'})
+        error_handling={'output': _rows.INNER_ERRORS})
   except _config.ConfigError as exn:
     # GenerateText's own checks (values, backend options): name this operator.
     raise _config.ConfigError(
