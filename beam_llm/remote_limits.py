@@ -52,8 +52,10 @@ class AdaptiveLimit:
     limit x (1 - best / now). The limit grows while that queue is short
     (doubling per round trip until the first sign of a queue, then by
     about sqrt(limit)) and shrinks when it is long;
-  - overload cuts the limit by a fifth: a 429 or a Retry-After, 503s from
-    a tenth of the round trip's answers, or timeouts from half of them.
+  - overload cuts the limit by a fifth, at most once per round trip: a 429
+    or a Retry-After at once (a service that refuses answers fast, and a
+    freed slot would go straight into the next refusal), 503s from a tenth
+    of the round trip's answers, or timeouts from half of them.
     Other failures (a 500, a dropped connection, a malformed body) are
     faults, not load: they cost a retry, not throughput.
   Never above `cap` (`max_concurrency`), never below one.
@@ -69,6 +71,7 @@ class AdaptiveLimit:
     self._slow_start = True
     self._bases = collections.deque()  # (time, a round trip's latency)
     self._window = _Window()
+    self._last_cut = -math.inf
     # The limit at which the service last turned requests away: near it,
     # grow slowly (probe), so as not to send a 429 every few round trips.
     self._ceiling = None
@@ -124,21 +127,37 @@ class AdaptiveLimit:
       before = int(self.limit)
       w = self._window
       w.add(latency, signal)
-      if w.answers >= max(int(self.limit), 4):
-        self._judge(w, time.monotonic())
+      now = time.monotonic()
+      if signal == OVERLOAD:
+        # At once, not at the end of the round trip: a service that turns
+        # requests away answers fast, and each freed slot would be sent
+        # straight into the next refusal. Once per round trip.
+        if now - self._last_cut >= self._round_trip():
+          self._overloaded(now)
+          self._window = _Window()
+      elif w.answers >= max(int(self.limit), 4):
+        self._judge(w, now)
         self._window = _Window()
       self.limit = min(float(self.cap), max(1.0, self.limit))
       free = int(self.limit) - self.in_flight
       if free > 0:
         self._wake(free if int(self.limit) > before else 1)
 
+  def _round_trip(self) -> float:
+    return self._bases[-1][1] if self._bases else 0.0
+
+  def _overloaded(self, now: float) -> None:
+    self._ceiling = int(self.limit)
+    self._slow_start = False
+    self._last_cut = now
+    self.limit *= _OVERLOAD_CUT
+
   def _judge(self, w: '_Window', now: float) -> None:
     """One round trip's verdict on the limit."""
-    if (w.signals[OVERLOAD] or w.signals[BUSY] >= _BUSY_SHARE * w.answers or
+    if (w.signals[BUSY] >= _BUSY_SHARE * w.answers or
         w.signals[TIMEOUT] >= _TIMEOUT_SHARE * w.answers):
-      self._ceiling = int(self.limit)
-      self._slow_start = False
-      self.limit *= _OVERLOAD_CUT
+      if now - self._last_cut >= self._round_trip():
+        self._overloaded(now)
       return
     if len(w.latencies) < 2:
       return  # Mostly faults: nothing learned about load.
@@ -161,7 +180,10 @@ class AdaptiveLimit:
         if self.limit > 1.1 * self._ceiling:
           self._ceiling = None  # The service got bigger: grow freely again.
       else:
-        self.limit += math.sqrt(self.limit)
+        grown = self.limit + math.sqrt(self.limit)
+        if self._ceiling:  # Not past where the slow probing starts.
+          grown = min(grown, max(self.limit, 0.9 * self._ceiling))
+        self.limit = grown
     elif queue >= alpha:
       self._slow_start = False
 

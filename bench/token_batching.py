@@ -64,7 +64,7 @@ def plain_loop(model_dir, texts, new_tokens, dtype, batch=16, sort=False):
   return tokens, time.perf_counter() - start
 
 
-def pipeline(model_dir, texts, new_tokens, **config):
+def pipeline(model_dir, texts, new_tokens, max_batch_tokens=None, **config):
   start = time.perf_counter()
   p = beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner']))
   _ = (p
@@ -72,7 +72,7 @@ def pipeline(model_dir, texts, new_tokens, **config):
        | GenerateText(
            model_handler={'type': 'HuggingFace',
                           'config': {'model': model_dir, **config}},
-           max_new_tokens=new_tokens))
+           max_new_tokens=new_tokens, max_batch_tokens=max_batch_tokens))
   result = p.run()
   result.wait_until_finish()
   elapsed = time.perf_counter() - start
@@ -103,10 +103,15 @@ def main():
   parser.add_argument('--layers', type=int, default=8)
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--only', nargs='*', help='variant name prefixes')
+  parser.add_argument('--budgets', nargs='*', type=int, default=[],
+                      help='also GenerateText with these max_batch_tokens')
   args = parser.parse_args()
   texts = mixed_prompts(args.prompts)
   variants = {k: v for k, v in VARIANTS.items()
               if not args.only or any(k.startswith(o) for o in args.only)}
+  for budget in args.budgets:
+    variants[f'GenerateText, max_batch_tokens {budget}'] = (
+        lambda d, t, n, b=budget: pipeline(d, t, n, max_batch_tokens=b))
   rates = {k: [] for k in variants}
   with tempfile.TemporaryDirectory() as d:
     build_causal_lm(d, hidden_size=args.hidden, num_layers=args.layers,
