@@ -185,6 +185,22 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
     progress.finished(self.describe(), len(responses), failed)
 
 
+def prompt_token_counts(
+    prompts: list,
+    to_text: Callable[[Any], str],
+    count_tokens: Callable[[List[str]], List[int]]) -> List[int]:
+  """Each prompt's tokens as the model will see it, for planning batches
+  (LocalModelHandler.split_batch). A prompt that cannot be formatted counts
+  as an empty text: `fit_prompts` makes it a `bad_prompt` row later."""
+  texts = []
+  for prompt in prompts:
+    try:
+      texts.append(to_text(prompt))
+    except Exception:  # pylint: disable=broad-except
+      texts.append('')  # The same failure as fit_prompts': this row's.
+  return count_tokens(texts) if texts else []
+
+
 def fit_prompts(
     prompts: list,
     to_text: Callable[[Any], str],

@@ -9,6 +9,7 @@ from typing import Literal, Optional
 
 from beam_llm.generation_params import GenerationParams
 from beam_llm.handlers.base import fit_prompts
+from beam_llm.handlers.base import prompt_token_counts
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import LocalModelHandler
 from beam_llm.handlers.json_constraint import compile_json_schema
@@ -192,20 +193,13 @@ class HuggingFaceModel:
     self.overlap_masks = device == 'cuda'
 
   def token_counts(self, prompts: list) -> list:
-    texts = []
-    for prompt in prompts:
-      try:
-        texts.append(self._as_text(prompt))
-      except ValueError:
-        texts.append('')  # generate_batch reports it; it costs nothing.
-    return self._count_tokens(texts)
+    return prompt_token_counts(prompts, self._as_text, self._count_tokens)
 
   def batch_token_budget(self) -> int:
     return self.token_budget
 
   def _count_tokens(self, texts: list) -> list:
-    if not texts:
-      return []
+    # Never empty: both callers skip empty batches (tokenizers fail on them).
     return [len(ids) for ids in self.tokenizer(texts)['input_ids']]
 
   def generate_batch(self, prompts: list) -> list:

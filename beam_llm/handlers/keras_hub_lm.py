@@ -14,6 +14,7 @@ from beam_llm import staging
 from beam_llm.handlers import keras_presets as presets
 from beam_llm.handlers import token_batching
 from beam_llm.handlers.base import fit_prompts
+from beam_llm.handlers.base import prompt_token_counts
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import LocalModelHandler
 
@@ -210,13 +211,7 @@ class KerasModel:
     return [len(tokenizer(t)) + 1 for t in texts]
 
   def token_counts(self, prompts: list) -> list:
-    texts = []
-    for prompt in prompts:
-      try:
-        texts.append(self._as_text(prompt))
-      except Exception:  # pylint: disable=broad-except
-        texts.append('')  # generate_batch reports it.
-    return self._count_tokens(texts)
+    return prompt_token_counts(prompts, self._as_text, self._count_tokens)
 
   def batch_token_budget(self) -> int:
     if self.token_budget is None:
