@@ -122,3 +122,30 @@ def test_through_beam_yaml_with_two_named_inputs(llm_server, tmp_path):
   rows = read_json_lines(str(tmp_path / 'joined'))
   assert sorted((r['left_chat_id'], r['right_sku']) for r in rows) == [
       (1, 'P1'), (2, 'F1'), (3, 'A1')]
+
+
+def test_a_pair_the_model_cannot_decide_is_an_error_row_the_others_join(
+    llm_server):
+  def reply(prompt):
+    if 'crashes' in prompt:
+      return 'maybe?'  # Not a decision.
+    return about_product(prompt)
+
+  server = llm_server(reply=reply)
+  key = str(uuid.uuid4())
+  p = beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner']))
+  left = p | 'L' >> beam.Create([beam.Row(**c) for c in CHATS])
+  right = p | 'R' >> beam.Create([beam.Row(**x) for x in PRODUCTS])
+  out = {'left': left, 'right': right} | SemanticJoin(
+      condition='The chat is about this product.',
+      block_by={'left': 'category', 'right': 'category'},
+      model_handler=openai(server), error_handling={'output': 'failed'})
+  for tag in ('good', 'failed'):
+    _ = out[tag] | f'Keep{tag}' >> beam.Map(
+        lambda r, t=tag: _record(key + t, r))
+  p.run().wait_until_finish()
+  good = _SINKS.pop(key + 'good', [])
+  failed = _SINKS.pop(key + 'failed', [])
+  assert sorted((r.left_chat_id, r.right_sku) for r in good) == [(1, 'P1'), (2, 'F1')]
+  assert [(e.element.left_chat_id, e.element.right_sku) for e in failed] == [(3, 'A1')]
+  assert failed[0].msg.startswith('SemanticJoin')
