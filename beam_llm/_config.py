@@ -5,7 +5,9 @@ YAML-supplied options against it and raise one clear error naming the transform
 and the key, instead of a TypeError deep inside a worker.
 """
 import collections.abc
+import contextlib
 import difflib
+import functools
 import os
 import inspect
 import typing
@@ -15,11 +17,49 @@ from apache_beam.io.filesystems import FileSystems
 
 
 class ConfigError(ValueError):
-  """A pipeline option is missing, unknown or of the wrong type."""
+  """A pipeline option is missing, unknown or of the wrong type.
+
+  Carries the transform it is reported for (`owner`) apart from what is
+  wrong (`detail`), so an operator built from other transforms reports
+  their errors under its own name (`reported_as`) without rewriting text.
+  """
+  def __init__(self, owner: str, detail: str):
+    super().__init__(f'{owner}: {detail}')
+    self.owner = owner
+    self.detail = detail
 
 
 def fail(owner: str, key: str, problem: str) -> typing.NoReturn:
-  raise ConfigError(f'{owner}: option {key!r} {problem}')
+  raise ConfigError(owner, f'option {key!r} {problem}')
+
+
+@contextlib.contextmanager
+def reported_as(owner: str):
+  """Config errors raised inside name `owner` (the transform the user
+  wrote) instead of the building block that found them."""
+  try:
+    yield
+  except ConfigError as exn:
+    raise ConfigError(owner, exn.detail) from None
+
+
+def checks_options(owner: str):
+  """Decorator for a transform's `__init__`, whose keyword parameters are
+  its YAML options: every call is checked against that signature (unknown
+  keys with a did-you-mean, missing required ones, wrong types), naming
+  `owner`, before the body runs. The options are declared once, by the
+  signature; the body checks only what a type cannot say."""
+  def decorate(init):
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+      bound = signature.bind_partial(self, *args, **kwargs).arguments
+      bound.pop('self', None)
+      check_call_options(owner, init, bound)
+      init(self, *args, **kwargs)
+    return checked
+  return decorate
 
 
 def reachability_checks() -> bool:
@@ -86,7 +126,7 @@ def check_call_options(
   """
   if not isinstance(options, Mapping):
     raise ConfigError(
-        f'{owner}: {prefix.rstrip(".") or "config"} must be a mapping, '
+        owner, f'{prefix.rstrip(".") or "config"} must be a mapping, '
         f'got {type(options).__name__}')
   params = {
       name: p
@@ -176,7 +216,7 @@ def exactly_one(owner: str, **options: Any) -> str:
   if len(given) != 1:
     names = ' or '.join(repr(n) for n in options)
     raise ConfigError(
-        f'{owner}: give exactly one of {names}'
+        owner, f'give exactly one of {names}'
         + (f' (got {", ".join(given)})' if given else ''))
   return given[0]
 
@@ -192,7 +232,7 @@ def read_text_file(owner: str, key: str, path: str) -> str:
       return f.read().decode('utf-8')
   except Exception as exn:  # FileSystems raises several types.
     raise ConfigError(
-        f'{owner}: option {key!r}: cannot read {path!r} '
+        owner, f'option {key!r}: cannot read {path!r} '
         f'(relative paths are resolved from {os.getcwd()!r}): {exn}'
     ) from None
 
@@ -204,7 +244,7 @@ def error_output_name(owner: str, error_handling: Optional[Mapping]) -> Optional
   if not isinstance(error_handling, Mapping) or not isinstance(
       error_handling.get('output'), str):
     raise ConfigError(
-        f"{owner}: option 'error_handling' must be a mapping like "
+        owner, "option 'error_handling' must be a mapping like "
         f"{{output: my_errors}}, got {error_handling!r}")
   unknown = set(error_handling) - {'output'}
   if unknown:

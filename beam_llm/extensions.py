@@ -85,15 +85,6 @@ def _extensions_provider(urns):
   })
 
 
-def clashes() -> list:
-  """Extension names that a built-in shadows (those extensions are unused)."""
-  import beam_llm
-  from beam_llm import handlers
-  return sorted(
-      [f'backend {n}' for n in backends() if n in handlers.BACKENDS] +
-      [f'transform {n}' for n in transforms() if n in beam_llm.TRANSFORMS])
-
-
 # -- the public helpers for extension code -------------------------------
 
 

@@ -6,7 +6,7 @@ throughput. Driven here answer by answer, as RemoteCaller drives it."""
 import random
 
 from beam_llm import remote
-from beam_llm import remote_limits as rl
+from beam_llm.remote import limits as rl
 
 
 def _round_trips(limit, n, answer):
@@ -15,7 +15,7 @@ def _round_trips(limit, n, answer):
   for _ in range(n):
     size = int(limit.limit)
     for _ in range(size):
-      limit.acquire()
+      assert limit.try_acquire()
     for i in range(size):
       limit.release(*answer(i))
 

@@ -5,8 +5,10 @@ down. Real PostgreSQL + pgvector (stopped and started for real), a real
 Milvus server, the real embedding clients against a local server."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -28,13 +30,19 @@ OUTAGE_SECS = 8
 
 
 @pytest.fixture
-def postgres(tmp_path):
-  """A PostgreSQL server of this test's own (it gets stopped): (server, URI)."""
+def postgres():
+  """A PostgreSQL server of this test's own (it gets stopped): (server, URI).
+
+  Its data lives outside pytest's temporary directory: pytest sets that
+  back to owner-only whenever another pytest session starts, and the
+  server runs as another user, which must reach its data to stop it."""
   import pgserver
-  server = pgserver.get_server(str(tmp_path / 'pg'), cleanup_mode='stop')
+  where = tempfile.mkdtemp(prefix='beam_llm_pg_')
+  server = pgserver.get_server(os.path.join(where, 'pg'), cleanup_mode='stop')
   yield server, server.get_uri()
   _pg_start(server)  # cleanup() expects a running server.
   server.cleanup()
+  shutil.rmtree(where, ignore_errors=True)
 
 
 def _pg_stop(server):

@@ -11,7 +11,7 @@ from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import GenerationFailure
 from beam_llm.handlers.gemini import GeminiHandler
 from beam_llm.handlers.openai_compatible import OpenAICompatibleHandler
-from beam_llm.handlers.remote_base import RemoteUnavailable
+from beam_llm.remote import RemoteUnavailable
 from beam_llm.handlers.vertex_ai import VertexAIHandler
 from beam_llm.testing.fake_llm_server import Faults
 from tests.beam_helpers import run_transform

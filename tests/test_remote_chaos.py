@@ -87,20 +87,24 @@ def test_api_keys_never_reach_error_rows_logs_or_metrics(
   # A server that echoes the request's auth headers in its error bodies, as
   # a misconfigured proxy might: client exceptions then carry the key.
   server = llm_server(faults=Faults(
-      script=['401', '403', '500', '500', '429', '429'], server_error=0.3,
+      script=['401', '403', '500', 'ok', '429', 'ok'],
       leak_auth_in_errors=True))
   rows = [{'id': i, 'prompt': f'p{i}'} for i in range(20)]
-  out, _, metrics = run_transform(
-      GenerateText(
-          model_handler=model_handler(
-              backend, server, max_concurrency=1, max_retries=1,
-              initial_backoff_secs=0.01, max_backoff_secs=0.01),
-          error_handling={'output': 'errors'}),
-      rows, metrics=True)
+  generate = lambda: GenerateText(
+      model_handler=model_handler(
+          backend, server, max_concurrency=1, max_retries=1,
+          initial_backoff_secs=0.01, max_backoff_secs=0.01),
+      error_handling={'output': 'errors'})
+  out, _, metrics = run_transform(generate(), rows, metrics=True)
   assert any(SECRET in r.auth for r in server.log)  # The key was really sent,
   assert any('[REDACTED]' in e.msg for e in out['errors'])  # and leaked back.
   assert len(out['good']) + len(out['errors']) == 20
+  # And when the service stays down, the error that fails the run.
+  server.faults = Faults(rate_limited=1.0, leak_auth_in_errors=True)
+  with pytest.raises(Exception, match='kept failing') as outage:
+    run_transform(generate(), rows)
   for text, where in ((repr(out), 'output or error rows'),
-                      (caplog.text, 'logs'), (repr(metrics), 'metrics')):
+                      (caplog.text, 'logs'), (repr(metrics), 'metrics'),
+                      (str(outage.value), 'the error that failed the run')):
     assert SECRET not in text, f'the API key leaked into {where}'
     assert SECRET[8:20] not in text, f'part of the API key leaked into {where}'

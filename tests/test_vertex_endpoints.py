@@ -8,7 +8,7 @@ import pytest
 
 from beam_llm._config import ConfigError
 from beam_llm.handlers.base import GenerationFailure
-from beam_llm.handlers.remote_base import RemoteUnavailable
+from beam_llm.remote import RemoteUnavailable
 from beam_llm.handlers.vertex_ai import VertexAIHandler
 from beam_llm.testing.fake_llm_server import Faults
 from tests.tls_certs import make_certificates
@@ -70,13 +70,14 @@ def test_every_endpoint_kind_retries_the_same_faults_and_keeps_retry_after(
   assert posts[0].path == (
       f'/v1/projects/proj/locations/europe-west4/endpoints/{h._endpoint}:predict')
   assert posts[1].arrived - posts[0].arrived >= 0.3  # Retry-After honoured.
-  # A refusal is not retried; a 429 that never ends is given up, typed.
+  # A refusal is not retried (an error row); a 429 that never ends is an
+  # outage: given up, it fails the run.
   server.faults.retry_after = None
   server.faults.script = ['400'] + ['429'] * 5
   [refused] = generate(h, ['bad'])
-  [limited] = generate(h, ['busy'])
   assert isinstance(refused, GenerationFailure) and refused.error_type == 'client_error'
-  assert limited.error_type == 'rate_limited' and 'max_retries=4' in limited.msg
+  with pytest.raises(RemoteUnavailable, match='429.*max_retries=4'):
+    generate(h, ['busy'])
   assert len([r for r in server.log if r.body]) == 5 + 1 + 5
 
 

@@ -1,9 +1,9 @@
 """OpenAI-compatible /v1/embeddings (OpenAI, vLLM, Ollama, llama.cpp, TEI)
 on the official `openai` client, imported on the worker only."""
-import os
 from typing import List, Optional
 
 from beam_llm import remote
+from beam_llm.remote import clients
 from beam_llm.embeddings.remote import Embeddings
 from beam_llm.embeddings.remote import RemoteEmbedder
 
@@ -52,25 +52,21 @@ class OpenAIEmbedder(RemoteEmbedder):
     return (self.backend, self._base_url, self._model, self._dimensions)
 
   def connect(self, redactor):
-    import openai
-    key = 'EMPTY'  # The client insists on a key; local servers ignore it.
-    if self._api_key_env:
-      key = os.environ.get(self._api_key_env, '')
-      if not key:
-        raise RuntimeError(
-            f'the environment variable {self._api_key_env!r} (api_key_env) '
-            'is not set on the worker')
-      redactor.add(key)
-    return openai.OpenAI(base_url=self._base_url, api_key=key, max_retries=0,
-                         timeout=self.policy.timeout_secs)
+    key = clients.api_key(
+        self._api_key_env, f'{_OWNER} [{self.describe()}]', redactor,
+        'leave api_key_env out for a server that needs no key')
+    return clients.openai_client(self._base_url, key, self.policy.timeout_secs,
+                                 self.policy.max_concurrency)
 
-  def send(self, client, texts: List[str], timeout_secs: float) -> list:
+  async def send(self, client, texts: List[str], timeout_secs: float
+                 ) -> Embeddings:
     import httpx
     body = {'model': self._model, 'input': texts, 'encoding_format': 'float'}
     if self._dimensions:
       body['dimensions'] = self._dimensions
-    response = client.post('/embeddings', cast_to=httpx.Response, body=body,
-                           options={'timeout': timeout_secs})
+    response = await client.post(
+        '/embeddings', cast_to=httpx.Response, body=body,
+        options={'timeout': timeout_secs})
     answer = response.json()  # ValueError if malformed: a bad_response.
     data = answer.get('data') if isinstance(answer, dict) else None
     if not isinstance(data, list) or not all(
@@ -82,15 +78,4 @@ class OpenAIEmbedder(RemoteEmbedder):
         usage.get('prompt_tokens'))
 
   def classify(self, exn: BaseException) -> remote.Failure:
-    import openai
-    if isinstance(exn, openai.APITimeoutError):
-      return remote.Failure(
-          remote.TIMEOUT, f'no answer within {self.policy.timeout_secs}s',
-          retryable=True)
-    if isinstance(exn, openai.APIConnectionError):
-      return remote.Failure(remote.CONNECTION_ERROR, str(exn), retryable=True)
-    if isinstance(exn, openai.APIStatusError):
-      return remote.classify_status(
-          exn.status_code, str(exn),
-          remote.retry_after_from_headers(exn.response.headers))
-    return remote.generic_failure(exn)
+    return remote.openai_failure(exn, self.policy.timeout_secs)

@@ -5,9 +5,11 @@ the same one GenerateText's remote backends use.
 Embedding services take many texts per request, so a backend implements:
 
 - `connect(redactor)`: build the client on the worker;
-- `send(client, texts, timeout_secs)`: one request for a list of texts,
-  returning `Embeddings` (one vector per text, and the tokens the service
-  counted; raise `remote.BadResponse` for an answer that cannot be used);
+- `async send(client, texts, timeout_secs)`: one request for a list of
+  texts, on the process's remote event loop (a blocking client calls
+  `remote.in_thread`), returning `Embeddings` (one vector per text, and the
+  tokens the service counted; raise `remote.BadResponse` for an answer that
+  cannot be used);
 - `identity()`: what makes a text's vector (for the response cache);
 - `classify(exn)`: what a client exception means (`remote.Failure`).
 
@@ -15,34 +17,30 @@ The remote-call options (`@remote.with_policy`: retries, budgets, adaptive
 concurrency, cache) are GenerateText's, with the same defaults. A request
 that the service rejects as a whole (a 4xx, or an answer it could not use)
 is retried text by text, so one bad text fails only its own row; a service
-that stays down past the retries fails the bundle. Vectors are cached per
+that stays down past the retries fails the bundle (the same rule as
+generation's: `RemoteCaller.is_outage`). Vectors are cached per
 text (in memory, and in `cache_dir` across runs) unless `cache: false`.
 """
+import asyncio
 import dataclasses
-import functools
-import logging
 from typing import Any, List, Mapping, Optional
 
 from apache_beam.metrics import Metrics
 
 from beam_llm import _config
 from beam_llm import remote
-from beam_llm import remote_limits
 from beam_llm.embeddings.base import EmbeddingFailure
 from beam_llm.embeddings.base import EmbeddingHandler
 from beam_llm.redaction import Redactor
-from beam_llm.response_cache import ResponseCache
-from beam_llm.response_cache import cache_key
-from beam_llm.row_failures import ServiceOutage
+from beam_llm.remote import limits
+from beam_llm.remote import clients
+from beam_llm.remote.cache import ResponseCache
+from beam_llm.remote.cache import cache_key
+from beam_llm.remote.failures import RemoteUnavailable
 
 _OWNER = 'EmbedText'
-_LOG = logging.getLogger('beam_llm.EmbedText')
+# A request the service rejects as a whole: find the text it rejects.
 _SPLIT = (remote.CLIENT_ERROR, remote.BAD_RESPONSE)
-# The service, not the texts: once retries are spent, the bundle fails
-# (beam_llm/row_failures.py) instead of the rows turning into error rows.
-_OUTAGE = (remote.RATE_LIMITED, remote.TIMEOUT, remote.SERVER_ERROR,
-           remote.CONNECTION_ERROR, remote.DEADLINE)
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +49,6 @@ class Embeddings:
   counted for the request if it says (for `tokens_per_minute`)."""
   vectors: List[List[float]]
   tokens: Optional[int] = None
-
-
-class RemoteUnavailable(ServiceOutage):
-  """The service cannot be used at all (at load time, or still failing once
-  the retries are spent): fails the bundle."""
 
 
 @dataclasses.dataclass
@@ -83,7 +76,7 @@ class RemoteEmbedder(EmbeddingHandler):
                      f'{self.backend} backend shares one client per process')
     # Enough texts per batch to keep the requests the limit starts with busy.
     batching.setdefault('max_batch_size', texts_per_request * min(
-        self.policy.max_concurrency, remote_limits.INITIAL_LIMIT))
+        self.policy.max_concurrency, limits.INITIAL_LIMIT))
     super().__init__(batching)
     self._per_request = texts_per_request
     # Embeddings are deterministic: cached unless `cache: false`.
@@ -94,7 +87,8 @@ class RemoteEmbedder(EmbeddingHandler):
   def connect(self, redactor: Redactor) -> Any:
     raise NotImplementedError
 
-  def send(self, client, texts: List[str], timeout_secs: float) -> Embeddings:
+  async def send(self, client, texts: List[str], timeout_secs: float
+                 ) -> Embeddings:
     raise NotImplementedError
 
   def identity(self) -> tuple:
@@ -108,12 +102,8 @@ class RemoteEmbedder(EmbeddingHandler):
   # -- shared -------------------------------------------------------------
   def load_model(self):
     redactor = Redactor()
-    try:
-      client = self.connect(redactor)
-    except Exception as exn:  # pylint: disable=broad-except
-      raise RemoteUnavailable(redactor.redact(
-          f'{_OWNER} [{self.describe()}]: cannot set up the client: '
-          f'{type(exn).__name__}: {exn}')) from None
+    client = clients.connect(f'{_OWNER} [{self.describe()}]', self.connect,
+                             redactor)
     return _Remote(
         client,
         remote.RemoteCaller(self.policy, usage=lambda answer: answer.tokens),
@@ -121,50 +111,73 @@ class RemoteEmbedder(EmbeddingHandler):
         ResponseCache(self.policy.cache_dir) if self._cache_on else None)
 
   def embed(self, loaded, texts: List[str]) -> list:
+    """One vector (or EmbeddingFailure) per text; the requests run on the
+    process's remote loop, metrics are recorded here on the DoFn thread."""
+    results, outcomes = remote.run_blocking(self._embed(loaded, texts))
+    ns = self.get_metrics_namespace()
+    for out in outcomes:
+      for name, value in (('requests', out.attempts), ('retries', out.retries),
+                          ('responses_429', out.rate_limited)):
+        Metrics.counter(ns, name).inc(value)
+        self.stats[name] += value
+    return results
+
+  async def _embed(self, loaded, texts: List[str]):
     results: list = [None] * len(texts)
-    if loaded.cache is None:
-      self._embed_uncached(loaded, texts, list(range(len(texts))), results)
-      return results
+    outcomes: list = []
+    cache = loaded.cache
+    if cache is None:
+      await self._embed_uncached(loaded, texts, range(len(texts)), results,
+                                 outcomes)
+      return results, outcomes
     # Each distinct text is claimed once: hits come from memory or
-    # cache_dir, the rest is sent, and repeats wait for their first.
+    # cache_dir, the rest is sent together, and repeats wait for their first.
     keys = [cache_key('embedding', *self.identity(), t) for t in texts]
-    owned, waiting = {}, []
+    owned, waiting = [], []
     for i, key in enumerate(keys):
-      value, future, owner = loaded.cache.claim(key)
+      value, future, owner = cache.claim(key)
       if future is None:
         results[i] = value
       elif owner:
-        kept = loaded.cache.read(key)
-        if kept is not None:
-          loaded.cache.settle(key, future, kept, True)
-          results[i] = kept
-        else:
-          owned[i] = future
+        owned.append(i)
       else:
         waiting.append((i, future))
+    kept = await asyncio.gather(*[cache.read(keys[i]) for i in owned])
+    todo = []
+    for i, vector in zip(owned, kept):
+      vector = _vector_from(vector)
+      if vector is None:
+        todo.append(i)
+      else:
+        results[i] = vector
     try:
-      self._embed_uncached(loaded, texts, list(owned), results)
+      await self._embed_uncached(loaded, texts, todo, results, outcomes)
+      await asyncio.gather(*[cache.write(keys[i], results[i]) for i in todo
+                             if isinstance(results[i], list)])
     finally:  # Settled even on an outage, so that no repeat waits forever.
-      for i, future in owned.items():
-        ok = isinstance(results[i], list)
-        if ok:
-          loaded.cache.write(keys[i], results[i])
-        loaded.cache.settle(keys[i], future, results[i], ok)
+      for i in owned:
+        cache.settle(keys[i], results[i], isinstance(results[i], list))
     for i, future in waiting:
-      value, ok = future.result()
-      results[i] = value if ok else (
-          value if isinstance(value, EmbeddingFailure) else
+      value, ok = await future
+      results[i] = value if ok or isinstance(value, EmbeddingFailure) else (
           EmbeddingFailure('the same text failed in this batch', 'embedding'))
-    return results
+    return results, outcomes
 
-  def _embed_uncached(self, loaded, texts, todo: List[int], results: list):
+  async def _embed_uncached(self, loaded, texts, todo, results: list,
+                            outcomes: list) -> None:
     """Fills results[i] for i in todo, `texts_per_request` per request."""
+    todo = list(todo)
     groups = [todo[i:i + self._per_request]
               for i in range(0, len(todo), self._per_request)]
     while groups:
-      outcomes = self._send_all(loaded, [[texts[i] for i in g] for g in groups])
+      sent = await asyncio.gather(*[
+          loaded.caller.call(
+              lambda timeout, batch=[texts[i] for i in g]: self.send(
+                  loaded.client, batch, timeout),
+              self._classify) for g in groups])
+      outcomes += sent
       retry = []
-      for group, out in zip(groups, outcomes):
+      for group, out in zip(groups, sent):
         failure = out.failure
         vectors = out.value.vectors if failure is None else None
         if failure is None and len(vectors) != len(group):
@@ -176,7 +189,7 @@ class RemoteEmbedder(EmbeddingHandler):
             results[i] = [float(x) for x in vector]
         elif failure.error_type in _SPLIT and len(group) > 1:
           retry += [[i] for i in group]  # Find the text the service rejects.
-        elif failure.error_type in _OUTAGE:
+        elif loaded.caller.is_outage(out):
           raise RemoteUnavailable(loaded.redactor.redact(
               f'{_OWNER} [{self.describe()}]: the service kept failing '
               f'until the retries ran out: {failure.msg}'))
@@ -187,21 +200,15 @@ class RemoteEmbedder(EmbeddingHandler):
                 failure.error_type)
       groups = retry
 
-  def _send_all(self, loaded, batches: List[List[str]]) -> list:
-    client, caller = loaded.client, loaded.caller
-    classify = self._classify
-    futures = [caller.submit(functools.partial(self.send, client, batch), classify)
-               for batch in batches]
-    outcomes = [f.result() for f in futures]
-    ns = self.get_metrics_namespace()
-    for out in outcomes:
-      for name, value in (('requests', out.attempts), ('retries', out.retries),
-                          ('responses_429', out.rate_limited)):
-        Metrics.counter(ns, name).inc(value)
-        self.stats[name] += value
-    return outcomes
-
   def _classify(self, exn: BaseException) -> remote.Failure:
     if isinstance(exn, remote.BadResponse):
       return remote.Failure(remote.BAD_RESPONSE, str(exn))
     return self.classify(exn)
+
+
+def _vector_from(kept) -> Optional[list]:
+  """A cache_dir entry as a vector; None (a miss) if it is not one."""
+  if isinstance(kept, list) and kept and all(
+      isinstance(x, (int, float)) and not isinstance(x, bool) for x in kept):
+    return kept
+  return None

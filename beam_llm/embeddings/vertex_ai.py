@@ -77,7 +77,13 @@ class VertexAIEmbedder(RemoteEmbedder):
             f'models/{self._model}')
     return client, name
 
-  def send(self, client, texts: List[str], timeout_secs: float) -> list:
+  async def send(self, client, texts: List[str], timeout_secs: float
+                 ) -> Embeddings:
+    # The REST prediction client has no async form.
+    return await remote.in_thread(self._predict, client, texts, timeout_secs)
+
+  def _predict(self, client, texts: List[str], timeout_secs: float
+               ) -> Embeddings:
     from google.protobuf import json_format
     from google.protobuf import struct_pb2
     client, name = client

@@ -155,14 +155,14 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
         todo.append(i)
     refused = [r for r in responses if r is not None]
     if refused:
-      self._record(refused)
+      self.record_rows(refused)
     prompts = [batch[i] for i in todo]
     for group in (self.split_batch(model, prompts) if prompts else []):
       answers = self._generate_isolating_failures(
           model, [prompts[j] for j in group])
       for j, response in zip(group, answers):
         responses[todo[j]] = response
-      self._record(answers)  # Per call: progress shows within a window.
+      self.record_rows(answers)  # Per call: progress shows within a window.
     return [PredictionResult(p, r) for p, r in zip(batch, responses)]
 
   def _generate_isolating_failures(self, model, prompts: list) -> list:
@@ -176,7 +176,8 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
                                       'generation'),
         _LOG, f'GenerateText [{self.backend}]')
 
-  def _record(self, responses: list) -> None:
+  def record_rows(self, responses: list) -> None:
+    """Counts finished rows (metrics `rows`, `failed_rows`) and progress."""
     failed = sum(isinstance(r, GenerationFailure) for r in responses)
     namespace = self.get_metrics_namespace()
     Metrics.counter(namespace, 'rows').inc(len(responses))

@@ -5,11 +5,11 @@ N rows with the one answer, so rows are dropped or get another row's answer.
 Here every row is its own request and gets its own answer (or its own
 error). The client is imported on the worker only.
 """
-import os
 import re
 from typing import Optional
 
 from beam_llm import remote
+from beam_llm.remote import clients
 from beam_llm.handlers import remote_base
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import as_messages
@@ -118,13 +118,8 @@ class GeminiHandler(remote_base.RemoteHandler):
                             location=self._location, credentials=credentials,
                             http_options=http_options)
     else:
-      key = os.environ.get(self._api_key_env, '')
-      if not key:
-        raise remote_base.RemoteUnavailable(
-            f'{_OWNER} [{self.describe()}]: the environment variable '
-            f'{self._api_key_env!r} (api_key_env) is not set where the model '
-            'loads; set it on the workers, or use vertexai: true')
-      redactor.add(key)
+      key = clients.api_key(self._api_key_env, f'{_OWNER} [{self.describe()}]',
+                            redactor, 'use vertexai: true')
       client = genai.Client(api_key=key, http_options=http_options)
     # Fail at load, not on every row, if generation_config has a typo.
     self._config(types, self._base_config(), self.policy.timeout_secs)
@@ -170,9 +165,12 @@ class GeminiHandler(remote_base.RemoteHandler):
         raise remote_base.PromptError('the chat has only system messages')
     return {'model': self._model, 'contents': contents, 'config': config}
 
-  def send(self, client, request: dict, timeout_secs: float) -> Generation:
+  async def send(self, client, request: dict, timeout_secs: float) -> Generation:
     from google.genai import types
-    answer = client.models.generate_content(
+    # The sync client on a thread: its async one picks aiohttp or httpx by
+    # what is installed, each with its own pool settings and errors.
+    answer = await remote.in_thread(
+        client.models.generate_content,
         model=request['model'], contents=request['contents'],
         config=self._config(types, request['config'], timeout_secs))
     candidates = answer.candidates or []

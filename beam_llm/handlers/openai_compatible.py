@@ -1,10 +1,10 @@
 """OpenAI-compatible servers (vLLM, Ollama, llama.cpp, OpenAI) on the official
 `openai` client. The client is imported on the worker only."""
-import os
 from typing import Literal, Optional
 
 from beam_llm import _config
 from beam_llm import remote
+from beam_llm.remote import clients
 from beam_llm.handlers import remote_base
 from beam_llm.handlers import structured_forms
 from beam_llm.handlers.base import Generation
@@ -86,38 +86,13 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     return self._base_url
 
   def connect(self, redactor):
-    import httpx
-    import openai
-    key = 'EMPTY'  # The client insists on a key; local servers ignore it.
-    if self._api_key_env:
-      key = os.environ.get(self._api_key_env, '')
-      if not key:
-        raise remote_base.RemoteUnavailable(
-            f'{_OWNER} [{self.describe()}]: the environment variable '
-            f'{self._api_key_env!r} (api_key_env) is not set where the model '
-            'loads; set it on the workers, or leave api_key_env out for a '
-            'server that needs no key')
-      redactor.add(key)
-    n = self.policy.max_concurrency
-    limits = httpx.Limits(max_connections=max(n, 100), max_keepalive_connections=n)
-    options = dict(base_url=self._base_url, api_key=key,
-                   max_retries=0,  # beam_llm.remote owns retries.
-                   timeout=self.policy.timeout_secs)
-    client = openai.OpenAI(
-        **options, http_client=openai.DefaultHttpxClient(limits=limits))
-
-    def make_async():
-      # On aiohttp (openai's `aiohttp` extra) where installed: about a third
-      # of the CPU per request of the httpx default (bench/RESULTS.md).
-      try:
-        import aiohttp  # pylint: disable=unused-import
-        http = openai.DefaultAioHttpClient(limits=limits)
-      except ImportError:
-        http = openai.DefaultAsyncHttpxClient(limits=limits)
-      return openai.AsyncOpenAI(**options, http_client=http)
-
-    return _Client(client, make_async, structured_forms.FormChoice(
-        self._structured, self.describe(), redactor))
+    key = clients.api_key(
+        self._api_key_env, f'{_OWNER} [{self.describe()}]', redactor,
+        'leave api_key_env out for a server that needs no key')
+    return _Client(
+        clients.openai_client(self._base_url, key, self.policy.timeout_secs,
+                              self.policy.max_concurrency),
+        structured_forms.FormChoice(self._structured, self.describe(), redactor))
 
   def build_request(self, prompt) -> dict:
     g = self._generation
@@ -146,35 +121,12 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
       request['extra_body'] = extra
     return request
 
-  def send(self, client, request: dict, timeout_secs: float) -> Generation:
+  async def send(self, client, request: dict, timeout_secs: float) -> Generation:
     body, chat, schema = _body_of(request)
     post = lambda body: self._post(client.openai, body, chat, timeout_secs)
     if schema is None:
-      return self.read_answer(post(body), chat)
-    form, probe = client.forms.begin(timeout_secs)
-    try:
-      while True:
-        try:
-          answer = self.read_answer(
-              post(structured_forms.apply(form, body, schema)), chat)
-          client.forms.accepted(form)
-          return answer
-        except Exception as exn:  # pylint: disable=broad-except
-          form = self._next_form(client.forms, form, exn)
-    finally:
-      if probe:
-        client.forms.end_probe()
-
-  async def send_async(self, client, request: dict, timeout_secs: float
-                       ) -> Generation:
-    """`send` on the event loop (remote_base drives this backend's requests
-    with it): the same exchange through the client's async twin."""
-    body, chat, schema = _body_of(request)
-    openai_async = client.async_openai()
-    post = lambda body: self._post(openai_async, body, chat, timeout_secs)
-    if schema is None:
       return self.read_answer(await post(body), chat)
-    form, probe = await client.forms.begin_async(timeout_secs)
+    form, probe = await client.forms.begin(timeout_secs)
     try:
       while True:
         try:
@@ -205,8 +157,7 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     # `chat.completions.create`, without the parameter transformation and
     # typed answer, which cost more CPU per request (~1 ms) than the HTTP
     # exchange itself, the limit at hundreds of requests per second per
-    # process (bench/RESULTS.md). `client` is an OpenAI, or an AsyncOpenAI,
-    # whose `post` takes the same arguments and answers a coroutine.
+    # process (bench/RESULTS.md).
     return client.post(
         '/chat/completions' if chat else '/completions',
         cast_to=_httpx_response(), body=body, options={'timeout': timeout_secs})
@@ -239,32 +190,7 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
         text.strip(), usage.get('prompt_tokens'), usage.get('completion_tokens'))
 
   def classify(self, exn: BaseException) -> Optional[remote.Failure]:
-    import openai
-    if isinstance(exn, openai.APITimeoutError) and not _dropped(exn):
-      return remote.Failure(
-          remote.TIMEOUT, f'no answer within {self.policy.timeout_secs}s',
-          retryable=True)
-    if isinstance(exn, openai.APIConnectionError):
-      cause = exn.__cause__
-      detail = f' ({type(cause).__name__}: {cause})' if cause else ''
-      return remote.Failure(
-          remote.CONNECTION_ERROR, f'{exn}{detail}', retryable=True)
-    if isinstance(exn, openai.APIStatusError):
-      return remote.classify_status(
-          exn.status_code, str(exn),
-          remote.retry_after_from_headers(exn.response.headers))
-    return remote.generic_failure(exn)
-
-
-def _dropped(exn: BaseException) -> bool:
-  """Whether a "timeout" was the server closing the connection: the aiohttp
-  transport reports a disconnect as a connect timeout. A drop is not a
-  sign of overload, as a timeout is (remote.Failure.overloaded)."""
-  root = exn
-  while root.__cause__ is not None:
-    root = root.__cause__
-  failure = remote.generic_failure(root) if root is not exn else None
-  return failure is not None and failure.error_type == remote.CONNECTION_ERROR
+    return remote.openai_failure(exn, self.policy.timeout_secs)
 
 
 def _httpx_response():
@@ -281,30 +207,8 @@ def _body_of(request: dict):
 
 
 class _Client:
-  """The openai clients and the structured-output form this process uses."""
-  def __init__(self, client, make_async, forms: structured_forms.FormChoice):
-    self.openai = client
+  """The process's async openai client, and the structured-output form its
+  endpoint takes."""
+  def __init__(self, openai_client, forms: structured_forms.FormChoice):
+    self.openai = openai_client
     self.forms = forms
-    self._make_async = make_async
-    self._async = None
-
-  def async_openai(self):
-    """The async client, made on first use on the event loop that uses it
-    (its connections belong to that loop)."""
-    if self._async is None:
-      import asyncio
-      import atexit
-      self._async = self._make_async()
-      atexit.register(_close_at_exit, asyncio.get_running_loop(), self._async)
-    return self._async
-
-
-def _close_at_exit(loop, client) -> None:
-  """Closes an async client's connections before the interpreter goes
-  (aiohttp logs an error for each session left open)."""
-  import asyncio
-  if loop.is_running():
-    try:
-      asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=2)
-    except Exception:  # pylint: disable=broad-except
-      pass  # Exiting anyway.

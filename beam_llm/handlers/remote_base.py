@@ -6,24 +6,23 @@ only how to reach its service:
   the environment here, and register it with the redactor);
 - `build_request(prompt)`: the JSON-able request for one prompt (raise
   `PromptError` if the prompt cannot be sent);
-- `send(client, request, timeout_secs)`: send it once, return a Generation;
-- optionally `send_async(client, request, timeout_secs)`, the same as a
-  coroutine: then the process's requests are driven by one event loop
-  (`RemoteCaller.submit_async`) instead of a thread per request in flight,
-  which costs less CPU per request at hundreds in flight;
+- `async send(client, request, timeout_secs)`: send it once, return a
+  Generation. It runs on the process's remote event loop (beam_llm.remote):
+  a client without an async API calls `remote.in_thread(blocking_call)`;
 - `classify(exn)`: what a client exception means (`remote.Failure`), or
   None when it is not the service's doing (then it is raised: a bug).
 
 Everything else — concurrency, retries, Retry-After, budgets, throttling,
 the deadline, caching, metrics and keeping secrets out of messages —
-happens here and in beam_llm.remote, the same for every backend.
+happens here and in beam_llm.remote, the same for every backend. A row
+whose request the service refuses is an error row; a service that stays
+down past the retries fails the bundle (`RemoteCaller.is_outage`).
 
 GenerateText runs a remote backend with `RemoteGenerateDoFn` rather than
 RunInference: each row's request starts as soon as the row arrives and the
 row leaves as soon as its answer is in, so the service sees a steady flow,
 not batches that each wait for their slowest request.
 """
-import asyncio
 import concurrent.futures
 import dataclasses
 import logging
@@ -31,7 +30,7 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any, List, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -47,9 +46,10 @@ from beam_llm.handlers.base import RowPrompt
 from beam_llm.handlers.base import TextGenerationHandler
 from beam_llm.handlers.base import prompt_problem
 from beam_llm.redaction import Redactor
-from beam_llm.row_failures import ServiceOutage
-from beam_llm.response_cache import ResponseCache
-from beam_llm.response_cache import cache_key
+from beam_llm.remote import clients
+from beam_llm.remote.cache import ResponseCache
+from beam_llm.remote.cache import cache_key
+from beam_llm.remote.failures import RemoteUnavailable
 
 _LOG = logging.getLogger('beam_llm.GenerateText')
 _OWNER = 'GenerateText'
@@ -65,10 +65,6 @@ _LOADED_LOCK = threading.Lock()
 
 class PromptError(ValueError):
   """A prompt this backend cannot send (becomes a `bad_prompt` row)."""
-
-
-class RemoteUnavailable(ServiceOutage):
-  """The service cannot be used at all (load time): fails the pipeline."""
 
 
 @dataclasses.dataclass
@@ -126,12 +122,8 @@ class RemoteHandler(TextGenerationHandler):
   def build_request(self, prompt) -> dict:
     raise NotImplementedError
 
-  def send(self, client, request: dict, timeout_secs: float) -> Generation:
+  async def send(self, client, request: dict, timeout_secs: float) -> Generation:
     raise NotImplementedError
-
-  # `async def send_async(self, client, request, timeout_secs) -> Generation`
-  # in a backend that has one (see the module doc).
-  send_async = None
 
   def classify(self, exn: BaseException) -> Optional[remote.Failure]:
     return remote.generic_failure(exn)
@@ -144,16 +136,8 @@ class RemoteHandler(TextGenerationHandler):
   # -- shared -------------------------------------------------------------
   def load_model(self) -> _Remote:
     redactor = Redactor()
-    try:
-      client = self.connect(redactor)
-    except RemoteUnavailable as exn:
-      raise RemoteUnavailable(redactor.redact(str(exn))) from None
-    except ImportError:
-      raise
-    except Exception as exn:  # pylint: disable=broad-except
-      raise RemoteUnavailable(redactor.redact(
-          f'{_OWNER} [{self.describe()}]: cannot set up the client: '
-          f'{type(exn).__name__}: {exn}')) from None
+    client = clients.connect(f'{_OWNER} [{self.describe()}]', self.connect,
+                             redactor)
     caller = remote.RemoteCaller(self.policy, usage=_tokens_used)
     return _Remote(client, caller,
                    ResponseCache(self.policy.cache_dir) if self._cache else None,
@@ -182,86 +166,43 @@ class RemoteHandler(TextGenerationHandler):
     return RemoteGenerateDoFn(self)
 
   def start(self, loaded: _Remote, prompt) -> 'concurrent.futures.Future':
-    """Starts one row: a Future of (response, Outcome or None, cache hit)."""
-    done = concurrent.futures.Future()
+    """Starts one row: a Future of (response, Outcome or None if nothing
+    was sent). Raises `RemoteUnavailable` when the service is down."""
     problem = prompt_problem(
         prompt.prompt if isinstance(prompt, RowPrompt) else prompt)
-    if problem:
-      done.set_result((GenerationFailure(problem, 'bad_prompt'), None, False))
-      return done
     try:
+      if problem:
+        raise PromptError(problem)
       request = self.build_request(prompt)
     except PromptError as exn:
-      done.set_result((GenerationFailure(str(exn), 'bad_prompt'), None, False))
+      done = concurrent.futures.Future()
+      done.set_result((GenerationFailure(str(exn), 'bad_prompt'), None))
       return done
-    if self.send_async is not None:
-      run = lambda key, future: loaded.caller.submit_async(
-          lambda: self._request_coroutine(loaded, key, future, request))
-    else:
-      run = lambda key, future: loaded.caller.submit_task(
-          lambda: self._request_task(loaded, key, future, request))
-    if loaded.cache is None:
-      return run(None, None)
-    key = cache_key(self.backend, self.target(), request)
-    value, future, owner = loaded.cache.claim(key)
-    if value is not None:
-      done.set_result((value, None, True))
-      return done
-    if owner:
-      return run(key, future)
+    return remote.run_on_loop(self._request(loaded, request))
 
-    def relay(settled):  # An identical request in flight elsewhere.
-      value, ok = settled.result()
-      done.set_result((value, None, ok))
-    future.add_done_callback(relay)
-    return done
-
-  def _request_task(self, loaded: _Remote, key, future, request):
-    """One request on a pool thread: cache_dir first, then the service."""
-    response, ok = GenerationFailure(
-        'an identical request failed unexpectedly', 'generation'), False
-    try:
-      if key is not None:
-        kept = _generation_from(loaded.cache.read(key))
-        if kept is not None:
-          response, ok = kept, True
-          return kept, remote.Outcome(value=kept, from_cache=True), False
-      outcome = loaded.caller.call(
+  async def _request(self, loaded: _Remote, request: dict):
+    """One row's request, on the remote loop: from the cache, or sent."""
+    async def make():
+      outcome = await loaded.caller.call(
           lambda timeout: self.send(loaded.client, request, timeout),
           lambda exn: self._classify_redacted(loaded.redactor, exn))
+      if loaded.caller.is_outage(outcome):
+        raise RemoteUnavailable(
+            f'{_OWNER} [{self.describe()}]: the service kept failing until '
+            f'the retries ran out: {outcome.failure.msg}')
       response = _response(outcome)
-      ok = isinstance(response, Generation)
-      if key is not None and ok:
-        loaded.cache.write(key, dataclasses.asdict(response))
-      return response, outcome, False
-    finally:
-      if future is not None:
-        loaded.cache.settle(key, future, response, ok)
+      return response, isinstance(response, Generation), outcome
 
-  async def _request_coroutine(self, loaded: _Remote, key, future, request):
-    """`_request_task` on the event loop (a backend with `send_async`);
-    cache_dir's file I/O goes to a thread, not the loop."""
-    response, ok = GenerationFailure(
-        'an identical request failed unexpectedly', 'generation'), False
-    files = key is not None and self.policy.cache_dir
-    try:
-      if files:
-        kept = _generation_from(await asyncio.to_thread(loaded.cache.read, key))
-        if kept is not None:
-          response, ok = kept, True
-          return kept, remote.Outcome(value=kept, from_cache=True), False
-      outcome = await loaded.caller.call_async(
-          lambda timeout: self.send_async(loaded.client, request, timeout),
-          lambda exn: self._classify_redacted(loaded.redactor, exn))
-      response = _response(outcome)
-      ok = isinstance(response, Generation)
-      if files and ok:
-        await asyncio.to_thread(
-            loaded.cache.write, key, dataclasses.asdict(response))
-      return response, outcome, False
-    finally:
-      if future is not None:
-        loaded.cache.settle(key, future, response, ok)
+    if loaded.cache is None:
+      response, _, outcome = await make()
+      return response, outcome
+    response, _, outcome = await loaded.cache.get(
+        cache_key(self.backend, self.target(), request), make,
+        encode=dataclasses.asdict, decode=_generation_from)
+    if response is None:  # The identical request it waited for raised.
+      response = GenerationFailure(
+          'an identical request failed unexpectedly', 'generation')
+    return response, outcome
 
   def generate(self, loaded: _Remote, prompts: list) -> list:
     """All of a batch at once (the run_inference path; GenerateText flows)."""
@@ -280,15 +221,12 @@ class RemoteHandler(TextGenerationHandler):
     """Beam metrics for finished rows, on the DoFn's thread."""
     ns = self.get_metrics_namespace()
     latency = Metrics.distribution(ns, 'request_latency_msecs')
-    requests = retries = limited = 0
-    hits = sum(1 for _, out, hit in results if hit)
+    requests = retries = limited = hits = 0
     waited = 0.0
     failed = []
-    for response, out, _ in results:
-      if out is None:
-        continue
-      if out.from_cache:
-        hits += 1
+    for response, out in results:
+      if out is None:  # Answered by the cache (memory, cache_dir, in flight).
+        hits += isinstance(response, Generation)
         continue
       if isinstance(response, Generation):  # Tokens paid for: sent requests.
         self.record_usage(response.input_tokens or 0, response.output_tokens or 0)
@@ -374,8 +312,8 @@ class RemoteGenerateDoFn(beam.DoFn):
     finished = [self._pending.pop(n) for n in ready]
     results = [future.result() for _, _, future in finished]  # Bugs raise here.
     self._handler.record_results(self._loaded, results)
-    self._handler._record([r[0] for r in results])  # pylint: disable=protected-access
-    for (wv, (row, prompt), _), (response, _, _) in zip(finished, results):
+    self._handler.record_rows([r[0] for r in results])
+    for (wv, (row, prompt), _), (response, _) in zip(finished, results):
       yield wv.with_value((row, PredictionResult(prompt, response)))
 
 

@@ -17,9 +17,9 @@ others wait for its verdict: against llama-cpp-python's server, a first wave
 of concurrent requests all sent as `json_schema` cost one refusal per row
 (12 of 12 rows, scripts/check_llama_cpp_server.py), instead of one.
 """
+import asyncio
 import logging
 import re
-import threading
 import time
 from typing import Any, Mapping, Optional, Tuple
 
@@ -55,92 +55,66 @@ def apply(form: str, body: dict, schema: Mapping[str, Any]) -> dict:
 
 
 class FormChoice:
-  """The form in use for one endpoint in this process (thread-safe)."""
+  """The form in use for one endpoint in this process (used from the
+  process's remote event loop only: no lock)."""
   def __init__(self, chosen: str, describe: str, redactor):
     self._auto = chosen == 'auto'
     self._redactor = redactor
     self._form = FORMS[0] if self._auto else chosen
     self._describe = describe
-    self._lock = threading.Lock()
-    # Until a form is accepted (`auto` only), one request probes at a time.
+    # Until a form is accepted (`auto` only), one request probes at a time;
+    # the others wait for its verdict.
     self._settled = not self._auto
     self._probing = False
-    self._verdict = threading.Condition(self._lock)
+    self._verdict = None  # An asyncio.Event, set when a probe ends.
 
   @property
   def form(self) -> str:
     return self._form
 
-  def begin(self, wait_secs: float) -> Tuple[str, bool]:
+  async def begin(self, wait_secs: float) -> Tuple[str, bool]:
     """(form to send, whether this request is the probe).
 
     While no form has been accepted yet, the first caller probes and the
     others wait for its verdict, at most `wait_secs` (then they go ahead
     with the form of the moment). A probe must call `end_probe` when done.
     """
-    if self._settled:
-      return self._form, False
     deadline = time.monotonic() + wait_secs
-    with self._verdict:
-      while True:
-        begun = self._begin_locked()
-        left = deadline - time.monotonic()
-        if begun is not None or left <= 0:
-          return begun or (self._form, False)
-        self._verdict.wait(left)
-
-  async def begin_async(self, wait_secs: float) -> Tuple[str, bool]:
-    """`begin` for a coroutine (polls: a wait happens only while the first
-    request of a run probes)."""
-    import asyncio
-    deadline = time.monotonic() + wait_secs
-    while True:
-      begun = self.try_begin()
-      if begun is not None or time.monotonic() >= deadline:
-        return begun or (self._form, False)
-      await asyncio.sleep(0.01)
-
-  def try_begin(self) -> Optional[Tuple[str, bool]]:
-    """`begin` without waiting: None while another request probes."""
+    while not self._settled and self._probing:
+      left = deadline - time.monotonic()
+      if left <= 0:
+        return self._form, False
+      try:
+        await asyncio.wait_for(self._verdict.wait(), left)
+      except asyncio.TimeoutError:
+        pass
     if self._settled:
       return self._form, False
-    with self._lock:
-      return self._begin_locked()
-
-  def _begin_locked(self) -> Optional[Tuple[str, bool]]:
-    if self._settled:
-      return self._form, False
-    if self._probing:
-      return None
     self._probing = True
+    self._verdict = asyncio.Event()
     return self._form, True
 
   def accepted(self, form: str) -> None:
     """The server answered a request in `form`: it is the form from now."""
-    if not self._settled:
-      with self._verdict:
-        if self._form == form:
-          self._settled = True
-          self._verdict.notify_all()
+    if self._form == form:
+      self._settled = True
 
   def end_probe(self) -> None:
     """The probe is over (answered, refused for good, or failed in transit:
     then another waiting request probes)."""
-    with self._verdict:
-      self._probing = False
-      self._verdict.notify_all()
+    self._probing = False
+    self._verdict.set()
 
   def refused(self, form: str, msg: str) -> Optional[str]:
     """The form to try after the server refused `form`; None if none is left
     (or the form was chosen explicitly: then the refusal is the answer)."""
     if not self._auto or form == 'none':
       return None
-    with self._lock:
-      if self._form == form:  # Not moved on already by another thread.
-        self._form = FORMS[FORMS.index(form) + 1]
-        self._settled = self._form == 'none'
-        _LOG.warning(
-            'GenerateText [%s]: the server refused structured output as %s '
-            '(%s); using %s from now on (set structured_output to choose)',
-            self._describe, form, self._redactor.redact(msg)[:300], self._form)
-      return self._form
+    if self._form == form:  # Not moved on already by another request.
+      self._form = FORMS[FORMS.index(form) + 1]
+      self._settled = self._form == 'none'
+      _LOG.warning(
+          'GenerateText [%s]: the server refused structured output as %s '
+          '(%s); using %s from now on (set structured_output to choose)',
+          self._describe, form, self._redactor.redact(msg)[:300], self._form)
+    return self._form

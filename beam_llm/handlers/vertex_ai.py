@@ -241,23 +241,23 @@ class VertexAIHandler(remote_base.RemoteHandler):
                        location=self._location, credentials=credentials)
         deployed = endpoint.list_models()
       except exceptions.NotFound:
-        raise remote_base.RemoteUnavailable(
+        raise remote.RemoteUnavailable(
             f'{_OWNER} [VertexAI]: {where} does not exist (GetEndpoint '
             'answered 404 Not Found); check endpoint, project and location')
       except exceptions.GoogleAPICallError as exn:
-        raise remote_base.RemoteUnavailable(
+        raise remote.RemoteUnavailable(
             f'{_OWNER} [VertexAI]: cannot look up {where}: {exn}')
       except ValueError as exn:  # PrivateEndpoint on a public endpoint.
         key = 'psc_address' if self._psc_address else 'private: true'
-        raise remote_base.RemoteUnavailable(
+        raise remote.RemoteUnavailable(
             f'{_OWNER} [VertexAI]: {where}: {exn} ({key} needs a '
             'private endpoint)')
       except Exception as exn:  # pylint: disable=broad-except
-        raise remote_base.RemoteUnavailable(
+        raise remote.RemoteUnavailable(
             f'{_OWNER} [VertexAI]: cannot reach Vertex AI to look up {where}: '
             f'{type(exn).__name__}: {exn}')
     if not deployed:
-      raise remote_base.RemoteUnavailable(
+      raise remote.RemoteUnavailable(
           f'{_OWNER} [VertexAI]: {where} has no deployed model, so nothing '
           'can answer predictions; deploy a model to it first')
     self._check_kind(endpoint, where)
@@ -267,7 +267,7 @@ class VertexAIHandler(remote_base.RemoteHandler):
   def _check_kind(self, endpoint, where: str) -> None:
     """The endpoint is of the kind the options say; notes its address."""
     def fail(problem):
-      raise remote_base.RemoteUnavailable(f'{_OWNER} [VertexAI]: {where} {problem}')
+      raise remote.RemoteUnavailable(f'{_OWNER} [VertexAI]: {where} {problem}')
     psc = bool(endpoint.private_service_connect_config)
     if self._psc_address and not psc:
       fail('is not a Private Service Connect endpoint, so psc_address cannot '
@@ -354,7 +354,11 @@ class VertexAIHandler(remote_base.RemoteHandler):
     return {'instance': templates.fill(self._instance, values),
             'parameters': parameters or None}
 
-  def send(self, endpoint, request: dict, timeout_secs: float) -> Generation:
+  async def send(self, endpoint, request: dict, timeout_secs: float) -> Generation:
+    # The aiplatform client has no async predict for these endpoints.
+    return await remote.in_thread(self._predict, endpoint, request, timeout_secs)
+
+  def _predict(self, endpoint, request: dict, timeout_secs: float) -> Generation:
     if self._own_address:
       # The session's adapter applies it (see vertex_transport): predict's
       # own timeout would make the client swap in a session adapter of its
@@ -373,7 +377,7 @@ class VertexAIHandler(remote_base.RemoteHandler):
         from beam_llm.handlers import vertex_transport
         if vertex_transport.is_certificate_error(exn):
           # Not a fault of the service: every row would fail the same way.
-          raise remote_base.RemoteUnavailable(
+          raise remote.RemoteUnavailable(
               f'{_OWNER} [VertexAI]: the TLS certificate of endpoint '
               f'{self._endpoint!r} is not trusted ({exn}); set ca_cert to '
               'the certificate authorities that issued it') from exn

@@ -5,7 +5,6 @@ beside the workers (vllm_server.py), and rows reach it through the same
 client path as any OpenAI-compatible server, so vLLM's continuous batching
 sees every row in flight, with no batch barriers.
 """
-import asyncio
 import json
 import subprocess
 import sys
@@ -194,7 +193,7 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
     try:
       self._base_url = self._server.ensure_running().rstrip('/')
     except vllm_server.ServerUnavailable as exn:
-      raise openai_compatible.remote_base.RemoteUnavailable(
+      raise remote.RemoteUnavailable(
           f'{_OWNER} [{self.describe()}]: {exn}') from None
     return super().connect(redactor)
 
@@ -211,26 +210,15 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
         # server on its way out: nothing is left to let go of.
         pass
 
-  def send(self, client, request: dict, timeout_secs: float):
+  async def send(self, client, request: dict, timeout_secs: float):
     try:
-      return super().send(client, request, timeout_secs)
-    except Exception as exn:  # pylint: disable=broad-except
-      self._restart_if_down(exn)
-      raise
-
-  async def send_async(self, client, request: dict, timeout_secs: float):
-    try:
-      return await super().send_async(client, request, timeout_secs)
+      return await super().send(client, request, timeout_secs)
     except Exception as exn:  # pylint: disable=broad-except
       if self._server_may_be_down(exn):
         # Blocks until the server answers again (a restart takes as long as
         # the first start): off the event loop, which other rows share.
-        await asyncio.to_thread(self._server.ensure_running)
+        await remote.in_thread(self._server.ensure_running)
       raise
-
-  def _restart_if_down(self, exn: BaseException) -> None:
-    if self._server_may_be_down(exn):
-      self._server.ensure_running()
 
   def _server_may_be_down(self, exn: BaseException) -> bool:
     """A refused or dropped connection: ask the server's owner, which

@@ -8,11 +8,19 @@ from beam_llm import extensions
 from beam_llm.cli import quiet
 from beam_llm.provider import PROVIDERS_FILE
 
-if extensions.transforms() or extensions.backends():
-  quiet.before_beam_starts()  # clashes() imports Beam.
-  clashes = extensions.clashes()
-else:
-  clashes = []
-for clash in clashes:
+
+def clashes() -> list:
+  """Extension names that a built-in shadows (those extensions are unused)."""
+  quiet.before_beam_starts()  # beam_llm.TRANSFORMS imports Beam.
+  import beam_llm
+  from beam_llm import handlers
+  return sorted(
+      [f'backend {n}' for n in extensions.backends() if n in handlers.BACKENDS] +
+      [f'transform {n}' for n in extensions.transforms()
+       if n in beam_llm.TRANSFORMS])
+
+
+found = extensions.transforms() or extensions.backends()
+for clash in clashes() if found else []:
   print(f'warning: the extension {clash} is shadowed by a built-in', file=sys.stderr)
 print(PROVIDERS_FILE)

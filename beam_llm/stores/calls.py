@@ -34,8 +34,7 @@ class StoreCaller:
     """`fn()` against the store, retried through outages (see above)."""
     row_problem = []
 
-    def send(timeout):
-      del timeout  # Each store client applies its own.
+    def send_blocking():
       if self._broken:
         self.store.close()
         self.store.connect()  # StoreUnavailable while still down: retried.
@@ -60,7 +59,13 @@ class StoreCaller:
         return remote.Failure(remote.CONNECTION_ERROR, why, retryable=True)
       return None  # A bug: `call` raises it.
 
-    outcome = self._caller.call(send, classify)
+    async def send(timeout):
+      del timeout  # Each store client applies its own.
+      return await remote.in_thread(send_blocking)
+
+    # On the process's remote loop, with the policy every remote call has;
+    # the store's blocking client runs on a thread from there.
+    outcome = remote.run_blocking(self._caller.call(send, classify))
     if outcome.failure is None:
       return outcome.value
     if row_problem:

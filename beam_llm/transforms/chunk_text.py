@@ -36,6 +36,7 @@ class ChunkText(beam.PTransform):
       Beam YAML error rows (`element`, `msg`, `stack`, `error_type`) instead
       of failing the pipeline.
   """
+  @_config.checks_options(_OWNER)
   def __init__(
       self,
       text: str = 'text',
@@ -45,8 +46,6 @@ class ChunkText(beam.PTransform):
       separators: Optional[Sequence[str]] = None,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
-    options = {k: v for k, v in locals().items() if k not in ('self', '__class__')}
-    _config.check_call_options(_OWNER, ChunkText.__init__, options)
     if chunk_size < 1:
       _config.fail(_OWNER, 'chunk_size', f'must be at least 1, got {chunk_size}')
     if not 0 <= chunk_overlap < chunk_size:

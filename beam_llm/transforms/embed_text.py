@@ -42,6 +42,7 @@ class EmbedText(beam.PTransform):
       output as Beam YAML error rows (`element`, `msg`, `stack`,
       `error_type`), instead of failing the pipeline.
   """
+  @_config.checks_options(_OWNER)
   def __init__(
       self,
       model_handler: Mapping[str, Any],
@@ -55,7 +56,6 @@ class EmbedText(beam.PTransform):
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
     options = {k: v for k, v in locals().items() if k not in ('self', '__class__')}
-    _config.check_call_options(_OWNER, EmbedText.__init__, options)
     for key in ('min_batch_size', 'max_batch_size', 'model_copies'):
       if options[key] is not None and options[key] < 1:
         _config.fail(_OWNER, key, f'must be at least 1, got {options[key]}')

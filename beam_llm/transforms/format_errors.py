@@ -33,15 +33,12 @@ class FormatErrors(beam.PTransform):
       `[chat_id]`. A field the element lacks comes out null.
     include_stack: Keep the Python stack trace, if any. Defaults to true.
   """
+  @_config.checks_options(_OWNER)
   def __init__(
       self,
       fields: Optional[Sequence[str]] = None,
       include_stack: bool = True):
     super().__init__()
-    _config.check_call_options(
-        _OWNER,
-        FormatErrors.__init__,
-        dict(fields=fields, include_stack=include_stack))
     self._fields = list(fields or [])
     self._include_stack = include_stack
 

@@ -86,6 +86,7 @@ class GenerateText(beam.PTransform):
       `client_error` (the service refused the request as invalid). A bug
       or a config error is not an error row: it fails the pipeline.
   """
+  @_config.checks_options(_OWNER)
   def __init__(
       self,
       model_handler: Mapping[str, Any],
@@ -113,7 +114,6 @@ class GenerateText(beam.PTransform):
         k: v
         for k, v in locals().items() if k not in ('self', '__class__')
     }
-    _config.check_call_options(_OWNER, GenerateText.__init__, options)
     for key in ('max_new_tokens', 'min_batch_size', 'max_batch_size',
                 'max_batch_tokens', 'model_copies'):
       if options[key] is not None and options[key] < 1:
@@ -156,6 +156,12 @@ class GenerateText(beam.PTransform):
     """Checks that need no input (the model can be had); `beam-llm validate`
     calls it too. Raises to fail."""
     self._handler.check_at_build()
+
+  @property
+  def handler(self):
+    """The backend built (and checked) from `model_handler` and the
+    generation options; operators that call the model themselves use it."""
+    return self._handler
 
   def expand(self, pcoll):
     fields = _rows.input_fields(pcoll)

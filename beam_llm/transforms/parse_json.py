@@ -52,6 +52,7 @@ class ParseJSON(beam.PTransform):
       `stack`, `error_type`: one of `empty`, `truncated`, `invalid_json`,
       `schema`, `not_text`), instead of failing the pipeline.
   """
+  @_config.checks_options(_OWNER)
   def __init__(
       self,
       field: str,
@@ -62,17 +63,6 @@ class ParseJSON(beam.PTransform):
       lineage: bool = False,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
-    _config.check_call_options(
-        _OWNER,
-        ParseJSON.__init__,
-        dict(
-            field=field,
-            schema=schema,
-            schema_file=schema_file,
-            repair=repair,
-            coerce=coerce,
-            lineage=lineage,
-            error_handling=error_handling))
     self._schema = _object_schema(
         _config.load_json_schema(_OWNER, schema, schema_file))
     self._field = field

@@ -44,6 +44,7 @@ class ReadJsonLines(beam.PTransform):
       `invalid_json`, `not_an_object` or `schema`) instead of failing the
       pipeline.
   """
+  @_config.checks_options(_OWNER)
   def __init__(
       self,
       path: str,
@@ -52,10 +53,6 @@ class ReadJsonLines(beam.PTransform):
       record_field: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
-    _config.check_call_options(
-        _OWNER, ReadJsonLines.__init__,
-        dict(path=path, schema=schema, schema_file=schema_file,
-             record_field=record_field, error_handling=error_handling))
     self._schema = _config.load_json_schema(_OWNER, schema, schema_file)
     if self._schema.get('type') != 'object' or not self._schema.get('properties'):
       _config.fail(_OWNER, 'schema',

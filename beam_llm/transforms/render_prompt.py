@@ -62,6 +62,7 @@ class RenderPrompt(beam.PTransform):
       render to that output, as Beam YAML error rows (`element`, `msg`,
       `stack`, `error_type`), instead of failing the pipeline.
   """
+  @_config.checks_options(_OWNER)
   def __init__(
       self,
       template: Optional[str] = None,
@@ -72,17 +73,6 @@ class RenderPrompt(beam.PTransform):
       lineage: bool = False,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
-    _config.check_call_options(
-        _OWNER,
-        RenderPrompt.__init__,
-        dict(
-            template=template,
-            template_file=template_file,
-            messages=messages,
-            output=output,
-            variables=variables,
-            lineage=lineage,
-            error_handling=error_handling))
     given = _config.exactly_one(
         _OWNER,
         template=template,
@@ -99,6 +89,11 @@ class RenderPrompt(beam.PTransform):
     self._error_output = _config.error_output_name(_OWNER, error_handling)
     self._constants = dict(variables or {})
     self._variables = _parse_and_collect_variables(self._sources)
+
+  @property
+  def variables(self) -> set:
+    """The row fields the template reads (besides `variables` constants)."""
+    return set(self._variables)
 
   def expand(self, pcoll):
     fields = _rows.input_fields(pcoll)
@@ -169,7 +164,7 @@ def _parse_and_collect_variables(sources) -> set:
     except jinja2.TemplateSyntaxError as exn:
       where = f' (message with role {role!r})' if role else ''
       raise _config.ConfigError(
-          f'{_OWNER}: template syntax error{where} at line {exn.lineno}: '
+          _OWNER, f'template syntax error{where} at line {exn.lineno}: '
           f'{exn.message}') from None
   return variables
 

@@ -58,6 +58,7 @@ class SearchVectorStore(beam.PTransform):
     error_handling: `{output: <name>}` sends rows that cannot be searched to
       that output as Beam YAML error rows instead of failing the pipeline.
   """
+  @_config.checks_options(_OWNER)
   def __init__(
       self,
       store: str,
@@ -72,7 +73,6 @@ class SearchVectorStore(beam.PTransform):
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
     options = {k: v for k, v in locals().items() if k not in ('self', '__class__')}
-    _config.check_call_options(_OWNER, SearchVectorStore.__init__, options)
     for key in ('top_k', 'batch_size'):
       if options[key] < 1:
         _config.fail(_OWNER, key, f'must be at least 1, got {options[key]}')

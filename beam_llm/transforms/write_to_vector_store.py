@@ -57,6 +57,7 @@ class WriteToVectorStore(beam.PTransform):
     error_handling: `{output: <name>}` sends rows that cannot be written to
       that output as Beam YAML error rows instead of failing the pipeline.
   """
+  @_config.checks_options(_OWNER)
   def __init__(
       self,
       store: str,
@@ -70,8 +71,6 @@ class WriteToVectorStore(beam.PTransform):
       batch_size: int = 64,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
-    options = {k: v for k, v in locals().items() if k not in ('self', '__class__')}
-    _config.check_call_options(_OWNER, WriteToVectorStore.__init__, options)
     if batch_size < 1:
       _config.fail(_OWNER, 'batch_size', f'must be at least 1, got {batch_size}')
     self._store = stores.create_store(_OWNER, store, collection, index=index)

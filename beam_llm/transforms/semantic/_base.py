@@ -102,13 +102,10 @@ class SemanticOperator(beam.PTransform):
     self._prompt_output = prompt_output
     self._keep_fields = None if keep_fields is None else list(keep_fields)
     self._error_output = _config.error_output_name(owner, error_handling)
-    try:
+    with _config.reported_as(owner):
       self._render = RenderPrompt(
           **render_options, output=PROMPT,
           error_handling={'output': _rows.INNER_ERRORS})
-    except _config.ConfigError as exn:
-      raise _config.ConfigError(
-          str(exn).replace('RenderPrompt', owner, 1)) from None
     self._generate = _options.generate_text(owner, options, PROMPT, ANSWER, schema)
     self._parse = ParseJSON(
         field=ANSWER, schema=schema,
@@ -122,10 +119,10 @@ class SemanticOperator(beam.PTransform):
         _config.fail(self._owner, 'input',
                      f'has field {clash[0]!r}, a name this transform uses itself')
       names = {n for n, _ in fields}
-      missing = sorted(self._render._variables - names)
+      missing = sorted(self._render.variables - names)
       if missing:
         _config.fail(
-            self._owner, 'field' if len(self._render._variables) == 1 else
+            self._owner, 'field' if len(self._render.variables) == 1 else
             'template', f'names field(s) {", ".join(missing)} that the input '
             f'does not have (input fields: {", ".join(sorted(names))})')
     out_fields = fields

@@ -104,20 +104,17 @@ def generate_text(
     if backend is not None and not backend.supports_response_schema:
       response_schema = None  # Prompted only; the answer is still checked.
   from beam_llm import _rows
-  try:
+  # GenerateText's own checks (values, backend options) name this operator.
+  with _config.reported_as(owner):
     return _generate_text()(
         **generate_options,
         prompt=prompt,
         output=output,
         response_schema=response_schema,
         error_handling={'output': _rows.INNER_ERRORS})
-  except _config.ConfigError as exn:
-    # GenerateText's own checks (values, backend options): name this operator.
-    raise _config.ConfigError(
-        str(exn).replace('GenerateText: ', f'{owner}: ', 1)) from None
 
 
 def handler_of(generate):
   """The backend a GenerateText built (and checked) from the options, for
   operators that call the model themselves (SummarizePerKey's combine)."""
-  return generate._handler  # pylint: disable=protected-access
+  return generate.handler

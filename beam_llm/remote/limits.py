@@ -1,7 +1,8 @@
 """How much a worker process may send: adaptive concurrency and budgets.
 
-Used by beam_llm.remote.RemoteCaller only (one instance of each per caller,
-so per worker process and backend, shared by all of its threads):
+Used by `caller.RemoteCaller` only (one instance of each per caller, so per
+worker process and backend). They live on the process's one remote event
+loop and are only touched from it, so none of them needs a lock:
 
 - `AdaptiveLimit`: how many requests may be in flight, found at run time
   from what the answers say (TCP Vegas-like: the queue the service holds
@@ -15,11 +16,11 @@ so per worker process and backend, shared by all of its threads):
   makes the next ones wait).
 - `Throttler`: client-side adaptive throttling from Google's SRE book.
 """
+import asyncio
 import collections
 import math
 import random
 import statistics
-import threading
 import time
 from typing import Optional
 
@@ -65,9 +66,7 @@ class AdaptiveLimit:
     self.limit = float(min(initial, cap))
     self.in_flight = 0
     self.max_in_flight = 0
-    self._cond = threading.Condition()
-    # Coroutines waiting for a slot: (loop, future), woken like threads.
-    self._async_waiters = collections.deque()
+    self._waiters = collections.deque()  # Futures of coroutines waiting.
     self._slow_start = True
     self._bases = collections.deque()  # (time, a round trip's latency)
     self._window = _Window()
@@ -76,29 +75,24 @@ class AdaptiveLimit:
     # grow slowly (probe), so as not to send a 429 every few round trips.
     self._ceiling = None
 
-  def acquire(self) -> None:
-    with self._cond:
-      while self.in_flight >= int(self.limit):
-        self._cond.wait()
-      self._take()
-
-  async def acquire_async(self) -> None:
-    """`acquire` for a coroutine: waits without blocking its event loop."""
-    import asyncio
-    loop = asyncio.get_running_loop()
-    while True:
-      with self._cond:
-        if self.in_flight < int(self.limit):
-          self._take()
-          return
-        waiter = loop.create_future()
-        self._async_waiters.append((loop, waiter))
+  async def acquire(self) -> None:
+    """Waits (on the event loop) for a slot, then takes it."""
+    while self.in_flight >= int(self.limit):
+      waiter = asyncio.get_running_loop().create_future()
+      self._waiters.append(waiter)
       try:
         await waiter
       except asyncio.CancelledError:
-        with self._cond:  # Pass on a wake-up it may have been given.
-          self._wake(1)
+        self._wake(1)  # Pass on a wake-up it may have been given.
         raise
+    self._take()
+
+  def try_acquire(self) -> bool:
+    """Takes a slot if one is free now (no wait)."""
+    if self.in_flight >= int(self.limit):
+      return False
+    self._take()
+    return True
 
   def _take(self) -> None:
     self.in_flight += 1
@@ -107,41 +101,39 @@ class AdaptiveLimit:
       self._window.saturated = True
 
   def _wake(self, n: int) -> None:
-    """Wakes up to n waiters (threads and coroutines); holds self._cond."""
-    self._cond.notify(n)
-    while n > 0 and self._async_waiters:
-      loop, waiter = self._async_waiters.popleft()
-      loop.call_soon_threadsafe(_set_done, waiter)
-      n -= 1
+    """Wakes up to n waiting coroutines (each checks for a slot again)."""
+    while n > 0 and self._waiters:
+      waiter = self._waiters.popleft()
+      if not waiter.done():
+        waiter.set_result(None)
+        n -= 1
 
   def cancel(self) -> None:
     """Gives a slot back unused (no latency learned)."""
-    with self._cond:
-      self.in_flight -= 1
-      self._wake(1)
+    self.in_flight -= 1
+    self._wake(1)
 
   def release(self, latency: float, signal: str = OK) -> None:
     """Gives a slot back with what its answer said (OK, OVERLOAD, ...)."""
-    with self._cond:
-      self.in_flight -= 1
-      before = int(self.limit)
-      w = self._window
-      w.add(latency, signal)
-      now = time.monotonic()
-      if signal == OVERLOAD:
-        # At once, not at the end of the round trip: a service that turns
-        # requests away answers fast, and each freed slot would be sent
-        # straight into the next refusal. Once per round trip.
-        if now - self._last_cut >= self._round_trip():
-          self._overloaded(now)
-          self._window = _Window()
-      elif w.answers >= max(int(self.limit), 4):
-        self._judge(w, now)
+    self.in_flight -= 1
+    before = int(self.limit)
+    w = self._window
+    w.add(latency, signal)
+    now = time.monotonic()
+    if signal == OVERLOAD:
+      # At once, not at the end of the round trip: a service that turns
+      # requests away answers fast, and each freed slot would be sent
+      # straight into the next refusal. Once per round trip.
+      if now - self._last_cut >= self._round_trip():
+        self._overloaded(now)
         self._window = _Window()
-      self.limit = min(float(self.cap), max(1.0, self.limit))
-      free = int(self.limit) - self.in_flight
-      if free > 0:
-        self._wake(free if int(self.limit) > before else 1)
+    elif w.answers >= max(int(self.limit), 4):
+      self._judge(w, now)
+      self._window = _Window()
+    self.limit = min(float(self.cap), max(1.0, self.limit))
+    free = int(self.limit) - self.in_flight
+    if free > 0:
+      self._wake(free if int(self.limit) > before else 1)
 
   def _round_trip(self) -> float:
     return self._bases[-1][1] if self._bases else 0.0
@@ -203,13 +195,8 @@ class _Window:
       self.latencies.append(latency)
 
 
-def _set_done(waiter) -> None:
-  if not waiter.done():
-    waiter.set_result(None)
-
-
 class Budget:
-  """A token bucket of `per_minute` units, shared by a process's threads.
+  """A token bucket of `per_minute` units, shared by a process's requests.
 
   `take(n)` spends n units (it may overdraw: usage is known only after an
   answer); `wait_secs()` is how long until the balance is positive again.
@@ -219,7 +206,6 @@ class Budget:
     self._capacity = max(1.0, per_minute / 60.0)  # About a second's worth.
     self._balance = self._capacity
     self._stamp = time.monotonic()
-    self._lock = threading.Lock()
 
   def _refill(self, now: float) -> None:
     self._balance = min(
@@ -227,16 +213,14 @@ class Budget:
     self._stamp = now
 
   def take(self, units: float) -> None:
-    with self._lock:
-      self._refill(time.monotonic())
-      self._balance -= units
+    self._refill(time.monotonic())
+    self._balance -= units
 
   def wait_secs(self, units: float = 0.0) -> float:
     """Seconds until `units` can be taken (0: now)."""
-    with self._lock:
-      self._refill(time.monotonic())
-      short = units - self._balance if units else -self._balance + 1e-9
-      return max(0.0, short / self._rate) if short > 0 else 0.0
+    self._refill(time.monotonic())
+    short = units - self._balance if units else -self._balance + 1e-9
+    return max(0.0, short / self._rate) if short > 0 else 0.0
 
 
 class Throttler:
@@ -257,7 +241,6 @@ class Throttler:
     self._k = overload_ratio
     self._buckets = collections.deque()  # [bucket start, requests, accepts]
     self._requests = self._accepts = 0  # Sums over the buckets.
-    self._lock = threading.Lock()
     self._random = rng
 
   def _add(self, requests: int, accepts: int) -> None:
@@ -279,34 +262,29 @@ class Throttler:
     return self._requests, self._accepts
 
   def should_delay(self, count: bool = True) -> bool:
-    with self._lock:
-      requests, accepts = self._totals()
-      p = max(0.0, (requests - self._k * accepts) / (requests + 1))
-      delay = self._random.random() < p
-      if delay and count:
-        self._add(1, 0)
-      return delay
+    requests, accepts = self._totals()
+    p = max(0.0, (requests - self._k * accepts) / (requests + 1))
+    delay = self._random.random() < p
+    if delay and count:
+      self._add(1, 0)
+    return delay
 
   def record(self, accepted: bool) -> None:
-    with self._lock:
-      self._add(1, int(accepted))
+    self._add(1, int(accepted))
 
 
 class Gate:
   """The time before which no request may start, in this process: set from
   a service's Retry-After, which meant this client, not one request."""
   def __init__(self):
-    self._lock = threading.Lock()
     self._until = 0.0
 
   def block_for(self, secs: float) -> None:
-    with self._lock:
-      self._until = max(self._until, time.monotonic() + secs)
+    self._until = max(self._until, time.monotonic() + secs)
 
   @property
   def until(self) -> float:
-    with self._lock:
-      return self._until
+    return self._until
 
 
 def optional_budget(per_minute: Optional[float]) -> Optional[Budget]:
