@@ -8,9 +8,11 @@ import collections.abc
 import contextlib
 import difflib
 import functools
-import os
 import inspect
+import logging
+import os
 import typing
+import warnings
 from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 from apache_beam.io.filesystems import FileSystems
@@ -60,6 +62,20 @@ def checks_options(owner: str):
       init(self, *args, **kwargs)
     return checked
   return decorate
+
+
+def renamed(owner: str, old: str, new: str, old_value: Any, new_value: Any):
+  """The value of option `new`, also accepted one release under its old
+  name `old` (None when not given), with a deprecation warning."""
+  if old_value is None:
+    return new_value
+  warnings.warn(f'{owner}: option {old!r} is now called {new!r}; the old '
+                'name stops working in the next release', DeprecationWarning,
+                stacklevel=3)
+  logging.getLogger('beam_llm').warning(
+      '%s: option %r is now called %r; the old name stops working in the '
+      'next release', owner, old, new)
+  return old_value
 
 
 def reachability_checks() -> bool:

@@ -6,7 +6,6 @@ A transform's signature is its config schema and its class docstring is its
 documentation (as for Beam's own YAML transforms), so this is the one place
 both are turned into a page; tests check every option is documented.
 """
-import importlib
 import inspect
 import typing
 

@@ -41,6 +41,22 @@ def test_chunks_overlap_and_keep_stable_ids():
       (r.chunk_id, r.text) for r in chunks)
 
 
+def test_renamed_options_keep_working_one_release_with_a_warning(
+    caplog, monkeypatch):
+  """ChunkText's `id` is now `doc_id` (the naming rule: inputs by role)."""
+  rows = [{'key': 'd7', 'text': 'one two three'}]
+  with pytest.warns(DeprecationWarning, match="'id' is now called 'doc_id'"):
+    old = beam_llm.ChunkText(id='key')
+  out, _ = run_transform(old, rows)
+  new, _ = run_transform(beam_llm.ChunkText(doc_id='key'), rows)
+  assert [r.chunk_id for r in out['good']] == [
+      r.chunk_id for r in new['good']] == ['d7#0']
+  assert "option 'id' is now called 'doc_id'" in caplog.text
+  monkeypatch.setenv('BEAM_LLM_CHECK_REACHABLE', '0')  # No store to reach.
+  with pytest.warns(DeprecationWarning, match="'sources' is now called 'sources_output'"):
+    beam_llm.SearchVectorStore(store='postgresql://h/db', sources='src')
+
+
 def test_chunk_options_are_checked_at_build():
   with pytest.raises(ConfigError, match="ChunkText: option 'chunk_overlap' must be"):
     beam_llm.ChunkText(chunk_size=100, chunk_overlap=100)

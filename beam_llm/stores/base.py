@@ -7,7 +7,6 @@ by cosine similarity everywhere, and a hit's `score` is that similarity, so
 results are comparable across stores.
 """
 import dataclasses
-import json
 import re
 from typing import Any, List, Mapping, Optional, Sequence
 
@@ -70,10 +69,6 @@ def check_filter(filter_: Optional[Mapping[str, Any]]) -> Optional[str]:
   return None
 
 
-def metadata_json(metadata: Mapping[str, Any]) -> str:
-  return json.dumps(dict(metadata), sort_keys=True, default=str)
-
-
 def redact_uri(uri: str) -> str:
   """The store URI with any password replaced, for messages and logs."""
   return re.sub(r'(://[^:/@?]*:)[^@/?]*@', r'\1***@', uri)
@@ -130,7 +125,4 @@ class VectorStore:
       top_k: int,
       filter_: Optional[Mapping[str, Any]] = None) -> List[List[Hit]]:
     """The top_k hits per query vector, best first."""
-    raise NotImplementedError
-
-  def count(self) -> int:
     raise NotImplementedError

@@ -211,12 +211,6 @@ class MilvusStore(VectorStore):
             metadata=h['entity'].get('metadata') or {}) for h in hits
     ] for hits in results]
 
-  def count(self) -> int:
-    rows = self._client.query(
-        self.collection, filter='', output_fields=['count(*)'])
-    return int(rows[0]['count(*)'])
-
-
 def _short(exn: BaseException) -> str:
   text = str(exn).strip().splitlines()
   return (text[0] if text else '')[:300]

@@ -175,12 +175,6 @@ class PgVectorStore(VectorStore):
       ])
     return results
 
-  def count(self) -> int:
-    from psycopg import sql
-    return int(self._conn.execute(
-        sql.SQL('SELECT count(*) FROM {}').format(self._table())).fetchone()[0])
-
-
 def _short(exn: BaseException) -> str:
   text = str(exn).strip().splitlines()
   return (text[0] if text else '')[:300]

@@ -25,7 +25,9 @@ class ChunkText(beam.PTransform):
 
   Args:
     text: Input field holding the document text. Defaults to `text`.
-    id: Input field holding the document id. Defaults to `id`.
+    doc_id: Input field holding the document id. Defaults to `id`.
+    id: The old name of `doc_id` (deprecated; it stops working in the next
+      release).
     chunk_size: Most characters per chunk. Defaults to 500 (well under the
       256-token limit of all-MiniLM-L6-v2 for English text).
     chunk_overlap: Characters shared by neighbouring chunks, so a fact cut
@@ -40,12 +42,14 @@ class ChunkText(beam.PTransform):
   def __init__(
       self,
       text: str = 'text',
-      id: str = 'id',  # pylint: disable=redefined-builtin
+      doc_id: str = 'id',
       chunk_size: int = 500,
       chunk_overlap: int = 50,
       separators: Optional[Sequence[str]] = None,
-      error_handling: Optional[Mapping[str, Any]] = None):
+      error_handling: Optional[Mapping[str, Any]] = None,
+      id: Optional[str] = None):  # pylint: disable=redefined-builtin
     super().__init__()
+    doc_id = _config.renamed(_OWNER, 'id', 'doc_id', id, doc_id)
     if chunk_size < 1:
       _config.fail(_OWNER, 'chunk_size', f'must be at least 1, got {chunk_size}')
     if not 0 <= chunk_overlap < chunk_size:
@@ -55,7 +59,7 @@ class ChunkText(beam.PTransform):
     _config.require_extra(_OWNER, 'ChunkText', 'rag',
                           ('langchain_text_splitters',))
     self._text = text
-    self._id = id
+    self._id = doc_id
     self._splitter = dict(
         chunk_size=chunk_size, chunk_overlap=chunk_overlap,
         separators=list(separators) if separators else None)
@@ -64,7 +68,7 @@ class ChunkText(beam.PTransform):
   def expand(self, pcoll):
     fields = _rows.input_fields(pcoll)
     _rows.require_field(_OWNER, 'text', self._text, fields)
-    _rows.require_field(_OWNER, 'id', self._id, fields)
+    _rows.require_field(_OWNER, 'doc_id', self._id, fields)
     return _rows.split_outputs(
         pcoll,
         'Chunk',

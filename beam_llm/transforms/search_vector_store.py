@@ -46,17 +46,20 @@ class SearchVectorStore(beam.PTransform):
     store: A Milvus Lite path, a Milvus URI or a PostgreSQL URI.
     collection: Collection or table name. Defaults to `documents`.
     vector: Input field with the query vector. Defaults to `embedding`.
-    top_k: How many hits per row. Defaults to 3.
+    top_k: How many hits per row (the vector-search sense; GenerateText's
+      `top_k` is the sampling one). Defaults to 3.
     filter: Only entries whose fields equal these values, e.g.
       `{category: hours}` (metadata fields written with
       WriteToVectorStore's `metadata`) or `{doc_id: f07}`.
     min_score: Leave out hits less similar than this (cosine, -1 to 1).
     output: Name of the field that receives the hits. Defaults to `context`.
-    sources: Name of the field that receives the source document ids, or
-      null for none. Defaults to `sources`.
+    sources_output: Name of the field that receives the source document
+      ids, or null for none. Defaults to `sources`.
     batch_size: Rows searched together in one request. Defaults to 16.
     error_handling: `{output: <name>}` sends rows that cannot be searched to
       that output as Beam YAML error rows instead of failing the pipeline.
+    sources: The old name of `sources_output` (deprecated; it stops working
+      in the next release).
   """
   @_config.checks_options(_OWNER)
   def __init__(
@@ -68,10 +71,13 @@ class SearchVectorStore(beam.PTransform):
       filter: Optional[Mapping[str, Any]] = None,  # pylint: disable=redefined-builtin
       min_score: Optional[float] = None,
       output: str = 'context',
-      sources: Optional[str] = 'sources',
+      sources_output: Optional[str] = 'sources',
       batch_size: int = 16,
-      error_handling: Optional[Mapping[str, Any]] = None):
+      error_handling: Optional[Mapping[str, Any]] = None,
+      sources: Optional[str] = None):
     super().__init__()
+    sources_output = _config.renamed(
+        _OWNER, 'sources', 'sources_output', sources, sources_output)
     options = {k: v for k, v in locals().items() if k not in ('self', '__class__')}
     for key in ('top_k', 'batch_size'):
       if options[key] < 1:
@@ -85,7 +91,7 @@ class SearchVectorStore(beam.PTransform):
     self._filter = dict(filter or {})
     self._min_score = min_score
     self._output = output
-    self._sources = sources
+    self._sources = sources_output
     self._batch_size = batch_size
     self._error_output = _config.error_output_name(_OWNER, error_handling)
 
