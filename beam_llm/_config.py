@@ -56,12 +56,38 @@ def checks_options(owner: str):
 
     @functools.wraps(init)
     def checked(self, *args, **kwargs):
-      bound = signature.bind_partial(self, *args, **kwargs).arguments
-      bound.pop('self', None)
-      check_call_options(owner, init, bound)
+      given = signature.bind_partial(self, *args, **kwargs).arguments
+      given.pop('self', None)
+      check_call_options(owner, init, given)
+      bound = signature.bind(self, *args, **kwargs)
+      bound.apply_defaults()
+      self.options = Options(
+          {k: v for k, v in bound.arguments.items() if k != 'self'})
       init(self, *args, **kwargs)
     return checked
   return decorate
+
+
+class Options:
+  """A transform's options as given (defaults filled in), read-only: what
+  `checks_options` hands the transform, and the transform its DoFns, as
+  one object rather than a row of positional arguments."""
+  def __init__(self, values: Mapping[str, Any]):
+    object.__setattr__(self, '_values', dict(values))
+
+  def __getattr__(self, name: str) -> Any:
+    if name.startswith('_'):  # Not an option (pickling asks for these).
+      raise AttributeError(name)
+    try:
+      return self._values[name]
+    except KeyError:
+      raise AttributeError(f'no option {name!r}') from None
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    raise AttributeError('options are read-only')
+
+  def __repr__(self) -> str:
+    return f'Options({self._values!r})'
 
 
 def renamed(owner: str, old: str, new: str, old_value: Any, new_value: Any):

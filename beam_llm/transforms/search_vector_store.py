@@ -78,36 +78,29 @@ class SearchVectorStore(beam.PTransform):
     super().__init__()
     sources_output = _config.renamed(
         _OWNER, 'sources', 'sources_output', sources, sources_output)
-    options = {k: v for k, v in locals().items() if k not in ('self', '__class__')}
     for key in ('top_k', 'batch_size'):
-      if options[key] < 1:
-        _config.fail(_OWNER, key, f'must be at least 1, got {options[key]}')
+      if getattr(self.options, key) < 1:
+        _config.fail(_OWNER, key,
+                     f'must be at least 1, got {getattr(self.options, key)}')
     problem = check_filter(filter)
     if problem:
       _config.fail(_OWNER, 'filter', problem)
     self._store = stores.create_store(_OWNER, store, collection, must_exist=True)
-    self._vector = vector
-    self._top_k = top_k
-    self._filter = dict(filter or {})
-    self._min_score = min_score
-    self._output = output
-    self._sources = sources_output
-    self._batch_size = batch_size
+    self._sources = sources_output  # Also under its old name.
     self._error_output = _config.error_output_name(_OWNER, error_handling)
 
   def expand(self, pcoll):
     fields = _rows.input_fields(pcoll)
-    _rows.require_field(_OWNER, 'vector', self._vector, fields)
-    added = [(self._output, List[HitRow])]
+    _rows.require_field(_OWNER, 'vector', self.options.vector, fields)
+    added = [(self.options.output, List[HitRow])]
     if self._sources:
       added.append((self._sources, List[str]))
     batches = pcoll | 'Batch' >> beam.BatchElements(
-        min_batch_size=1, max_batch_size=self._batch_size)
+        min_batch_size=1, max_batch_size=self.options.batch_size)
     return _rows.split_outputs(
         batches,
         'Search',
-        _SearchDoFn(self._store, self._vector, self._top_k, self._filter,
-                    self._min_score, self._output, self._sources),
+        _SearchDoFn(self._store, self.options, self._sources),
         _rows.row_type_with(fields, added),
         self._error_output,
         element_type=pcoll.element_type)
@@ -124,14 +117,14 @@ def _vector_problem(vector) -> Optional[str]:
 
 
 class _SearchDoFn(beam.DoFn):
-  def __init__(self, store, vector, top_k, filter_, min_score, output, sources):
+  def __init__(self, store, options, sources_output: Optional[str]):
     self._store = store
-    self._vector = vector
-    self._top_k = top_k
-    self._filter = filter_
-    self._min_score = min_score
-    self._output = output
-    self._sources = sources
+    self._vector = options.vector
+    self._top_k = options.top_k
+    self._filter = dict(options.filter or {})
+    self._min_score = options.min_score
+    self._output = options.output
+    self._sources = sources_output
     self._searched = Metrics.counter('beam_llm.SearchVectorStore', 'searched')
     self._failed = Metrics.counter('beam_llm.SearchVectorStore', 'failed')
 
