@@ -55,15 +55,24 @@ def pipeline_commands():
   return found
 
 
-def as_checks(commands, models):
-  """What to run for each command, in one process (check_in_one_process):
-  `--tests` commands run their tests; the others are validated as
-  `beam-llm validate` would (Jinja, variables, options, the build), with
-  the placeholders replaced by `models` ({placeholder: path}). Commands for
-  remote runners or gs:// data are checked for their variables only."""
+# Jinja variables naming what a pipeline writes, and the name each gets
+# under a test's own directory (not the checkout's out/). Milvus Lite's
+# store must end in .db.
+_WRITTEN = {'output': 'output', 'store': 'store.db', 'errors': 'errors'}
+
+
+def as_checks(commands, models, out_dir=None):
+  """What to run for each command, in one process (check_all):
+  `--tests` commands run their tests; a command whose models are all the
+  test's own (a placeholder replaced by `models`, {placeholder: path}) runs
+  end to end as written, writing under `out_dir`; the others (a hub model,
+  a server) are validated as `beam-llm validate` would (Jinja, variables,
+  options, the build). Commands for remote runners or gs:// data are
+  checked for their variables only."""
   import json
   checks = []
   for where, kind, args in commands:
+    local = any(p in a for a in args for p in models)
     args = [_replace(a, models) for a in args]
     if args and not args[0].startswith('-'):
       args[0] = f'--yaml_pipeline_file={args[0]}'
@@ -73,9 +82,12 @@ def as_checks(commands, models):
       mode = 'tests'
       args = [a for a in args if not a.startswith('--runner=')] + ['--runner=FnApiRunner']
     else:
-      mode = 'variables' if remote else 'validate'
+      mode = ('variables' if remote else
+              'run' if local and kind != 'validate' and out_dir else 'validate')
       keep = ('--yaml_pipeline_file=', '--jinja_variables=')
       args = [a for a in args if a.startswith(keep)]
+      if mode == 'run':
+        args = _written_under(args, out_dir) + ['--runner=FnApiRunner']
     for i, arg in enumerate(args):  # An input file a guide made first.
       if arg.startswith('--jinja_variables='):
         values = json.loads(arg.split('=', 1)[1])
@@ -85,6 +97,23 @@ def as_checks(commands, models):
         args[i] = '--jinja_variables=' + json.dumps(values)
     checks.append({'where': where, 'mode': mode, 'args': args})
   return checks
+
+
+def _written_under(args, out_dir):
+  """`args` with the pipeline's outputs (the _WRITTEN variables it uses and
+  the command leaves to their defaults) under `out_dir`."""
+  import json
+  from beam_llm.cli import variables
+  used = variables.used(variables.pipeline_template(args))
+  given = {}
+  for arg in args:
+    if arg.startswith('--jinja_variables='):
+      given = json.loads(arg.split('=', 1)[1])
+  for name, where in _WRITTEN.items():
+    if name in used and name not in given:
+      given[name] = os.path.join(out_dir, where)
+  return [a for a in args if not a.startswith('--jinja_variables=')] + [
+      '--jinja_variables=' + json.dumps(given)]
 
 
 def _replace(arg, models):
@@ -102,7 +131,7 @@ def check_all(checks):
   for check in checks:
     args = check['args']
     try:
-      if check['mode'] == 'tests':
+      if check['mode'] in ('tests', 'run'):
         result = yaml_runs.run_all([args])[0]
         if result['returncode']:
           problems.append((check['where'], result['stderr'][-2000:]))

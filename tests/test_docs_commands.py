@@ -2,8 +2,11 @@
 written: each is extracted from the docs (tests/docs_commands.py), its
 placeholders replaced by tiny local models, and in one process (one Beam
 start-up) validated like `beam-llm validate` — the file, its variables,
-every option, the build — or, for `--tests` commands, run. The pipelines
-themselves run end to end in test_pipelines.py, test_rag.py and others."""
+every option, the build — or run: `--tests` commands, and every command
+whose models are the test's own tiny ones, end to end as written (its
+outputs under the test's directory). Those that need a hub model or a
+server are validated here and run in test_pipelines.py, test_rag.py and
+test_remote_*.py against local stand-ins."""
 import json
 import os
 import subprocess
@@ -20,7 +23,10 @@ def test_every_pipeline_command_in_the_docs_validates(
   models = {'/tmp/tiny-llm': tiny_causal_lm, '/path/to/llm': tiny_causal_lm,
             '/path/to/model': tiny_causal_lm, '/tmp/tiny-gemma': tiny_gemma,
             '$EMB': embedding_model}
-  checks = docs_commands.as_checks(commands, models)
+  out_dir = tmp_path / 'out'
+  checks = docs_commands.as_checks(commands, models, str(out_dir))
+  runs = [c['where'] for c in checks if c['mode'] == 'run']
+  assert len(runs) >= 8, runs  # Those with the test's models run end to end.
   (tmp_path / 'checks.json').write_text(json.dumps(checks))
   result = subprocess.run(
       [sys.executable, '-m', 'tests.docs_commands', str(tmp_path / 'checks.json'),
@@ -30,6 +36,8 @@ def test_every_pipeline_command_in_the_docs_validates(
   assert result.returncode == 0, result.stderr[-3000:]
   problems = json.loads((tmp_path / 'problems.json').read_text())
   assert problems == [], "\n".join(f"{w}: {p}" for w, p in problems)
+  written = [p for p in out_dir.iterdir() if p.stat().st_size > 0 or p.is_dir()]
+  assert {p.name.split('-')[0] for p in written} >= {'output', 'store'}
 
 
 def test_the_readme_variables_table_lists_every_variable_a_pipeline_uses():
