@@ -37,6 +37,8 @@ TRANSFORMS = {
     'SemanticFilter': 'beam_llm.transforms.semantic.semantic_filter',
     'SemanticMap': 'beam_llm.transforms.semantic.semantic_map',
     'SemanticJoin': 'beam_llm.transforms.semantic.semantic_join',
+    'SemanticTopK': 'beam_llm.transforms.semantic.semantic_topk',
+    'Resolve': 'beam_llm.transforms.semantic.resolve',
     'SummarizePerKey': 'beam_llm.transforms.semantic.summarize',
 }
 

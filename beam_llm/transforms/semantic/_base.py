@@ -82,6 +82,52 @@ def prompt_messages(system: str, user_source: str, chat: bool):
   return {'template': literal(system) + '\n\n' + user_source}
 
 
+REASON_MAX_CHARS = 200
+
+
+def answer_schema(properties: dict, reason_output: Optional[str]) -> dict:
+  """The JSON Schema of an operator's answer. With `reason_output`, the
+  model writes a short reason first (before deciding: that is the point)."""
+  if reason_output:
+    properties = {
+        'reason': {'type': 'string', 'maxLength': REASON_MAX_CHARS},
+        **properties
+    }
+  return {
+      'type': 'object',
+      'properties': properties,
+      'required': list(properties),
+      'additionalProperties': False
+  }
+
+
+def answer_form(form: str, reason_output: Optional[str]) -> str:
+  """The answer's form as the prompt shows it: `{"holds": ...}`."""
+  if reason_output:
+    return '{"reason": "<one short sentence>", ' + form.lstrip('{ ')
+  return form
+
+
+def group_fields(owner: str, group_by) -> list:
+  """`group_by` (a field, a list of them, or none) as a list."""
+  if group_by is None:
+    return []
+  keys = [group_by] if isinstance(group_by, str) else list(group_by)
+  if not keys:
+    _config.fail(owner, 'group_by', 'names no field')
+  return keys
+
+
+def render_prompt(owner: str, **options):
+  """A RenderPrompt whose option errors name the operator."""
+  from beam_llm.transforms.render_prompt import RenderPrompt
+  try:
+    return RenderPrompt(**options)
+  except _config.ConfigError as exn:
+    raise _config.ConfigError(
+        str(exn).replace('RenderPrompt', owner, 1)) from None
+
+
 class SemanticOperator(beam.PTransform):
   """Base: subclasses call `_build` in __init__ and define nothing else."""
   def _build(
@@ -95,20 +141,15 @@ class SemanticOperator(beam.PTransform):
       error_handling: Optional[Mapping[str, Any]],
       keep_fields: Optional[Sequence[str]] = None):
     from beam_llm.transforms.parse_json import ParseJSON
-    from beam_llm.transforms.render_prompt import RenderPrompt
     self._owner = owner
     self._schema = schema
     self._decider = decider
     self._prompt_output = prompt_output
     self._keep_fields = None if keep_fields is None else list(keep_fields)
     self._error_output = _config.error_output_name(owner, error_handling)
-    try:
-      self._render = RenderPrompt(
-          **render_options, output=PROMPT,
-          error_handling={'output': _rows.INNER_ERRORS})
-    except _config.ConfigError as exn:
-      raise _config.ConfigError(
-          str(exn).replace('RenderPrompt', owner, 1)) from None
+    self._render = render_prompt(
+        owner, **render_options, output=PROMPT,
+        error_handling={'output': _rows.INNER_ERRORS})
     self._generate = _options.generate_text(owner, options, PROMPT, ANSWER, schema)
     self._parse = ParseJSON(
         field=ANSWER, schema=schema,
@@ -185,7 +226,7 @@ def _strip_internal(row, input_names):
   return beam.Row(**{n: values[n] for n in names})
 
 
-def _reason_of(msg: str) -> str:
+def reason_of(msg: str) -> str:
   """`ParseJSON (schema): why` -> `why`."""
   head, sep, rest = msg.partition('): ')
   return rest if sep and head.startswith(('ParseJSON', 'RenderPrompt')) else msg
@@ -221,11 +262,11 @@ class _DecideDoFn(beam.DoFn):
         return
       yield from self._error(
           getattr(wrapped, ROW), value.error_type,
-          f'{self._owner} ({value.error_type}): {_reason_of(value.msg)}; '
+          f'{self._owner} ({value.error_type}): {reason_of(value.msg)}; '
           f'the model answered: {raw!r}')
     else:  # A prompt that did not render, or a generation that failed.
       msg = (f'{self._owner}: {value.msg}' if kind == 'generate' else
-             f'{self._owner} ({value.error_type}): {_reason_of(value.msg)}')
+             f'{self._owner} ({value.error_type}): {reason_of(value.msg)}')
       yield from self._error(
           _strip_internal(value.element, self._input_names), value.error_type,
           msg)

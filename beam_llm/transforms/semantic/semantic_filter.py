@@ -6,7 +6,6 @@ from beam_llm.transforms.semantic import _base
 from beam_llm.transforms.semantic import _options
 
 _OWNER = 'SemanticFilter'
-_REASON_MAX_CHARS = 200
 _YES = {'true', 'yes', 'y'}
 _NO = {'false', 'no', 'n'}
 
@@ -67,20 +66,8 @@ class SemanticFilter(_base.SemanticOperator):
                if k not in ('self', '__class__', 'generate_options')}
     if not condition.strip():
       _config.fail(self.owner, 'condition', 'is empty')
-    properties = {'holds': {'type': 'boolean'}}
-    form = '{"holds": true or false}'
-    if reason_output:
-      properties = {
-          'reason': {'type': 'string', 'maxLength': _REASON_MAX_CHARS},
-          **properties
-      }
-      form = '{"reason": "<one short sentence>", "holds": true or false}'
-    schema = {
-        'type': 'object',
-        'properties': properties,
-        'required': list(properties),
-        'additionalProperties': False
-    }
+    schema = _base.answer_schema({'holds': {'type': 'boolean'}}, reason_output)
+    form = _base.answer_form('{"holds": true or false}', reason_output)
     source = _base.content_source(self.owner, field, template, template_file)
     user = _base.literal(
         'Decide whether this condition holds for the text below.\n\n'
