@@ -81,6 +81,23 @@ def nearest_pairs(lefts, rights, top_k: int, prefix, pair_type, same=None):
       same).with_output_types(pair_type)
 
 
+def pairs_within_key(rows, key_field: str, id_field: str, prefix, pair_type):
+  """Within one input: each unordered pair of rows whose key fields are
+  equal (not None), left the row with the smaller id."""
+  def pairs(kv):
+    key, group = kv
+    if key is None:
+      return
+    group = sorted(group, key=lambda r: order_key(getattr(r, id_field)))
+    for i, left in enumerate(group):
+      for right in group[i + 1:]:
+        yield pair(left, right, prefix)
+
+  return (rows | 'Key' >> beam.Map(lambda row: (getattr(row, key_field), row))
+          | 'Block' >> beam.GroupByKey()
+          | 'Pairs' >> beam.FlatMap(pairs).with_output_types(pair_type))
+
+
 def all_pairs(lefts, rights, prefix, pair_type):
   return lefts | 'AllPairs' >> beam.FlatMap(
       lambda l, rs: (pair(l, r, prefix) for r in rs),
@@ -108,12 +125,12 @@ def distinct_unordered(pairs, prefix, id_field: str, pair_type):
   def oriented(p):
     values = _rows.as_dict(p)
     a, b = values[prefix['left'] + id_field], values[prefix['right'] + id_field]
-    if _order_key(b) < _order_key(a):
+    if order_key(b) < order_key(a):
       values = {prefix[s] + n[len(prefix[o]):]: v
                 for s, o in (('left', 'right'), ('right', 'left'))
                 for n, v in values.items() if n.startswith(prefix[o])}
       a, b = b, a
-    return json.dumps([_order_key(a), _order_key(b)]), beam.Row(**values)
+    return json.dumps([order_key(a), order_key(b)]), beam.Row(**values)
 
   return (pairs | 'Orient' >> beam.Map(oriented)
           | 'Distinct' >> beam.GroupByKey()
@@ -121,7 +138,23 @@ def distinct_unordered(pairs, prefix, id_field: str, pair_type):
           .with_output_types(pair_type))
 
 
-def _order_key(value: Any):
+def ordered(pairs, prefix, id_field: str, pair_type):
+  """Within one input, every pair was made both ways: keep left < right."""
+  left, right = prefix['left'] + id_field, prefix['right'] + id_field
+  return pairs | 'Ordered' >> beam.Filter(
+      lambda p: order_key(getattr(p, left)) < order_key(getattr(p, right))
+  ).with_output_types(pair_type)
+
+
+def pair_template(shown: Mapping[str, list], prefix) -> str:
+  """The text of a pair the model reads: each row's shown fields."""
+  return ''.join(
+      f'{title}:\n' + ''.join(
+          f'- {n}: {{{{ {prefix[s] + n} }}}}\n' for n in shown[s])
+      for s, title in (('left', 'First row'), ('right', 'Second row')))
+
+
+def order_key(value: Any):
   """Ids sort by type name first, so that mixed ids still compare."""
   return (type(value).__name__, value)
 

@@ -135,10 +135,7 @@ class SemanticJoin(beam.PTransform):
     pairs = _blocking.counted(pairs, _OWNER, pair_type)
     shown = {s: self._shown[s] or [n for n, _ in fields[s]]
              for s in ('left', 'right')}
-    template = ''.join(
-        f'{title}:\n' + ''.join(
-            f'- {n}: {{{{ {self._prefix[s] + n} }}}}\n' for n in shown[s])
-        for s, title in (('left', 'First row'), ('right', 'Second row')))
+    template = _blocking.pair_template(shown, self._prefix)
     judge = _PairJudge(condition=self._condition, template=template,
                        **self._filter_options)
     return pairs | 'Judge' >> judge
