@@ -39,6 +39,7 @@ TRANSFORMS = {
     'SemanticJoin': 'beam_llm.transforms.semantic.semantic_join',
     'SemanticTopK': 'beam_llm.transforms.semantic.semantic_topk',
     'Resolve': 'beam_llm.transforms.semantic.resolve',
+    'SemanticReduce': 'beam_llm.transforms.semantic.summarize',
     'SummarizePerKey': 'beam_llm.transforms.semantic.summarize',
 }
 
