@@ -83,29 +83,106 @@ def prompt_messages(system: str, user_source: str, chat: bool):
 
 
 REASON_MAX_CHARS = 200
+REASON = 'reason'  # The answer's reason property (reason_output).
 
 
-def answer_schema(properties: dict, reason_output: Optional[str]) -> dict:
-  """The JSON Schema of an operator's answer. With `reason_output`, the
-  model writes a short reason first (before deciding: that is the point)."""
-  if reason_output:
-    properties = {
-        'reason': {'type': 'string', 'maxLength': REASON_MAX_CHARS},
-        **properties
-    }
+def with_reason(owner: str, schema: dict, reason_output: Optional[str]) -> dict:
+  """The answer schema, with a short reason first when `reason_output` is
+  set (the model writes it before deciding: that is the point)."""
+  if not reason_output:
+    return schema
+  if REASON in schema.get('properties', {}):
+    _config.fail(owner, 'reason_output',
+                 f'needs the answer property {REASON!r}, which the schema has')
   return {
+      **schema,
+      'properties': {
+          REASON: {'type': 'string', 'maxLength': REASON_MAX_CHARS},
+          **schema['properties']
+      },
+      'required': [REASON] + list(schema.get('required', ())),
+  }
+
+
+def answer_schema(properties: dict, reason_output: Optional[str] = None,
+                  owner: str = '') -> dict:
+  """A closed object schema of these properties (all required)."""
+  return with_reason(owner, {
       'type': 'object',
       'properties': properties,
       'required': list(properties),
       'additionalProperties': False
-  }
+  }, reason_output)
 
 
-def answer_form(form: str, reason_output: Optional[str]) -> str:
-  """The answer's form as the prompt shows it: `{"holds": ...}`."""
-  if reason_output:
-    return '{"reason": "<one short sentence>", ' + form.lstrip('{ ')
-  return form
+def answer_instruction(form: Optional[str], schema: dict) -> str:
+  """How to answer: in `form` (`{"holds": true or false}`), or, without
+  one, in the JSON Schema itself (whose descriptions the model reads)."""
+  if form is None:
+    shown = {k: v for k, v in schema.items() if k not in ('$schema', '$id', 'title')}
+    return ('Answer with one JSON object that follows this JSON Schema:\n' +
+            json.dumps(shown, ensure_ascii=False))
+  if REASON in schema.get('properties', {}):
+    form = '{"reason": "<one short sentence>", ' + form.lstrip('{ ')
+  return f'Answer with JSON only, in this form: {form}'
+
+
+def example_answer(output, schema: dict) -> dict:
+  """An example's `output` (as the operator gives it) as the model's JSON
+  answer: the value of the only property, or the object itself."""
+  names = [n for n in schema['properties'] if n != REASON]
+  if isinstance(output, Mapping) and set(output) <= set(names):
+    return dict(output)
+  if len(names) == 1:
+    return {names[0]: output}
+  raise ValueError(f'must be an object with fields {", ".join(names)}')
+
+
+def shown_input(value) -> str:
+  """An example's `input` as the model reads it."""
+  if isinstance(value, Mapping):
+    return '\n'.join(f'- {k}: {v}' for k, v in value.items())
+  if isinstance(value, (list, tuple)):
+    return '\n\n'.join(str(v) for v in value)
+  return str(value)
+
+
+def examples_text(owner: str, examples, schema: Optional[dict],
+                  shown=shown_input) -> str:
+  """The few-shot block, checked against the answer schema at build: each
+  example's answer is what the model must write for its input."""
+  if not examples:
+    return ''
+  from beam_llm.json_validation import SchemaValidator
+  validator = SchemaValidator(schema) if schema is not None else None
+  wants_reason = schema is not None and REASON in schema['properties']
+  parts = []
+  for i, example in enumerate(examples):
+    key = f'examples[{i}]'
+    if (not isinstance(example, Mapping) or not {'input', 'output'} <= set(example)
+        or set(example) - {'input', 'output', REASON}):
+      _config.fail(owner, key, 'must be {input: ..., output: ...}, with an '
+                   f'optional {REASON}')
+    if schema is None:  # A text answer (SemanticReduce without a schema).
+      answer = str(example['output'])
+    else:
+      try:
+        answer = example_answer(example['output'], schema)
+      except ValueError as exn:
+        _config.fail(owner, key + '.output', str(exn))
+      if wants_reason:
+        if not example.get(REASON):
+          _config.fail(owner, key, f'needs a {REASON} (reason_output is set)')
+        answer = {REASON: str(example[REASON]), **answer}
+      problem = validator.problem(answer)
+      if problem:
+        _config.fail(owner, key + '.output',
+                     f'does not fit the answer schema: {problem}')
+      answer = json.dumps(answer, ensure_ascii=False)
+    parts.append(f'<example>\n<input>\n{shown(example["input"])}\n</input>\n'
+                 f'<answer>{answer}</answer>\n</example>')
+  return ('Examples of the task, with the answers expected:\n\n' +
+          '\n\n'.join(parts) + '\n\nNow the task.\n\n')
 
 
 def group_fields(owner: str, group_by) -> list:
@@ -134,22 +211,32 @@ class SemanticOperator(beam.PTransform):
       self,
       owner: str,
       options: Mapping[str, Any],
-      render_options: Mapping[str, Any],
+      system: str,
+      task_source: str,
       schema: dict,
       decider: Decider,
-      prompt_output: Optional[str],
-      error_handling: Optional[Mapping[str, Any]],
-      keep_fields: Optional[Sequence[str]] = None):
+      form: Optional[str] = None):
+    """`options`: all the operator's options (its own, the shared ones and
+    GenerateText's); `task_source`: the Jinja source of the task (the
+    instruction and the text). The examples go before it, how to answer
+    (`form`, or the schema itself) after it."""
     from beam_llm.transforms.parse_json import ParseJSON
+    shared = _options.shared(owner, options)
+    schema = with_reason(owner, schema, shared.reason_output)
+    user = (literal(examples_text(owner, shared.examples, schema)) + task_source
+            + literal('\n\n' + answer_instruction(form, schema)))
+    keep_fields = options.get('keep_fields')
     self._owner = owner
     self._schema = schema
     self._decider = decider
-    self._prompt_output = prompt_output
+    self._reason_output = shared.reason_output
+    self._prompt_output = options.get('prompt_output')
     self._keep_fields = None if keep_fields is None else list(keep_fields)
-    self._error_output = _config.error_output_name(owner, error_handling)
+    self._error_output = _config.error_output_name(
+        owner, options.get('error_handling'))
     self._render = render_prompt(
-        owner, **render_options, output=PROMPT,
-        error_handling={'output': _rows.INNER_ERRORS})
+        owner, **prompt_messages(system, user, options.get('chat', True)),
+        output=PROMPT, error_handling={'output': _rows.INNER_ERRORS})
     self._generate = _options.generate_text(owner, options, PROMPT, ANSWER, schema)
     self._parse = ParseJSON(
         field=ANSWER, schema=schema,
@@ -198,13 +285,16 @@ class SemanticOperator(beam.PTransform):
         parsed['good'] | 'Parsed' >> beam.Map(lambda r: ('parsed', r)),
     ) | 'Outcomes' >> beam.Flatten()
     extra = list(self._decider.output_fields)
+    if self._reason_output:
+      extra.append((self._reason_output, str))
     if self._prompt_output:
       extra.append((self._prompt_output, prompt_type))
     return _rows.split_outputs(
         outcomes,
         'Decide',
         _DecideDoFn(self._owner, self._decider, list(self._schema['properties']),
-                    self._prompt_output, input_names, self._keep_fields),
+                    self._reason_output, self._prompt_output, input_names,
+                    self._keep_fields),
         _rows.row_type_with(out_fields, extra),
         self._error_output,
         element_type=pcoll.element_type)
@@ -233,9 +323,10 @@ def reason_of(msg: str) -> str:
 
 
 class _DecideDoFn(beam.DoFn):
-  def __init__(
-      self, owner, decider, properties, prompt_output, input_names, keep_fields):
+  def __init__(self, owner, decider, properties, reason_output, prompt_output,
+               input_names, keep_fields):
     self._owner = owner
+    self._reason_output = reason_output
     self._keep_fields = keep_fields
     self._decider = decider
     self._properties = properties
@@ -255,7 +346,9 @@ class _DecideDoFn(beam.DoFn):
     elif kind == 'parse':
       wrapped = value.element
       raw = getattr(wrapped, ANSWER)
-      rescued = self._decider.rescue(raw) if raw else None
+      # A bare answer carries no reason: not accepted when one was asked for.
+      rescued = (self._decider.rescue(raw)
+                 if raw and not self._reason_output else None)
       if rescued is not None:
         self._rescued.inc()
         yield from self._finish(wrapped, rescued)
@@ -273,6 +366,7 @@ class _DecideDoFn(beam.DoFn):
 
   def _finish(self, wrapped, parsed):
     row = getattr(wrapped, ROW)
+    reason = parsed.pop(REASON, None) if self._reason_output else None
     try:
       fields = self._decider.decide(parsed)
     except Unplaceable as exn:
@@ -284,6 +378,8 @@ class _DecideDoFn(beam.DoFn):
       self._dropped.inc()
       return
     self._kept.inc()
+    if self._reason_output:
+      fields = {**fields, self._reason_output: reason}
     if self._prompt_output:
       fields = {**fields, self._prompt_output: getattr(wrapped, PROMPT)}
     if self._keep_fields is not None:

@@ -55,8 +55,10 @@ class Budget:
 
 class Prompts:
   """The reduce's prompts; with a schema, they ask for JSON in it."""
-  def __init__(self, instruction: str, chat: bool, schema: Optional[dict] = None):
+  def __init__(self, instruction: str, chat: bool, schema: Optional[dict] = None,
+               examples: str = ''):
     self._instruction = instruction
+    self._examples = examples
     self._chat = chat
     self._system = _SYSTEM if schema is None else _SYSTEM_JSON
     self._answer = '' if schema is None else (
@@ -65,7 +67,7 @@ class Prompts:
 
   def user(self, texts: Sequence[str], partial: bool) -> str:
     note = _PARTIAL_NOTE + '\n\n' if partial else ''
-    return (f'{self._instruction}\n\n{note}<texts>\n' + _SEPARATOR.join(texts) +
+    return (f'{self._examples}{self._instruction}\n\n{note}<texts>\n' + _SEPARATOR.join(texts) +
             '\n</texts>' + self._answer)
 
   def as_text(self, texts, partial) -> str:

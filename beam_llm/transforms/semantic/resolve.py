@@ -47,6 +47,10 @@ class Resolve(beam.PTransform):
   matched pairs (a list of id pairs), so the input is treated as one batch
   (one global window).
 
+  `examples` are pairs the model judges, `{input: <the two records as
+  text>, output: true}` (the prompt shows each as `First row:` and `Second
+  row:` with `- field: value` lines). `reason_output` is not supported.
+
   Args:
     record_id: The input field holding each row's own id (unique, not
       null); entity ids are record ids.
@@ -94,6 +98,10 @@ class Resolve(beam.PTransform):
                             'n(n-1)/2')
     if not output.isidentifier():
       _config.fail(_OWNER, 'output', f'{output!r} is not a plain field name')
+    if _options.shared(_OWNER, generate_options).reason_output:
+      # The output is rows, not the pair decisions a reason would explain.
+      _config.fail(_OWNER, 'reason_output', 'is not supported: Resolve '
+                   'outputs rows, not the pair decisions a reason explains')
     if merge_fields is not None and not merge_fields:
       _config.fail(_OWNER, 'merge_fields', 'names no field')
     self._id = record_id

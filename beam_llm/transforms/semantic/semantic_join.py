@@ -56,8 +56,6 @@ class SemanticJoin(beam.PTransform):
       `left_`.
     right_prefix: Prefix of the right fields in the output. Defaults to
       `right_`.
-    reason_output: If set, the model first gives a short reason, kept in a
-      field of that name.
     chat: Send the prompt as system + user chat messages. Defaults to true.
     prompt_output: If set, the rendered prompt is kept in a field of that
       name.
@@ -77,7 +75,6 @@ class SemanticJoin(beam.PTransform):
       max_model_calls: Optional[int] = None,
       left_prefix: str = 'left_',
       right_prefix: str = 'right_',
-      reason_output: Optional[str] = None,
       chat: bool = True,
       prompt_output: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None,
@@ -106,7 +103,7 @@ class SemanticJoin(beam.PTransform):
     self._max_calls = max_model_calls
     self._prefix = {'left': left_prefix, 'right': right_prefix}
     self._filter_options = dict(
-        reason_output=reason_output, chat=chat, prompt_output=prompt_output,
+        chat=chat, prompt_output=prompt_output,
         error_handling=error_handling, **generate_options)
     # Checked now, with a stand-in text: a misspelt option fails at build.
     _PairJudge(condition=self._condition, template='{{ x }}',

@@ -44,7 +44,9 @@ class SemanticTopK(beam.PTransform):
   `second`, a refused prompt), every row of that group goes to the error
   output with the reason; a row whose text does not render goes there
   alone. Rows are ordered by their text before the tournament, so a run
-  is repeatable.
+  is repeatable. With `reason_output`, a kept row carries the reason the
+  model gave in the last comparison it won; `examples` are comparisons,
+  `{input: {first: <text>, second: <text>}, output: first}`.
 
   Args:
     criterion: What makes a row better, in plain language, e.g. `The more
@@ -64,8 +66,6 @@ class SemanticTopK(beam.PTransform):
     shortlist: Rows per group kept by the embedding cut. Defaults to 10 x k.
     output: Name of the field that receives the row's place. Defaults to
       `rank`.
-    reason_output: If set, the model gives a short reason with each
-      comparison; a kept row carries the reason of the last one it won.
     chat: Send prompts as system + user chat messages; false sends one text
       prompt. Defaults to true.
     error_handling: `{output: <name>}` sends rows that fail to that output
@@ -82,7 +82,6 @@ class SemanticTopK(beam.PTransform):
       embedding_model_handler: Optional[Mapping[str, Any]] = None,
       shortlist: Optional[int] = None,
       output: str = 'rank',
-      reason_output: Optional[str] = None,
       chat: bool = True,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
@@ -96,9 +95,9 @@ class SemanticTopK(beam.PTransform):
     shortlist = shortlist or 10 * k
     if shortlist < k:
       _config.fail(_OWNER, 'shortlist', f'({shortlist}) must be at least k ({k})')
-    for name in (output, reason_output):
-      if name is not None and not name.isidentifier():
-        _config.fail(_OWNER, 'output', f'{name!r} is not a plain field name')
+    if not output.isidentifier():
+      _config.fail(_OWNER, 'output', f'{output!r} is not a plain field name')
+    reason_output, examples = _options.shared(_OWNER, generate_options)
     self._keys = _base.group_fields(_OWNER, group_by)
     self._render = _base.render_prompt(
         _OWNER, template=_base.content_source(_OWNER, field, template,
@@ -109,13 +108,16 @@ class SemanticTopK(beam.PTransform):
                                       {'output': _rows.INNER_ERRORS}))
     self._embed_criterion = (None if embedding_model_handler is None else
                              _blocking.embedder(embedding_model_handler, 'text'))
-    schema = _comparison_schema(reason_output)
+    schema = _base.answer_schema(
+        {'better': {'type': 'string', 'enum': ['first', 'second']}},
+        reason_output, _OWNER)
     self._generate = _options.generate_text(
         _OWNER, generate_options, 'prompt', 'response', schema)
     self._fn = _RankDoFn(
         _asking.Asker(_OWNER, _options.handler_of(self._generate), schema,
                       generate_options.get('max_batch_size') or 8),
-        _Comparisons(criterion.strip(), reason_output, chat),
+        _Comparisons(criterion.strip(), schema, chat,
+                     _base.examples_text(_OWNER, examples, schema, _shown_pair)),
         k, shortlist if embedding_model_handler else None, output, reason_output)
     self._criterion = criterion.strip()
     self._out = [(output, int)] + ([(reason_output, Optional[str])]
@@ -158,24 +160,32 @@ class SemanticTopK(beam.PTransform):
         side_inputs=[criterion_vector] if criterion_vector else [])
 
 
-def _comparison_schema(reason_output):
-  properties = {'better': {'type': 'string', 'enum': ['first', 'second']}}
-  return _base.answer_schema(properties, reason_output)
+def _shown_pair(value) -> str:
+  """An example's input, `{first: ..., second: ...}`, as comparisons show it."""
+  if not isinstance(value, Mapping) or set(value) != {'first', 'second'}:
+    raise _config.ConfigError(
+        f'{_OWNER}: option \'examples\' inputs must be {{first: <text>, '
+        f'second: <text>}}, got {value!r}')
+  return _pair_text(value['first'], value['second'])
+
+
+def _pair_text(first: str, second: str) -> str:
+  return f'<first>\n{first}\n</first>\n\n<second>\n{second}\n</second>'
 
 
 class _Comparisons:
   """The question for one pair of texts."""
-  def __init__(self, criterion: str, reason_output: Optional[str], chat: bool):
+  def __init__(self, criterion: str, schema: dict, chat: bool, examples: str):
     self._criterion = criterion
-    self._form = _base.answer_form('{"better": "first" or "second"}',
-                                   reason_output)
+    self._answer = _base.answer_instruction(
+        '{"better": "first" or "second"}', schema)
     self._chat = chat
+    self._examples = examples
 
   def prompt(self, first: str, second: str):
-    user = (f'Criterion: {self._criterion}\n\nWhich of the two texts below '
-            f'meets the criterion better?\n\n<first>\n{first}\n</first>\n\n'
-            f'<second>\n{second}\n</second>\n\nAnswer with JSON only, in this '
-            f'form: {self._form}')
+    user = (f'{self._examples}Criterion: {self._criterion}\n\nWhich of the '
+            'two texts below meets the criterion better?\n\n'
+            f'{_pair_text(first, second)}\n\n{self._answer}')
     return _asking.messages(_SYSTEM, user, self._chat)
 
 

@@ -40,9 +40,18 @@ class _LLMReduce(beam.PTransform):
                                not schema.get('properties')):
       _config.fail(owner, 'schema', 'must describe an object with properties '
                    '(its properties become the output fields)')
+    reason_output, examples = _options.shared(owner, generate_options)
+    if reason_output and schema is None:
+      # The reason needs a structured answer: the text becomes a property.
+      schema = _base.answer_schema({output: {'type': 'string'}})
+    schema = (None if schema is None else
+              _base.with_reason(owner, schema, reason_output))
     self._schema = schema
-    self._answer_fields = (json_schema_types.fields(schema) if schema else
-                           [(output, str)])
+    self._reason_output = reason_output
+    self._answer_fields = [
+        (reason_output if n == _base.REASON and reason_output else n, t)
+        for n, t in (json_schema_types.fields(schema) if schema else
+                     [(output, str)])]
     generate = _options.generate_text(owner, generate_options, 'prompt',
                                       'response', schema)
     spec = generate_options['model_handler']
@@ -54,7 +63,8 @@ class _LLMReduce(beam.PTransform):
         owner,
         _asking.Asker(owner, _options.handler_of(generate), schema,
                       generate_options.get('max_batch_size') or 8),
-        _reduce.Prompts(instruction or _DEFAULT_INSTRUCTION, chat, schema),
+        _reduce.Prompts(instruction or _DEFAULT_INSTRUCTION, chat, schema,
+                        _base.examples_text(owner, examples, schema)),
         _reduce.Budget(max_input_tokens - margin, tokenizer, chars_per_token),
         structured=schema is not None)
     self._error_output = _config.error_output_name(owner, error_handling)
@@ -83,7 +93,7 @@ class _LLMReduce(beam.PTransform):
         answers,
         'ToRows',
         _ToRowsDoFn(self._owner, self._keys, self._schema, self._answer_fields,
-                    self._count_output),
+                    self._reason_output, self._count_output),
         out_type,
         self._error_output,
         element_type=row_type.RowTypeConstraint.from_fields(
@@ -109,7 +119,8 @@ class SemanticReduce(_LLMReduce):
   in that schema (constrained where the backend can, like Extract), a
   round's partial answers are the next round's texts, and the final
   answer's properties become typed fields of the output row. Without it,
-  the answer is text in `output`.
+  the answer is text in `output`. `reason_output` asks for the final
+  answer's reason; `examples` are `{input: [<text>, ...], output: <answer>}`.
 
   Tokens are counted with the model's tokenizer for the HuggingFace backend
   (or `tokenizer`), otherwise estimated as `chars_per_token` characters per
@@ -227,8 +238,10 @@ def _text(value) -> str:
 
 
 class _ToRowsDoFn(beam.DoFn):
-  def __init__(self, owner, keys, schema, answer_fields, count_output):
+  def __init__(self, owner, keys, schema, answer_fields, reason_output,
+               count_output):
     self._owner = owner
+    self._reason_output = reason_output
     self._keys = keys
     self._schema = schema
     self._text_output = answer_fields[0][0]
@@ -244,6 +257,8 @@ class _ToRowsDoFn(beam.DoFn):
     if status == 'ok':
       answer = (self._convert(value) if self._convert else
                 {self._text_output: value})
+      if self._reason_output:
+        answer[self._reason_output] = answer.pop(_base.REASON)
       yield beam.Row(**fields, **answer, **{self._count_output: count})
       return
     msg, error_type = value
