@@ -125,3 +125,34 @@ def test_resolve_refuses_reason_output(llm_server):
   with pytest.raises(ValueError, match="Resolve: option 'reason_output' is not supported"):
     beam_llm.Resolve(record_id='chat_id', block_by='text', reason_output='why',
                      model_handler=openai(server))
+
+
+def any_answer(prompt):
+  """Whatever the prompt asks for, in the form it asks."""
+  if '"better"' in prompt:
+    return json.dumps({'better': 'first'})
+  if '"holds"' in prompt:
+    return json.dumps({'holds': True})
+  if '"label"' in prompt:
+    return json.dumps({'label': 'bad'})
+  return json.dumps({'summary': 'cold'}) if '"summary"' in prompt else 'cold'
+
+
+@pytest.mark.parametrize('name,config', [
+    ('Classify', {'field': 'text', 'labels': ['good', 'bad']}),
+    ('SemanticTopK', {'field': 'text', 'criterion': 'c', 'k': 1}),
+    ('SemanticReduce', {'field': 'text'}),
+    ('Resolve', {'record_id': 'chat_id', 'max_model_calls': 1}),
+])
+def test_lineage_and_usage_on_operators(llm_server, name, config):
+  server = llm_server(reply=any_answer)
+  out, types, metrics = run_transform(
+      getattr(beam_llm, name)(lineage=True, model_handler=openai(server), **config),
+      ROWS, metrics=True)
+  assert out['good']
+  for row in out['good']:
+    assert row.lineage.model == 'm' and row.lineage.backend == 'OpenAICompatible'
+    assert row.lineage.run_id
+  assert 'lineage' in dict(types['good']._fields)
+  # Token usage: the backend's own metrics, whichever step called it.
+  assert metrics.get('input_tokens', 0) > 0

@@ -16,6 +16,7 @@ from apache_beam.typehints import row_type
 
 from beam_llm import _config
 from beam_llm import _rows
+from beam_llm import lineage as lineage_policy
 from beam_llm.transforms.semantic import _options
 
 # Fields the operator adds to rows on their way through the building blocks.
@@ -226,6 +227,8 @@ class SemanticOperator(beam.PTransform):
     user = (literal(examples_text(owner, shared.examples, schema)) + task_source
             + literal('\n\n' + answer_instruction(form, schema)))
     keep_fields = options.get('keep_fields')
+    # Lineage: each building block fills in its part (docs/lineage.md).
+    self._lineage = bool(options.get('lineage'))
     self._owner = owner
     self._schema = schema
     self._decider = decider
@@ -236,11 +239,20 @@ class SemanticOperator(beam.PTransform):
         owner, options.get('error_handling'))
     self._render = render_prompt(
         owner, **prompt_messages(system, user, options.get('chat', True)),
-        output=PROMPT, error_handling={'output': _rows.INNER_ERRORS})
+        output=PROMPT, lineage=self._lineage,
+        error_handling={'output': _rows.INNER_ERRORS})
     self._generate = _options.generate_text(owner, options, PROMPT, ANSWER, schema)
     self._parse = ParseJSON(
-        field=ANSWER, schema=schema,
+        field=ANSWER, schema=schema, lineage=self._lineage,
         error_handling={'output': _rows.INNER_ERRORS})
+
+  def lineage(self, pipeline) -> Optional[dict]:
+    """This operator's lineage values (run, model, schemas), or None when
+    `lineage` is off: for operators that wrap it (Resolve)."""
+    if not self._lineage:
+      return None
+    return {**_options.lineage_of(self._generate, pipeline),
+            'schema_hash': lineage_policy.json_hash(self._schema)}
 
   def expand(self, pcoll):
     fields = _rows.input_fields(pcoll)
@@ -269,12 +281,13 @@ class SemanticOperator(beam.PTransform):
     generated = rendered['good'] | 'Generate' >> self._generate
     input_names = [n for n, _ in fields] if fields is not None else None
     wrap_type = Any
+    carried = [(lineage_policy.FIELD, lineage_policy.LINEAGE)] if self._lineage else []
     if fields is not None:
       wrap_type = row_type.RowTypeConstraint.from_fields([
           (ROW, row_type.RowTypeConstraint.from_fields(fields)),
-          (PROMPT, prompt_type), (ANSWER, str)])
+          (PROMPT, prompt_type), (ANSWER, str)] + carried)
     wrapped = generated['good'] | 'Wrap' >> beam.Map(
-        _wrap, input_names).with_output_types(wrap_type)
+        _wrap, input_names, self._lineage).with_output_types(wrap_type)
     parsed = wrapped | 'Parse' >> self._parse
     outcomes = (
         rendered[_rows.INNER_ERRORS]
@@ -287,6 +300,7 @@ class SemanticOperator(beam.PTransform):
     extra = list(self._decider.output_fields)
     if self._reason_output:
       extra.append((self._reason_output, str))
+    extra += carried
     if self._prompt_output:
       extra.append((self._prompt_output, prompt_type))
     return _rows.split_outputs(
@@ -294,20 +308,23 @@ class SemanticOperator(beam.PTransform):
         'Decide',
         _DecideDoFn(self._owner, self._decider, list(self._schema['properties']),
                     self._reason_output, self._prompt_output, input_names,
-                    self._keep_fields),
+                    self._keep_fields, self._lineage),
         _rows.row_type_with(out_fields, extra),
         self._error_output,
         element_type=pcoll.element_type)
 
 
-def _wrap(row, input_names):
+def _wrap(row, input_names, lineage):
   values = _rows.as_dict(row)
   names = input_names or [n for n in values if n not in _INTERNAL]
-  return beam.Row(**{
+  wrapped = {
       ROW: beam.Row(**{n: values[n] for n in names}),
       PROMPT: values[PROMPT],
       ANSWER: values[ANSWER]
-  })
+  }
+  if lineage:  # What RenderPrompt and GenerateText filled in; ParseJSON adds its part.
+    wrapped[lineage_policy.FIELD] = values[lineage_policy.FIELD]
+  return beam.Row(**wrapped)
 
 
 def _strip_internal(row, input_names):
@@ -324,8 +341,9 @@ def reason_of(msg: str) -> str:
 
 class _DecideDoFn(beam.DoFn):
   def __init__(self, owner, decider, properties, reason_output, prompt_output,
-               input_names, keep_fields):
+               input_names, keep_fields, lineage):
     self._owner = owner
+    self._lineage = lineage
     self._reason_output = reason_output
     self._keep_fields = keep_fields
     self._decider = decider
@@ -380,6 +398,8 @@ class _DecideDoFn(beam.DoFn):
     self._kept.inc()
     if self._reason_output:
       fields = {**fields, self._reason_output: reason}
+    if self._lineage:
+      fields = {**fields, lineage_policy.FIELD: getattr(wrapped, lineage_policy.FIELD)}
     if self._prompt_output:
       fields = {**fields, self._prompt_output: getattr(wrapped, PROMPT)}
     if self._keep_fields is not None:

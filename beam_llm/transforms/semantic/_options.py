@@ -166,6 +166,17 @@ def generate_text(
         str(exn).replace('GenerateText: ', f'{owner}: ', 1)) from None
 
 
+def lineage_of(generate, pipeline) -> Optional[dict]:
+  """The lineage values of a GenerateText built with `lineage: true` (run,
+  backend, model, response schema), or None: for operators whose rows do
+  not pass through it (they call the model in their own step)."""
+  from beam_llm import lineage as lineage_policy
+  mine = generate._lineage  # pylint: disable=protected-access
+  if mine is None:
+    return None
+  return {**mine, 'run_id': lineage_policy.run_id(pipeline)}
+
+
 def handler_of(generate):
   """The backend a GenerateText built (and checked) from the options, for
   operators that call the model themselves (SummarizePerKey's combine)."""

@@ -9,6 +9,7 @@ from apache_beam.typehints import row_type
 
 from beam_llm import _config
 from beam_llm import _rows
+from beam_llm import lineage as lineage_policy
 from beam_llm.transforms.semantic import _blocking
 from beam_llm.transforms.semantic import _options
 from beam_llm.transforms.semantic.semantic_filter import SemanticFilter
@@ -143,11 +144,14 @@ class Resolve(beam.PTransform):
       pairs = _blocking.capped(pairs, _OWNER, self._max_calls, pair_type)
     pairs = _blocking.counted(pairs, _OWNER, pair_type)
     shown = self._shown or [n for n in names if n != self._id]
-    judged = pairs | 'Judge' >> _PairJudge(
+    judge = _PairJudge(
         condition=self._condition,
         template=_blocking.pair_template({'left': shown, 'right': shown}, _PREFIX),
         keep_fields=[_PREFIX[s] + self._id for s in _blocking.SIDES],
         error_handling=self._error_handling, **self._judge_options)
+    judged = pairs | 'Judge' >> judge
+    lineage = judge.lineage(rows.pipeline)
+    carried = [(lineage_policy.FIELD, lineage_policy.LINEAGE)] if lineage else []
     matched = judged['good'] if self._error_handling else judged
     first, second = (_PREFIX[s] + self._id for s in _blocking.SIDES)
     roots = (matched
@@ -156,20 +160,19 @@ class Resolve(beam.PTransform):
              | 'Clusters' >> beam.CombineGlobally(_Clusters()))
     output = self._output
     resolved = rows | 'Assign' >> beam.Map(
-        lambda row, found, f=self._id: _rows.with_fields(
-            row, **{output: found.get(getattr(row, f), getattr(row, f))}),
-        beam.pvalue.AsSingleton(roots)).with_output_types(
-            _rows.row_type_with(fields, [(output, id_type)]))
+        _assigned, beam.pvalue.AsSingleton(roots), self._id, output,
+        lineage).with_output_types(
+            _rows.row_type_with(fields, [(output, id_type)] + carried))
     if self._merge is not None:
       types = dict(fields)
       resolved = (
           resolved
           | 'ByEntity' >> beam.Map(lambda row: (getattr(row, output), row))
           | 'Entities' >> beam.GroupByKey()
-          | 'Merge' >> beam.Map(_merged, self._id, output, self._merge)
+          | 'Merge' >> beam.Map(_merged, self._id, output, self._merge, lineage)
           .with_output_types(row_type.RowTypeConstraint.from_fields(
               [(output, id_type), ('records', List[id_type])] +
-              [(n, Optional[types[n]]) for n in self._merge])))
+              [(n, Optional[types[n]]) for n in self._merge] + carried)))
     if not self._error_handling:
       return resolved
     return {'good': resolved, self._error_output: judged[self._error_output]}
@@ -235,7 +238,15 @@ class _Clusters(beam.CombineFn):
     return {x: find(x) for x in list(parent)}
 
 
-def _merged(keyed, id_field, output, merge_fields):
+def _assigned(row, roots, id_field, output, lineage):
+  record = getattr(row, id_field)
+  added = {output: roots.get(record, record)}
+  if lineage:
+    added[lineage_policy.FIELD] = lineage_policy.merged(row, lineage)
+  return _rows.with_fields(row, **added)
+
+
+def _merged(keyed, id_field, output, merge_fields, lineage):
   entity, rows = keyed
   rows = sorted(rows, key=lambda r: _blocking.order_key(getattr(r, id_field)))
   merged = {}
@@ -243,6 +254,8 @@ def _merged(keyed, id_field, output, merge_fields):
     values = [getattr(r, name) for r in rows if getattr(r, name) is not None]
     counts = collections.Counter(map(repr, values))
     merged[name] = max(values, key=lambda v: counts[repr(v)]) if values else None
+  if lineage:
+    merged[lineage_policy.FIELD] = lineage_policy.merged({}, lineage)
   return beam.Row(**{output: entity,
                      'records': [getattr(r, id_field) for r in rows]},
                   **merged)

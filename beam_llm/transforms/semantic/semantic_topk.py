@@ -1,5 +1,6 @@
 """SemanticTopK: the k rows that best meet a criterion, per key (and window),
 ranked by the model in pairwise comparisons (a tournament, not every pair)."""
+import functools
 import json
 import typing
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -9,6 +10,7 @@ from apache_beam.typehints import row_type
 
 from beam_llm import _config
 from beam_llm import _rows
+from beam_llm import lineage as lineage_policy
 from beam_llm.transforms.semantic import _asking
 from beam_llm.transforms.semantic import _base
 from beam_llm.transforms.semantic import _blocking
@@ -113,7 +115,9 @@ class SemanticTopK(beam.PTransform):
         reason_output, _OWNER)
     self._generate = _options.generate_text(
         _OWNER, generate_options, 'prompt', 'response', schema)
-    self._fn = _RankDoFn(
+    # Built in expand, once the run's lineage is known.
+    self._rank = functools.partial(
+        _RankDoFn,
         _asking.Asker(_OWNER, _options.handler_of(self._generate), schema,
                       generate_options.get('max_batch_size') or 8),
         _Comparisons(criterion.strip(), schema, chat,
@@ -154,8 +158,12 @@ class SemanticTopK(beam.PTransform):
         f | f'Failures{i}' >> beam.Map(lambda e: ('error', e))
         for i, f in enumerate(failures)]
     outcomes = outcomes | 'Outcomes' >> beam.Flatten()
+    lineage = _options.lineage_of(self._generate, pcoll.pipeline)
+    out = self._out + ([(lineage_policy.FIELD, lineage_policy.LINEAGE)]
+                       if lineage else [])
     return _rows.split_outputs(
-        outcomes, 'Rank', self._fn, _rows.row_type_with(fields, self._out),
+        outcomes, 'Rank', self._rank(lineage=lineage),
+        _rows.row_type_with(fields, out),
         self._error_output, element_type=pcoll.element_type,
         side_inputs=[criterion_vector] if criterion_vector else [])
 
@@ -190,7 +198,9 @@ class _Comparisons:
 
 
 class _RankDoFn(beam.DoFn):
-  def __init__(self, asker, comparisons, k, shortlist, output, reason_output):
+  def __init__(self, asker, comparisons, k, shortlist, output, reason_output,
+               lineage=None):
+    self._lineage = lineage
     self._asker = asker
     self._comparisons = comparisons
     self._k = k
@@ -231,6 +241,8 @@ class _RankDoFn(beam.DoFn):
       added = {self._output: place}
       if self._reason_output:
         added[self._reason_output] = reasons.get(last_win[i])
+      if self._lineage:
+        added[lineage_policy.FIELD] = lineage_policy.merged(rows[i], self._lineage)
       yield _rows.with_fields(_plain(rows[i]), **added)
 
   def _nearest(self, rows, texts, criterion_vector):

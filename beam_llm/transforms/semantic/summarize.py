@@ -9,6 +9,7 @@ from apache_beam.typehints import row_type
 from beam_llm import _config
 from beam_llm import _rows
 from beam_llm import json_schema_types
+from beam_llm import lineage as lineage_policy
 from beam_llm.transforms.semantic import _asking
 from beam_llm.transforms.semantic import _base
 from beam_llm.transforms.semantic import _options
@@ -77,8 +78,10 @@ class _LLMReduce(beam.PTransform):
     _options.handler_of(self._generate).check_at_build()
     types = dict(fields) if fields is not None else {}
     key_fields = [(k, types.get(k, Any)) for k in self._keys]
+    lineage = _options.lineage_of(self._generate, pcoll.pipeline)
     out_type = row_type.RowTypeConstraint.from_fields(
-        key_fields + self._answer_fields + [(self._count_output, int)])
+        key_fields + self._answer_fields + [(self._count_output, int)] +
+        ([(lineage_policy.FIELD, lineage_policy.LINEAGE)] if lineage else []))
     keys, field = self._keys, self._field
     # Typed keys: the grouping needs a deterministic coder for them.
     key_type = typing.Tuple[tuple(t for _, t in key_fields)]
@@ -93,7 +96,7 @@ class _LLMReduce(beam.PTransform):
         answers,
         'ToRows',
         _ToRowsDoFn(self._owner, self._keys, self._schema, self._answer_fields,
-                    self._reason_output, self._count_output),
+                    self._reason_output, self._count_output, lineage),
         out_type,
         self._error_output,
         element_type=row_type.RowTypeConstraint.from_fields(
@@ -239,8 +242,9 @@ def _text(value) -> str:
 
 class _ToRowsDoFn(beam.DoFn):
   def __init__(self, owner, keys, schema, answer_fields, reason_output,
-               count_output):
+               count_output, lineage):
     self._owner = owner
+    self._lineage = lineage
     self._reason_output = reason_output
     self._keys = keys
     self._schema = schema
@@ -259,6 +263,8 @@ class _ToRowsDoFn(beam.DoFn):
                 {self._text_output: value})
       if self._reason_output:
         answer[self._reason_output] = answer.pop(_base.REASON)
+      if self._lineage:
+        answer[lineage_policy.FIELD] = lineage_policy.merged({}, self._lineage)
       yield beam.Row(**fields, **answer, **{self._count_output: count})
       return
     msg, error_type = value
