@@ -3,6 +3,7 @@ import json
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from beam_llm import _config
+from beam_llm.transforms.semantic import _answers
 from beam_llm.transforms.semantic import _base
 from beam_llm.transforms.semantic import _options
 
@@ -87,7 +88,7 @@ class Classify(_base.SemanticOperator):
         _OWNER, {**options, **generate_options},
         'You are a careful classifier. You answer with JSON only.',
         _base.literal(_user_prompt(instruction, descriptions, multi_label)) + source,
-        _base.answer_schema({key: prop}),
+        _answers.answer_schema({key: prop}),
         _LabelDecider(names, multi_label, output, int if kind == 'integer' else str),
         form='{"labels": [<label>, ...]}' if multi_label else '{"label": <label>}')
 

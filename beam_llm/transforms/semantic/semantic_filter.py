@@ -2,6 +2,7 @@
 from typing import Any, Mapping, Optional, Sequence
 
 from beam_llm import _config
+from beam_llm.transforms.semantic import _answers
 from beam_llm.transforms.semantic import _base
 from beam_llm.transforms.semantic import _options
 
@@ -69,7 +70,7 @@ class SemanticFilter(_base.SemanticOperator):
     self._build(
         self.owner, {**options, **generate_options},
         'You judge texts carefully. You answer with JSON only.', task,
-        _base.answer_schema({'holds': {'type': 'boolean'}}), _Decision(),
+        _answers.answer_schema({'holds': {'type': 'boolean'}}), _Decision(),
         form='{"holds": true or false}')
 
 

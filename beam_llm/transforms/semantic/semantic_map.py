@@ -2,6 +2,7 @@
 from typing import Any, Mapping, Optional, Sequence
 
 from beam_llm import _config
+from beam_llm.transforms.semantic import _answers
 from beam_llm.transforms.semantic import _base
 from beam_llm.transforms.semantic import _options
 
@@ -72,7 +73,7 @@ class SemanticMap(_base.SemanticOperator):
         _OWNER, {**options, **generate_options},
         'You follow instructions exactly. You answer with JSON only.',
         _base.literal(f'{instruction.strip()}\n\n') + source,
-        _base.answer_schema({'output': {'type': 'string'}}),
+        _answers.answer_schema({'output': {'type': 'string'}}),
         _Answer(output, max_output_chars), form='{"output": "<your answer>"}')
 
 

@@ -6,11 +6,11 @@ import typing
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
-from apache_beam.typehints import row_type
 
 from beam_llm import _config
 from beam_llm import _rows
 from beam_llm import lineage as lineage_policy
+from beam_llm.transforms.semantic import _answers
 from beam_llm.transforms.semantic import _asking
 from beam_llm.transforms.semantic import _base
 from beam_llm.transforms.semantic import _blocking
@@ -110,7 +110,7 @@ class SemanticTopK(beam.PTransform):
                                       {'output': _rows.INNER_ERRORS}))
     self._embed_criterion = (None if embedding_model_handler is None else
                              _blocking.embedder(embedding_model_handler, 'text'))
-    schema = _base.answer_schema(
+    schema = _answers.answer_schema(
         {'better': {'type': 'string', 'enum': ['first', 'second']}},
         reason_output, _OWNER)
     self._generate = _options.generate_text(
@@ -121,7 +121,7 @@ class SemanticTopK(beam.PTransform):
         _asking.Asker(_OWNER, _options.handler_of(self._generate), schema,
                       generate_options.get('max_batch_size') or 8),
         _Comparisons(criterion.strip(), schema, chat,
-                     _base.examples_text(_OWNER, examples, schema, _shown_pair)),
+                     _answers.examples_text(_OWNER, examples, schema, _shown_pair)),
         k, shortlist if embedding_model_handler else None, output, reason_output)
     self._criterion = criterion.strip()
     self._out = [(output, int)] + ([(reason_output, Optional[str])]
@@ -185,7 +185,7 @@ class _Comparisons:
   """The question for one pair of texts."""
   def __init__(self, criterion: str, schema: dict, chat: bool, examples: str):
     self._criterion = criterion
-    self._answer = _base.answer_instruction(
+    self._answer = _answers.answer_instruction(
         '{"better": "first" or "second"}', schema)
     self._chat = chat
     self._examples = examples

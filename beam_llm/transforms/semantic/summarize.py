@@ -10,6 +10,7 @@ from beam_llm import _config
 from beam_llm import _rows
 from beam_llm import json_schema_types
 from beam_llm import lineage as lineage_policy
+from beam_llm.transforms.semantic import _answers
 from beam_llm.transforms.semantic import _asking
 from beam_llm.transforms.semantic import _base
 from beam_llm.transforms.semantic import _options
@@ -44,13 +45,13 @@ class _LLMReduce(beam.PTransform):
     reason_output, examples = _options.shared(owner, generate_options)
     if reason_output and schema is None:
       # The reason needs a structured answer: the text becomes a property.
-      schema = _base.answer_schema({output: {'type': 'string'}})
+      schema = _answers.answer_schema({output: {'type': 'string'}})
     schema = (None if schema is None else
-              _base.with_reason(owner, schema, reason_output))
+              _answers.with_reason(owner, schema, reason_output))
     self._schema = schema
     self._reason_output = reason_output
     self._answer_fields = [
-        (reason_output if n == _base.REASON and reason_output else n, t)
+        (reason_output if n == _answers.REASON and reason_output else n, t)
         for n, t in (json_schema_types.fields(schema) if schema else
                      [(output, str)])]
     generate = _options.generate_text(owner, generate_options, 'prompt',
@@ -65,7 +66,7 @@ class _LLMReduce(beam.PTransform):
         _asking.Asker(owner, _options.handler_of(generate), schema,
                       generate_options.get('max_batch_size') or 8),
         _reduce.Prompts(instruction or _DEFAULT_INSTRUCTION, chat, schema,
-                        _base.examples_text(owner, examples, schema)),
+                        _answers.examples_text(owner, examples, schema)),
         _reduce.Budget(max_input_tokens - margin, tokenizer, chars_per_token),
         structured=schema is not None)
     self._error_output = _config.error_output_name(owner, error_handling)
@@ -262,7 +263,7 @@ class _ToRowsDoFn(beam.DoFn):
       answer = (self._convert(value) if self._convert else
                 {self._text_output: value})
       if self._reason_output:
-        answer[self._reason_output] = answer.pop(_base.REASON)
+        answer[self._reason_output] = answer.pop(_answers.REASON)
       if self._lineage:
         answer[lineage_policy.FIELD] = lineage_policy.merged({}, self._lineage)
       yield beam.Row(**fields, **answer, **{self._count_output: count})
