@@ -134,3 +134,18 @@ def test_options_are_checked_at_build(llm_server):
   with pytest.raises(ValueError, match="'group_by'"):
     run_transform(SemanticTopK(criterion='x', k=1, field='text', group_by='nope',
                                model_handler=openai(server)), tickets(3))
+
+
+def test_per_window_without_a_key(llm_server):
+  import apache_beam as beam
+  server = llm_server(reply=more_urgent)
+  rows = [{**r, 'ts': i} for i, r in enumerate(tickets(12))]
+  transform = (beam.Map(lambda r: beam.window.TimestampedValue(r, r.ts))
+               | beam.WindowInto(beam.window.FixedWindows(6))
+               | SemanticTopK(criterion='The more urgent ticket.', k=1, field='text',
+                              model_handler=openai(server)))
+  out, _ = run_transform(transform, rows)
+  best = [max(rows[:6], key=lambda r: urgency(r['text'])),
+          max(rows[6:], key=lambda r: urgency(r['text']))]
+  assert sorted(r.ticket for r in out['good']) == sorted(b['ticket'] for b in best)
+  assert len(server.log) == 2 * 5  # One knockout of 6 per window.

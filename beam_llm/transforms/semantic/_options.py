@@ -179,5 +179,5 @@ def lineage_of(generate, pipeline) -> Optional[dict]:
 
 def handler_of(generate):
   """The backend a GenerateText built (and checked) from the options, for
-  operators that call the model themselves (SummarizePerKey's combine)."""
+  operators that call the model themselves (_asking)."""
   return generate._handler  # pylint: disable=protected-access
