@@ -157,3 +157,13 @@ def test_without_blocking_the_cap_is_required_and_enforced(llm_server):
     run_transform(Resolve(record_id='record_id', max_model_calls=44,
                           model_handler=openai(server)), rows)
   assert server.log == []
+
+
+def test_windowed_input_is_refused_at_build(llm_server):
+  import apache_beam as beam
+  server = llm_server(reply=same_company)
+  rows, _ = companies(4)
+  with pytest.raises(ValueError, match="Resolve: option 'input' is windowed"):
+    run_transform(beam.WindowInto(beam.window.FixedWindows(60))
+                  | Resolve(record_id='record_id', block_by='city',
+                            model_handler=openai(server)), rows)

@@ -56,6 +56,7 @@ def test_top_k_per_key_is_exact_in_far_fewer_calls_than_every_pair(llm_server):
         (b['ticket'], i) for i, b in enumerate(best, 1)]
   calls = len(server.log)
   assert metrics['model_calls'] == calls
+  assert metrics['dropped_rows'] == 80 - 6
   # Two groups of 40: a knockout (39) plus two short ones each, against
   # 40 x 39 / 2 = 780 per group for every pair.
   assert 2 * 39 < calls <= 2 * tournament_bound(40, 3)

@@ -5,6 +5,7 @@ import collections
 from typing import Any, List, Mapping, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.transforms import window
 from apache_beam.typehints import row_type
 
 from beam_llm import _config
@@ -127,6 +128,9 @@ class Resolve(beam.PTransform):
     if fields is None:
       _config.fail(_OWNER, 'input', 'has no schema (rows with named fields '
                    'are needed)')
+    if not isinstance(rows.windowing.windowfn, window.GlobalWindows):
+      _config.fail(_OWNER, 'input', 'is windowed: Resolve forms clusters over '
+                   'the whole input (one global window); window after it')
     names = [n for n, _ in fields]
     for key, value in (('record_id', self._id), ('block_by', self._block_by)):
       if value is not None:

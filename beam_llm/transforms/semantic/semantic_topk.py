@@ -6,6 +6,7 @@ import typing
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from beam_llm import _config
 from beam_llm import _rows
@@ -32,7 +33,8 @@ class SemanticTopK(beam.PTransform):
   only to rows already placed, about n - 1 + (k - 1) * log2(n) comparisons
   in all instead of n(n - 1) / 2 for every pair. Each round's comparisons
   go to the model as one batch. The metric `model_calls` (namespace
-  `beam_llm.SemanticTopK`) counts the comparisons.
+  `beam_llm.SemanticTopK`) counts the comparisons, `dropped_rows` the rows
+  that did not make it.
 
   Without `group_by` the whole input is ranked (per window, on windowed
   input); with it, each key's rows. A group's rows are held in memory on
@@ -201,6 +203,7 @@ class _RankDoFn(beam.DoFn):
   def __init__(self, asker, comparisons, k, shortlist, output, reason_output,
                lineage=None):
     self._lineage = lineage
+    self._dropped = Metrics.counter(f'beam_llm.{_OWNER}', 'dropped_rows')
     self._asker = asker
     self._comparisons = comparisons
     self._k = k
@@ -217,6 +220,7 @@ class _RankDoFn(beam.DoFn):
           value.error_type, value.stack))
       return
     rows = sorted(value, key=_order)
+    group_size = len(rows)
     texts = [getattr(r, _TEXT) for r in rows]
     if criterion_vector is not None and len(rows) > self._shortlist:
       rows, texts = self._nearest(rows, texts, criterion_vector)
@@ -237,6 +241,7 @@ class _RankDoFn(beam.DoFn):
             _plain(row), f'{_OWNER} ({exn.error_type}): a comparison in this '
             f'row\'s group failed: {exn}', exn.error_type))
       return
+    self._dropped.inc(group_size - len(chosen))
     for place, i in enumerate(chosen, 1):
       added = {self._output: place}
       if self._reason_output:
