@@ -21,7 +21,7 @@ SIDES = ('left', 'right')
 
 def check_options(owner: str, block_by, embedding_model_handler, texts: Mapping,
                   block_top_k: int, max_model_calls: Optional[int],
-                  block_by_form: str):
+                  naive_calls: str):
   """The blocking options' rules, the same for every pairwise operator."""
   if block_by is not None and embedding_model_handler is not None:
     _config.fail(owner, 'block_by',
@@ -36,7 +36,7 @@ def check_options(owner: str, block_by, embedding_model_handler, texts: Mapping,
     _config.fail(
         owner, 'max_model_calls',
         f'is required without blocking (every pair is asked about: '
-        f'{block_by_form} model calls): give block_by or '
+        f'{naive_calls} model calls): give block_by or '
         'embedding_model_handler, or a max_model_calls the run may not pass')
   if block_top_k < 1:
     _config.fail(owner, 'block_top_k', f'must be at least 1, got {block_top_k}')
