@@ -150,3 +150,17 @@ def test_per_window_without_a_key(llm_server):
           max(rows[6:], key=lambda r: urgency(r['text']))]
   assert sorted(r.ticket for r in out['good']) == sorted(b['ticket'] for b in best)
   assert len(server.log) == 2 * 5  # One knockout of 6 per window.
+
+
+def test_contradicting_answers_still_give_k_distinct_rows_in_bounded_calls():
+  from beam_llm.transforms.semantic._tournament import top_k
+  rng = random.Random(0)
+  calls = []
+
+  def coin(pairs):  # A model that answers at random: cycles everywhere.
+    calls.extend(pairs)
+    return [rng.random() < 0.5 for _ in pairs]
+
+  chosen, _ = top_k(50, 10, coin)
+  assert len(set(chosen)) == 10
+  assert len(calls) < 50 * 49 // 2
