@@ -37,6 +37,9 @@ TRANSFORMS = {
     'SemanticFilter': 'beam_llm.transforms.semantic.semantic_filter',
     'SemanticMap': 'beam_llm.transforms.semantic.semantic_map',
     'SemanticJoin': 'beam_llm.transforms.semantic.semantic_join',
+    'SemanticTopK': 'beam_llm.transforms.semantic.semantic_topk',
+    'Resolve': 'beam_llm.transforms.semantic.resolve',
+    'SemanticReduce': 'beam_llm.transforms.semantic.summarize',
     'SummarizePerKey': 'beam_llm.transforms.semantic.summarize',
 }
 

@@ -96,13 +96,14 @@ def split_outputs(
     dofn: beam.DoFn,
     main_type,
     error_output: Optional[str],
-    element_type=None):
+    element_type=None,
+    side_inputs=()):
   """Applies `dofn` (which tags bad rows ERRORS_TAG) and shapes the result.
 
   `element_type` is the type of the rows inside error rows (defaults to the
-  type of `pcoll`'s elements).
+  type of `pcoll`'s elements); `side_inputs` go to `dofn.process`.
   """
-  results = pcoll | label >> beam.ParDo(dofn).with_outputs(
+  results = pcoll | label >> beam.ParDo(dofn, *side_inputs).with_outputs(
       ERRORS_TAG, main='good')
   good = results.good
   good.element_type = main_type

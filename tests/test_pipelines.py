@@ -27,10 +27,13 @@ RAG = {'pipelines/rag_ingest.yaml', 'pipelines/rag_answer.yaml'}
 REMOTE = {'pipelines/chat_sentiment_remote.yaml'}
 # Streaming pipelines run in tests/test_streaming.py (and their tests: here).
 STREAMING = {'pipelines/chat_sentiment_streaming.yaml'}
+# Pipelines whose outputs are not one row per chat (top k, cases, an
+# overview) run in tests/test_semantic_pipelines.py.
+SEMANTIC = {'pipelines/top_complaints.yaml', 'pipelines/chat_cases.yaml'}
 
 
 def test_every_pipeline_is_covered():
-  assert sorted(set(OUTPUTS) | STREAMING | RAG) == PIPELINES
+  assert sorted(set(OUTPUTS) | STREAMING | RAG | SEMANTIC) == PIPELINES
 
 
 # Input lines no pipeline can read, mixed into the input of every run: each

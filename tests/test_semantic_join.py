@@ -149,3 +149,59 @@ def test_a_pair_the_model_cannot_decide_is_an_error_row_the_others_join(
   assert sorted((r.left_chat_id, r.right_sku) for r in good) == [(1, 'P1'), (2, 'F1')]
   assert [(e.element.left_chat_id, e.element.right_sku) for e in failed] == [(3, 'A1')]
   assert failed[0].msg.startswith('SemanticJoin')
+
+
+def test_200_by_200_with_embedding_blocking_finds_every_true_pair_in_under_5_percent(
+    llm_server):
+  """The target: every true pair, at most 5 % of the naive 200 x 200 calls.
+  Each chat names one product (in its own words around it); the embeddings
+  are character trigrams, so the chat lies near the product it names."""
+  import random
+  from beam_llm.testing.fake_embedding_server import trigram_vector
+  rng = random.Random(5)
+  words = ('walnut desk lamp steel kettle linen throw velvet chair oak shelf '
+           'glass vase wool rug copper pan bamboo tray').split()
+  names = set()
+  while len(names) < 200:
+    names.add(' '.join(rng.sample(words, 3)))
+  names = sorted(names)
+  openers = ['my order of the {} arrived broken',
+             'where is the {} I ordered last week',
+             'can I return the {} please', 'the {} is great, thanks']
+  chats = [{'chat_id': i, 'text': rng.choice(openers).format(name)}
+           for i, name in enumerate(rng.sample(names, 200))]
+  products = [{'sku': f'S{i}', 'name': name} for i, name in enumerate(names)]
+
+  def names_product(prompt):
+    text = re.search(r'- text: (.*)\n', prompt).group(1)
+    name = re.search(r'- name: (.*)\n', prompt).group(1)
+    return json.dumps({'holds': f' {name} ' in f' {text} '})
+
+  server = llm_server(reply=names_product)
+  embeddings = FakeEmbeddingServer(dim=256, vector=trigram_vector).start()
+  key = str(uuid.uuid4())
+  p = beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner']))
+  left = p | 'L' >> beam.Create([beam.Row(**c) for c in chats])
+  right = p | 'R' >> beam.Create([beam.Row(**x) for x in products])
+  out = {'left': left, 'right': right} | SemanticJoin(
+      condition='The chat is about this product.',
+      left_fields=['text'], right_fields=['name'],
+      embedding_model_handler={'type': 'OpenAICompatible', 'config': {
+          'model': 'e', 'base_url': embeddings.url + '/v1'}},
+      left_text='text', right_text='name', block_top_k=5,
+      model_handler=openai(server), max_batch_size=64)
+  _ = out | beam.Map(lambda r: _record(key, (r.left_chat_id, r.right_sku)))
+  try:
+    result = p.run()
+    result.wait_until_finish()
+  finally:
+    embeddings.stop()
+  by_name = {x['name']: x['sku'] for x in products}
+  truth = {(c['chat_id'], by_name[n]) for c in chats for n in names
+           if f' {n} ' in f' {c["text"]} '}
+  assert len(truth) == 200
+  assert set(_SINKS.pop(key, [])) == truth
+  calls = _metrics(result)['candidate_pairs']
+  assert calls == len(server.log) <= 0.05 * 200 * 200, calls
+  print(f'SemanticJoin 200 x 200: {calls} model calls, naive 40000 '
+        f'({100 * calls / 40000:.2f} %)')

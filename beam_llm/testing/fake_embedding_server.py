@@ -1,6 +1,7 @@
 """A local embedding service for tests and benchmarks: OpenAI-compatible
 `POST /v1/embeddings` and Vertex AI `POST .../publishers/google/models/M:predict`,
-answering deterministic vectors (a hash of the text), with scripted faults.
+answering deterministic vectors (a hash of the text, or a rule of the
+test's: `vector=`), with scripted faults.
 
     server = FakeEmbeddingServer(script=['429', '500'], retry_after=0.1).start()
     ... base_url=server.url + '/v1' ...
@@ -15,7 +16,7 @@ import http.server
 import json
 import re
 import threading
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -30,10 +31,14 @@ def fake_vector(text: str, dim: int = DIM) -> List[float]:
 
 class FakeEmbeddingServer:
   def __init__(self, script: Optional[List[str]] = None, retry_after: float = 0.1,
-               dim: int = DIM, port: int = 0):
+               dim: int = DIM, port: int = 0,
+               vector: Optional[Callable[[str], List[float]]] = None):
     self.script = list(script or [])
     self.retry_after = retry_after
     self.dim = dim
+    # `vector(text)`: vectors that follow a known rule (texts that look alike
+    # lie close), for tests of what embeddings decide; default: a hash.
+    self.vector = vector or (lambda text: fake_vector(text, dim))
     self.log = []  # (path, number of texts, Authorization header, fault)
     self._lock = threading.Lock()
     handler = type('Handler', (_Handler,), {'fake': self})
@@ -89,7 +94,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       return self._json(int(fault), {'error': {'message': 'oops', 'code': int(fault)}})
     if fault == '400':
       return self._json(400, {'error': {'message': 'a text was rejected', 'code': 400}})
-    vectors = [fake_vector(t or '', self.fake.dim) for t in texts]
+    vectors = [self.fake.vector(t or '') for t in texts]
     if path.endswith('/embeddings'):
       return self._json(200, {'object': 'list', 'model': body.get('model'), 'data': [
           {'object': 'embedding', 'index': i, 'embedding': v}
@@ -107,3 +112,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self.send_header(k, v)
     self.end_headers()
     self.wfile.write(data)
+
+
+def trigram_vector(text: str, dim: int = 256) -> List[float]:
+  """A bag of character trigrams, hashed into `dim` slots and normalised:
+  texts that share spelling lie close (a stand-in for a real embedding
+  model that tests can reason about)."""
+  padded = f'  {" ".join(text.lower().split())}  '
+  v = np.zeros(dim)
+  for i in range(len(padded) - 2):
+    digest = hashlib.md5(padded[i:i + 3].encode()).digest()
+    v[int.from_bytes(digest[:4], 'little') % dim] += 1.0
+  norm = np.linalg.norm(v)
+  return [float(x) for x in (v / norm if norm else v)]

@@ -158,6 +158,12 @@ class GenerateText(beam.PTransform):
     self._handler.check_at_build()
 
   @property
+  def lineage(self) -> Optional[dict]:
+    """The lineage values this GenerateText adds (backend, model, schema;
+    no run id), or None when `lineage` is off."""
+    return self._lineage
+
+  @property
   def handler(self):
     """The backend built (and checked) from `model_handler` and the
     generation options; operators that call the model themselves use it."""

@@ -16,6 +16,8 @@ from apache_beam.typehints import row_type
 
 from beam_llm import _config
 from beam_llm import _rows
+from beam_llm import lineage as lineage_policy
+from beam_llm.transforms.semantic import _answers
 from beam_llm.transforms.semantic import _options
 
 # Fields the operator adds to rows on their way through the building blocks.
@@ -82,34 +84,71 @@ def prompt_messages(system: str, user_source: str, chat: bool):
   return {'template': literal(system) + '\n\n' + user_source}
 
 
+def group_fields(owner: str, group_by) -> list:
+  """`group_by` (a field, a list of them, or none) as a list."""
+  if group_by is None:
+    return []
+  keys = [group_by] if isinstance(group_by, str) else list(group_by)
+  if not keys:
+    _config.fail(owner, 'group_by', 'names no field')
+  return keys
+
+
+def render_prompt(owner: str, **options):
+  """A RenderPrompt whose option errors name the operator."""
+  from beam_llm.transforms.render_prompt import RenderPrompt
+  with _config.reported_as(owner):
+    return RenderPrompt(**options)
+
+
 class SemanticOperator(beam.PTransform):
   """Base: subclasses call `_build` in __init__ and define nothing else."""
   def _build(
       self,
       owner: str,
       options: Mapping[str, Any],
-      render_options: Mapping[str, Any],
+      system: str,
+      task_source: str,
       schema: dict,
       decider: Decider,
-      prompt_output: Optional[str],
-      error_handling: Optional[Mapping[str, Any]],
-      keep_fields: Optional[Sequence[str]] = None):
+      form: Optional[str] = None):
+    """`options`: all the operator's options (its own, the shared ones and
+    GenerateText's); `task_source`: the Jinja source of the task (the
+    instruction and the text). The examples go before it, how to answer
+    (`form`, or the schema itself) after it."""
     from beam_llm.transforms.parse_json import ParseJSON
-    from beam_llm.transforms.render_prompt import RenderPrompt
+    shared = _options.shared(owner, options)
+    schema = _answers.with_reason(owner, schema, shared.reason_output)
+    user = (literal(_answers.examples_text(owner, shared.examples, schema))
+            + task_source
+            + literal('\n\n' + _answers.answer_instruction(form, schema)))
+    keep_fields = options.get('keep_fields')
+    # Lineage: each building block fills in its part (docs/lineage.md).
+    self._lineage = bool(options.get('lineage'))
     self._owner = owner
     self._schema = schema
     self._decider = decider
-    self._prompt_output = prompt_output
+    self._reason_output = shared.reason_output
+    self._prompt_output = options.get('prompt_output')
     self._keep_fields = None if keep_fields is None else list(keep_fields)
-    self._error_output = _config.error_output_name(owner, error_handling)
-    with _config.reported_as(owner):
-      self._render = RenderPrompt(
-          **render_options, output=PROMPT,
-          error_handling={'output': _rows.INNER_ERRORS})
+    self._error_output = _config.error_output_name(
+        owner, options.get('error_handling'))
+    self._render = render_prompt(
+        owner, **prompt_messages(system, user, options.get('chat', True)),
+        output=PROMPT, lineage=self._lineage,
+        error_handling={'output': _rows.INNER_ERRORS})
     self._generate = _options.generate_text(owner, options, PROMPT, ANSWER, schema)
     self._parse = ParseJSON(
-        field=ANSWER, schema=schema,
+        field=ANSWER, schema=schema, lineage=self._lineage,
         error_handling={'output': _rows.INNER_ERRORS})
+
+  def lineage(self, pipeline) -> Optional[dict]:
+    """This operator's lineage values (run, model, schemas), or None when
+    `lineage` is off: for operators that wrap it (Resolve)."""
+    if not self._lineage:
+      return None
+    return {**_options.lineage_of(self._generate, pipeline),
+            'schema_hash': lineage_policy.json_hash(self._schema)}
 
   def expand(self, pcoll):
     fields = _rows.input_fields(pcoll)
@@ -138,12 +177,13 @@ class SemanticOperator(beam.PTransform):
     generated = rendered['good'] | 'Generate' >> self._generate
     input_names = [n for n, _ in fields] if fields is not None else None
     wrap_type = Any
+    carried = [(lineage_policy.FIELD, lineage_policy.LINEAGE)] if self._lineage else []
     if fields is not None:
       wrap_type = row_type.RowTypeConstraint.from_fields([
           (ROW, row_type.RowTypeConstraint.from_fields(fields)),
-          (PROMPT, prompt_type), (ANSWER, str)])
+          (PROMPT, prompt_type), (ANSWER, str)] + carried)
     wrapped = generated['good'] | 'Wrap' >> beam.Map(
-        _wrap, input_names).with_output_types(wrap_type)
+        _wrap, input_names, self._lineage).with_output_types(wrap_type)
     parsed = wrapped | 'Parse' >> self._parse
     outcomes = (
         rendered[_rows.INNER_ERRORS]
@@ -154,26 +194,33 @@ class SemanticOperator(beam.PTransform):
         parsed['good'] | 'Parsed' >> beam.Map(lambda r: ('parsed', r)),
     ) | 'Outcomes' >> beam.Flatten()
     extra = list(self._decider.output_fields)
+    if self._reason_output:
+      extra.append((self._reason_output, str))
+    extra += carried
     if self._prompt_output:
       extra.append((self._prompt_output, prompt_type))
     return _rows.split_outputs(
         outcomes,
         'Decide',
         _DecideDoFn(self._owner, self._decider, list(self._schema['properties']),
-                    self._prompt_output, input_names, self._keep_fields),
+                    self._reason_output, self._prompt_output, input_names,
+                    self._keep_fields, self._lineage),
         _rows.row_type_with(out_fields, extra),
         self._error_output,
         element_type=pcoll.element_type)
 
 
-def _wrap(row, input_names):
+def _wrap(row, input_names, lineage):
   values = _rows.as_dict(row)
   names = input_names or [n for n in values if n not in _INTERNAL]
-  return beam.Row(**{
+  wrapped = {
       ROW: beam.Row(**{n: values[n] for n in names}),
       PROMPT: values[PROMPT],
       ANSWER: values[ANSWER]
-  })
+  }
+  if lineage:  # What RenderPrompt and GenerateText filled in; ParseJSON adds its part.
+    wrapped[lineage_policy.FIELD] = values[lineage_policy.FIELD]
+  return beam.Row(**wrapped)
 
 
 def _strip_internal(row, input_names):
@@ -182,16 +229,18 @@ def _strip_internal(row, input_names):
   return beam.Row(**{n: values[n] for n in names})
 
 
-def _reason_of(msg: str) -> str:
+def reason_of(msg: str) -> str:
   """`ParseJSON (schema): why` -> `why`."""
   head, sep, rest = msg.partition('): ')
   return rest if sep and head.startswith(('ParseJSON', 'RenderPrompt')) else msg
 
 
 class _DecideDoFn(beam.DoFn):
-  def __init__(
-      self, owner, decider, properties, prompt_output, input_names, keep_fields):
+  def __init__(self, owner, decider, properties, reason_output, prompt_output,
+               input_names, keep_fields, lineage):
     self._owner = owner
+    self._lineage = lineage
+    self._reason_output = reason_output
     self._keep_fields = keep_fields
     self._decider = decider
     self._properties = properties
@@ -211,24 +260,27 @@ class _DecideDoFn(beam.DoFn):
     elif kind == 'parse':
       wrapped = value.element
       raw = getattr(wrapped, ANSWER)
-      rescued = self._decider.rescue(raw) if raw else None
+      # A bare answer carries no reason: not accepted when one was asked for.
+      rescued = (self._decider.rescue(raw)
+                 if raw and not self._reason_output else None)
       if rescued is not None:
         self._rescued.inc()
         yield from self._finish(wrapped, rescued)
         return
       yield from self._error(
           getattr(wrapped, ROW), value.error_type,
-          f'{self._owner} ({value.error_type}): {_reason_of(value.msg)}; '
+          f'{self._owner} ({value.error_type}): {reason_of(value.msg)}; '
           f'the model answered: {raw!r}')
     else:  # A prompt that did not render, or a generation that failed.
       msg = (f'{self._owner}: {value.msg}' if kind == 'generate' else
-             f'{self._owner} ({value.error_type}): {_reason_of(value.msg)}')
+             f'{self._owner} ({value.error_type}): {reason_of(value.msg)}')
       yield from self._error(
           _strip_internal(value.element, self._input_names), value.error_type,
           msg)
 
   def _finish(self, wrapped, parsed):
     row = getattr(wrapped, ROW)
+    reason = parsed.pop(_answers.REASON, None) if self._reason_output else None
     try:
       fields = self._decider.decide(parsed)
     except Unplaceable as exn:
@@ -240,6 +292,10 @@ class _DecideDoFn(beam.DoFn):
       self._dropped.inc()
       return
     self._kept.inc()
+    if self._reason_output:
+      fields = {**fields, self._reason_output: reason}
+    if self._lineage:
+      fields = {**fields, lineage_policy.FIELD: getattr(wrapped, lineage_policy.FIELD)}
     if self._prompt_output:
       fields = {**fields, self._prompt_output: getattr(wrapped, PROMPT)}
     if self._keep_fields is not None:

@@ -1,18 +1,55 @@
-"""The GenerateText options every semantic operator takes.
+"""The options every semantic operator takes.
 
-They are declared once, by GenerateText's signature and docstring, and
-inherited here: an operator's config schema (its signature, which Beam YAML,
-the build-time checks and docgen read) and its `Args:` documentation gain
-GenerateText's options, so a generation option added there is an option of
-every operator, checked and documented the same way, with no second list.
+GenerateText's options are declared once, by GenerateText's signature and
+docstring, and inherited here: an operator's config schema (its signature,
+which Beam YAML, the build-time checks and docgen read) and its `Args:`
+documentation gain GenerateText's options, so a generation option added
+there is an option of every operator, checked and documented the same way,
+with no second list. The operators' own shared options (`reason_output`,
+`examples`) are declared once below, the same way.
 """
 import functools
 import inspect
 import textwrap
 import typing
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from beam_llm import _config
+
+# Options of every operator (name -> type, doc); each operator reads them
+# with `shared(options)`, and _base / the operators map them.
+SHARED = {
+    'reason_output': (
+        Optional[str],
+        'If set, the model first gives a short reason (at most 200 '
+        'characters) for its answer, kept in a field of that name. Costs '
+        'tokens; often makes the answer better.'),
+    'examples': (
+        Optional[Sequence[Mapping[str, Any]]],
+        'Few-shot examples shown to the model before its task: a list of '
+        '`{input: ..., output: ..., reason: ...}`, `input` as the model would '
+        'see it (a text, or a mapping of field to value), `output` the answer '
+        'as this transform gives it (a label, true / false, an object of the '
+        'schema, a text, `first` / `second`), `reason` optional. Checked '
+        'against the answer schema when the pipeline is built.'),
+}
+
+
+class Shared(NamedTuple):
+  reason_output: Optional[str]
+  examples: Sequence[Mapping[str, Any]]
+
+
+def shared(owner: str, options: Mapping[str, Any]) -> Shared:
+  """The shared operator options out of an operator's options."""
+  reason_output = options.get('reason_output')
+  if reason_output is not None and not str(reason_output).isidentifier():
+    _config.fail(owner, 'reason_output',
+                 f'{reason_output!r} is not a plain field name')
+  examples = options.get('examples') or ()
+  if isinstance(examples, (str, Mapping)):
+    _config.fail(owner, 'examples', 'must be a list of {input, output}')
+  return Shared(reason_output, list(examples))
 
 # GenerateText options the operators set themselves.
 NOT_INHERITED = ('prompt', 'output', 'response_schema', 'response_schema_file',
@@ -47,6 +84,11 @@ def inherits_generate_options(cls):
       if name != 'self' and p.kind != p.VAR_KEYWORD
   ]
   own_names = {p.name for p in own}
+  shared_params = [
+      inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                        annotation=hint)
+      for name, (hint, _) in SHARED.items() if name not in own_names]
+  own_names |= set(SHARED)
   gt = _generate_text()
   gt_params = inspect.signature(gt.__init__).parameters
   gt_hints = typing.get_type_hints(gt.__init__)
@@ -55,15 +97,24 @@ def inherits_generate_options(cls):
       for n in inherited_names() if n not in own_names
   ]
   self_param = inspect.Parameter('self', inspect.Parameter.POSITIONAL_OR_KEYWORD)
-  init.__signature__ = inspect.Signature([self_param] + own + inherited)
+  init.__signature__ = inspect.Signature(
+      [self_param] + own + shared_params + inherited)
   init.__annotations__ = {
       **typing.get_type_hints(original),
+      **{p.name: p.annotation for p in shared_params},
       **{p.name: gt_hints.get(p.name, Any) for p in inherited}
   }
   init.__annotations__.pop('generate_options', None)
-  cls.__doc__ = cls.__doc__.rstrip() + '\n' + _inherited_docs(
-      gt, [p.name for p in inherited]) + '\n'
+  cls.__doc__ = cls.__doc__.rstrip() + '\n' + _docs(
+      [(p.name, SHARED[p.name][1]) for p in shared_params]) + '\n' + \
+      _inherited_docs(gt, [p.name for p in inherited]) + '\n'
   return cls
+
+
+def _docs(items) -> str:
+  return '\n'.join(
+      textwrap.fill(f'{name}: {text}', width=78, initial_indent='    ',
+                    subsequent_indent='      ') for name, text in items)
 
 
 def _inherited_docs(gt, names) -> str:
@@ -73,15 +124,13 @@ def _inherited_docs(gt, names) -> str:
       for p in docstring_parser.parse(
           gt.__doc__ or '', docstring_parser.DocstringStyle.GOOGLE).params
   }
-  lines = []
+  items = []
   for name in names:
-    text = f'{name}: {docs.get(name) or "As for GenerateText."}'
+    text = docs.get(name) or 'As for GenerateText.'
     if name == 'model_handler':
       text += ' (As for GenerateText; so are the options below.)'
-    lines.append(
-        textwrap.fill(
-            text, width=78, initial_indent='    ', subsequent_indent='      '))
-  return '\n'.join(lines)
+    items.append((name, text))
+  return _docs(items)
 
 
 def generate_text(
@@ -114,7 +163,18 @@ def generate_text(
         error_handling={'output': _rows.INNER_ERRORS})
 
 
+def lineage_of(generate, pipeline) -> Optional[dict]:
+  """The lineage values of a GenerateText built with `lineage: true` (run,
+  backend, model, response schema), or None: for operators whose rows do
+  not pass through it (they call the model in their own step)."""
+  from beam_llm import lineage as lineage_policy
+  mine = generate.lineage
+  if mine is None:
+    return None
+  return {**mine, 'run_id': lineage_policy.run_id(pipeline)}
+
+
 def handler_of(generate):
   """The backend a GenerateText built (and checked) from the options, for
-  operators that call the model themselves (SummarizePerKey's combine)."""
+  operators that call the model themselves (_asking)."""
   return generate.handler

@@ -3,6 +3,7 @@ import json
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from beam_llm import _config
+from beam_llm.transforms.semantic import _answers
 from beam_llm.transforms.semantic import _base
 from beam_llm.transforms.semantic import _options
 
@@ -82,24 +83,14 @@ class Classify(_base.SemanticOperator):
     key = 'labels' if multi_label else 'label'
     prop = ({'type': 'array', 'items': enum, 'maxItems': len(names)}
             if multi_label else enum)
-    schema = {
-        'type': 'object',
-        'properties': {key: prop},
-        'required': [key],
-        'additionalProperties': False
-    }
     source = _base.content_source(_OWNER, field, template, template_file)
-    user = _base.literal(_user_prompt(instruction, descriptions, multi_label))
-    user += source + '\n\n' + _base.literal(
-        'Answer with JSON only, in this form: ' +
-        ('{"labels": [<label>, ...]}' if multi_label else '{"label": <label>}'))
     self._build(
         _OWNER, {**options, **generate_options},
-        _base.prompt_messages(
-            'You are a careful classifier. You answer with JSON only.', user,
-            chat), schema,
+        'You are a careful classifier. You answer with JSON only.',
+        _base.literal(_user_prompt(instruction, descriptions, multi_label)) + source,
+        _answers.answer_schema({key: prop}),
         _LabelDecider(names, multi_label, output, int if kind == 'integer' else str),
-        prompt_output, error_handling, keep_fields)
+        form='{"labels": [<label>, ...]}' if multi_label else '{"label": <label>}')
 
 
 def _labels(labels) -> dict:

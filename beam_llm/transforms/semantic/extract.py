@@ -1,5 +1,4 @@
 """Extract: a field -> the typed fields of a JSON Schema, in one step."""
-import json
 from typing import Any, Mapping, Optional, Sequence
 
 from beam_llm import _config
@@ -72,23 +71,13 @@ class Extract(_base.SemanticOperator):
           _OWNER, 'schema', 'must describe an object with properties '
           '(its properties become the output fields)')
     source = _base.content_source(_OWNER, field, template, template_file)
-    user = _base.literal(
-        (instruction or 'Extract the information described by the JSON '
-         'Schema below from the text.') + '\n\n') + source + _base.literal(
-             '\n\nAnswer with one JSON object that follows this JSON Schema:\n'
-             + json.dumps(_for_prompt(schema), ensure_ascii=False))
     self._build(
         _OWNER, {**options, **generate_options},
-        _base.prompt_messages(
-            'You extract information from text. You answer with JSON only.',
-            user, chat), schema,
-        _FieldsDecider(json_schema_types.fields(schema)), prompt_output,
-        error_handling, keep_fields)
-
-
-def _for_prompt(schema: dict) -> dict:
-  """The schema without keys that only cost tokens ($schema, title)."""
-  return {k: v for k, v in schema.items() if k not in ('$schema', '$id', 'title')}
+        'You extract information from text. You answer with JSON only.',
+        _base.literal(
+            (instruction or 'Extract the information described by the JSON '
+             'Schema below from the text.') + '\n\n') + source, schema,
+        _FieldsDecider(json_schema_types.fields(schema)))
 
 
 class _FieldsDecider(_base.Decider):

@@ -2,11 +2,11 @@
 from typing import Any, Mapping, Optional, Sequence
 
 from beam_llm import _config
+from beam_llm.transforms.semantic import _answers
 from beam_llm.transforms.semantic import _base
 from beam_llm.transforms.semantic import _options
 
 _OWNER = 'SemanticFilter'
-_REASON_MAX_CHARS = 200
 _YES = {'true', 'yes', 'y'}
 _NO = {'false', 'no', 'n'}
 
@@ -32,9 +32,6 @@ class SemanticFilter(_base.SemanticOperator):
       variables) for the text, when it is made of several fields. Wrap it in
       `{% raw %}...{% endraw %}` inside a pipeline file.
     template_file: Path of a file holding that template.
-    reason_output: If set, the model first gives a short reason (at most 200
-      characters), kept in a field of that name. Costs tokens; often makes
-      the decision better.
     chat: Send the prompt as system + user chat messages (instruct models,
       chat APIs); false sends one plain text prompt (base models, T5).
       Defaults to true.
@@ -56,7 +53,6 @@ class SemanticFilter(_base.SemanticOperator):
       field: Optional[str] = None,
       template: Optional[str] = None,
       template_file: Optional[str] = None,
-      reason_output: Optional[str] = None,
       chat: bool = True,
       keep_fields: Optional[Sequence[str]] = None,
       prompt_output: Optional[str] = None,
@@ -67,44 +63,23 @@ class SemanticFilter(_base.SemanticOperator):
                if k not in ('self', '__class__', 'generate_options')}
     if not condition.strip():
       _config.fail(self.owner, 'condition', 'is empty')
-    properties = {'holds': {'type': 'boolean'}}
-    form = '{"holds": true or false}'
-    if reason_output:
-      properties = {
-          'reason': {'type': 'string', 'maxLength': _REASON_MAX_CHARS},
-          **properties
-      }
-      form = '{"reason": "<one short sentence>", "holds": true or false}'
-    schema = {
-        'type': 'object',
-        'properties': properties,
-        'required': list(properties),
-        'additionalProperties': False
-    }
     source = _base.content_source(self.owner, field, template, template_file)
-    user = _base.literal(
+    task = _base.literal(
         'Decide whether this condition holds for the text below.\n\n'
-        f'Condition: {condition.strip()}\n\n') + source + _base.literal(
-            f'\n\nAnswer with JSON only, in this form: {form}')
+        f'Condition: {condition.strip()}\n\n') + source
     self._build(
         self.owner, {**options, **generate_options},
-        _base.prompt_messages(
-            'You judge texts carefully. You answer with JSON only.', user, chat),
-        schema, _Decision(reason_output), prompt_output, error_handling, keep_fields)
+        'You judge texts carefully. You answer with JSON only.', task,
+        _answers.answer_schema({'holds': {'type': 'boolean'}}), _Decision(),
+        form='{"holds": true or false}')
 
 
 class _Decision(_base.Decider):
-  def __init__(self, reason_output):
-    self._reason_output = reason_output
-    self.output_fields = [(reason_output, str)] if reason_output else []
-
   def decide(self, parsed):
-    if not parsed['holds']:
-      return None
-    return {self._reason_output: parsed['reason']} if self._reason_output else {}
+    return {} if parsed['holds'] else None
 
   def rescue(self, text):
     answer = _base.normalized(text)
-    if answer in _YES | _NO and not self._reason_output:
+    if answer in _YES | _NO:
       return {'holds': answer in _YES}
     return None

@@ -3,18 +3,15 @@ condition holds, with blocking so that the model sees candidate pairs only."""
 from typing import Any, Mapping, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.typehints import row_type
 
 from beam_llm import _config
 from beam_llm import _rows
-from beam_llm.transforms.semantic import _base
+from beam_llm.transforms.semantic import _blocking
 from beam_llm.transforms.semantic import _options
 from beam_llm.transforms.semantic.semantic_filter import SemanticFilter
 
 _OWNER = 'SemanticJoin'
-_NAMESPACE = 'beam_llm.SemanticJoin'
-_VECTOR = 'beam_llm_vector'
 
 
 @_options.inherits_generate_options
@@ -59,8 +56,6 @@ class SemanticJoin(beam.PTransform):
       `left_`.
     right_prefix: Prefix of the right fields in the output. Defaults to
       `right_`.
-    reason_output: If set, the model first gives a short reason, kept in a
-      field of that name.
     chat: Send the prompt as system + user chat messages. Defaults to true.
     prompt_output: If set, the rendered prompt is kept in a field of that
       name.
@@ -80,7 +75,6 @@ class SemanticJoin(beam.PTransform):
       max_model_calls: Optional[int] = None,
       left_prefix: str = 'left_',
       right_prefix: str = 'right_',
-      reason_output: Optional[str] = None,
       chat: bool = True,
       prompt_output: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None,
@@ -88,24 +82,13 @@ class SemanticJoin(beam.PTransform):
     super().__init__()
     if not condition.strip():
       _config.fail(_OWNER, 'condition', 'is empty')
-    if block_by is not None and embedding_model_handler is not None:
-      _config.fail(_OWNER, 'block_by',
-                   'and embedding_model_handler are alternatives: give one')
     if block_by is not None and set(block_by) != {'left', 'right'}:
       _config.fail(_OWNER, 'block_by',
                    f'must be {{left: <field>, right: <field>}}, got {block_by!r}')
-    if embedding_model_handler is not None and not (left_text and right_text):
-      _config.fail(_OWNER, 'left_text',
-                   'and right_text name the fields to embed: give both with '
-                   'embedding_model_handler')
-    if block_by is None and embedding_model_handler is None and not max_model_calls:
-      _config.fail(
-          _OWNER, 'max_model_calls',
-          'is required without blocking (every left row is compared with every '
-          'right row: n x m model calls): give block_by or '
-          'embedding_model_handler, or a max_model_calls the run may not pass')
-    if block_top_k < 1:
-      _config.fail(_OWNER, 'block_top_k', f'must be at least 1, got {block_top_k}')
+    _blocking.check_options(
+        _OWNER, block_by, embedding_model_handler,
+        {'left_text': left_text, 'right_text': right_text}, block_top_k,
+        max_model_calls, 'n x m')
     if left_prefix == right_prefix:
       _config.fail(_OWNER, 'left_prefix', 'must differ from right_prefix')
     self._condition = condition.strip()
@@ -113,16 +96,14 @@ class SemanticJoin(beam.PTransform):
     self._block_by = block_by
     self._embed = None
     if embedding_model_handler is not None:
-      from beam_llm.transforms.embed_text import EmbedText
-      self._embed = {side: EmbedText(model_handler=embedding_model_handler,
-                                     text=field, output=_VECTOR)
+      self._embed = {side: _blocking.embedder(embedding_model_handler, field)
                      for side, field in (('left', left_text),
                                          ('right', right_text))}
     self._top_k = block_top_k
     self._max_calls = max_model_calls
     self._prefix = {'left': left_prefix, 'right': right_prefix}
     self._filter_options = dict(
-        reason_output=reason_output, chat=chat, prompt_output=prompt_output,
+        chat=chat, prompt_output=prompt_output,
         error_handling=error_handling, **generate_options)
     # Checked now, with a stand-in text: a misspelt option fails at build.
     _PairJudge(condition=self._condition, template='{{ x }}',
@@ -147,80 +128,28 @@ class SemanticJoin(beam.PTransform):
     pair_type = row_type.RowTypeConstraint.from_fields(pair_fields)
     pairs = self._candidates(inputs, pair_type)
     if self._max_calls:
-      count = pairs | 'CountCandidates' >> beam.combiners.Count.Globally()
-      pairs = pairs | 'Cap' >> beam.Map(
-          _within_cap, beam.pvalue.AsSingleton(count),
-          self._max_calls).with_output_types(pair_type)
-    pairs = pairs | 'CountPairs' >> beam.Map(_counted).with_output_types(pair_type)
+      pairs = _blocking.capped(pairs, _OWNER, self._max_calls, pair_type)
+    pairs = _blocking.counted(pairs, _OWNER, pair_type)
     shown = {s: self._shown[s] or [n for n, _ in fields[s]]
              for s in ('left', 'right')}
-    template = ''.join(
-        f'{title}:\n' + ''.join(
-            f'- {n}: {{{{ {self._prefix[s] + n} }}}}\n' for n in shown[s])
-        for s, title in (('left', 'First row'), ('right', 'Second row')))
+    template = _blocking.pair_template(shown, self._prefix)
     judge = _PairJudge(condition=self._condition, template=template,
                        **self._filter_options)
     return pairs | 'Judge' >> judge
 
   def _candidates(self, inputs, pair_type):
-    prefix = self._prefix
     if self._block_by:
-      keyed = {
-          side: inputs[side] | f'Key{side}' >> beam.Map(
-              lambda row, f=self._block_by[side]: (getattr(row, f), row))
-          for side in ('left', 'right')}
-      return (keyed | 'Block' >> beam.CoGroupByKey()
-              | 'Pairs' >> beam.FlatMap(
-                  lambda kv: (_pair(l, r, prefix) for l in kv[1]['left']
-                              for r in kv[1]['right'] if kv[0] is not None)
-              ).with_output_types(pair_type))
+      return _blocking.pairs_by_key(inputs, self._block_by, self._prefix,
+                                    pair_type)
     if self._embed:
       vectors = {side: inputs[side] | f'Embed{side}' >> self._embed[side]
                  for side in ('left', 'right')}
-      return vectors['left'] | 'Nearest' >> beam.FlatMap(
-          _nearest, beam.pvalue.AsList(vectors['right']), self._top_k,
-          prefix).with_output_types(pair_type)
-    return inputs['left'] | 'AllPairs' >> beam.FlatMap(
-        lambda l, rights: (_pair(l, r, prefix) for r in rights),
-        beam.pvalue.AsList(inputs['right'])).with_output_types(pair_type)
+      return _blocking.nearest_pairs(vectors['left'], vectors['right'],
+                                     self._top_k, self._prefix, pair_type)
+    return _blocking.all_pairs(inputs['left'], inputs['right'], self._prefix,
+                               pair_type)
 
 
 class _PairJudge(SemanticFilter):
   """SemanticFilter over candidate pairs, under SemanticJoin's name."""
   owner = _OWNER
-
-
-def _pair(left, right, prefix):
-  values = {}
-  for side, row in (('left', left), ('right', right)):
-    for name, value in _rows.as_dict(row).items():
-      if name != _VECTOR:
-        values[prefix[side] + name] = value
-  return beam.Row(**values)
-
-
-def _nearest(left, rights, k, prefix):
-  import numpy as np
-  if not rights:
-    return
-  matrix = np.asarray([getattr(r, _VECTOR) for r in rights], dtype=np.float32)
-  matrix /= np.linalg.norm(matrix, axis=1, keepdims=True) + 1e-12
-  query = np.asarray(getattr(left, _VECTOR), dtype=np.float32)
-  scores = matrix @ (query / (np.linalg.norm(query) + 1e-12))
-  for i in np.argsort(-scores)[:k]:
-    yield _pair(left, rights[int(i)], prefix)
-
-
-def _within_cap(pair, count, cap):
-  if count > cap:
-    raise RuntimeError(
-        f'{_OWNER}: {count} candidate pairs, more than max_model_calls '
-        f'({cap}); add blocking (block_by, embedding_model_handler) or raise '
-        'max_model_calls')
-  return pair
-
-
-def _counted(pair):
-  # Each candidate pair is one question to the model (GenerateText's `rows`).
-  Metrics.counter(_NAMESPACE, 'candidate_pairs').inc()
-  return pair

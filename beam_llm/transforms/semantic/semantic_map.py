@@ -2,6 +2,7 @@
 from typing import Any, Mapping, Optional, Sequence
 
 from beam_llm import _config
+from beam_llm.transforms.semantic import _answers
 from beam_llm.transforms.semantic import _base
 from beam_llm.transforms.semantic import _options
 
@@ -67,22 +68,13 @@ class SemanticMap(_base.SemanticOperator):
     if max_output_chars is not None and max_output_chars < 1:
       _config.fail(_OWNER, 'max_output_chars',
                    f'must be at least 1, got {max_output_chars}')
-    schema = {
-        'type': 'object',
-        'properties': {'output': {'type': 'string'}},
-        'required': ['output'],
-        'additionalProperties': False
-    }
     source = _base.content_source(_OWNER, field, template, template_file)
-    user = _base.literal(f'{instruction.strip()}\n\n') + source + _base.literal(
-        '\n\nAnswer with JSON only, in this form: {"output": "<your answer>"}')
     self._build(
         _OWNER, {**options, **generate_options},
-        _base.prompt_messages(
-            'You follow instructions exactly. You answer with JSON only.',
-            user, chat),
-        schema, _Answer(output, max_output_chars), prompt_output,
-        error_handling, keep_fields)
+        'You follow instructions exactly. You answer with JSON only.',
+        _base.literal(f'{instruction.strip()}\n\n') + source,
+        _answers.answer_schema({'output': {'type': 'string'}}),
+        _Answer(output, max_output_chars), form='{"output": "<your answer>"}')
 
 
 class _Answer(_base.Decider):
