@@ -115,3 +115,30 @@ def test_bad_config_fails_at_build(tmp_path, config, message):
         open(path).read(), ['--runner=FnApiRunner'])
     constructor(beam.Pipeline(runner='FnApiRunner'))
   assert message in str(info.value)
+
+
+def test_an_operator_asking_the_model_shares_it_per_process(
+    tiny_causal_lm, llm_server):
+  """SummarizePerKey's and SemanticTopK's CombineFn / DoFn copies (each
+  unpickled from the pipeline) ask one model per process: a local model
+  loaded once, a remote backend's one client and adaptive limit."""
+  import pickle
+  from beam_llm.handlers import create_handler
+  from beam_llm.transforms.semantic import _asking
+  server = llm_server()
+  specs = [
+      {'type': 'HuggingFace', 'config': {'model': tiny_causal_lm}},
+      {'type': 'OpenAICompatible',
+       'config': {'model': 'm', 'base_url': server.url + '/v1'}}]
+  for spec in specs:
+    handler = create_handler('SummarizePerKey', spec, {'max_new_tokens': 4}, {})
+    asker = pickle.dumps(_asking.Asker('SummarizePerKey', handler))
+    copies = [pickle.loads(asker) for _ in range(3)]
+    for copy in copies:
+      assert len(copy.texts(['hello'])) == 1
+    models = {id(copy._model) for copy in copies}  # pylint: disable=protected-access
+    assert len(models) == 1, spec['type']
+    # A new pipeline (a new Asker) may load its own.
+    other = _asking.Asker('SummarizePerKey', handler)
+    other.texts(['hello'])
+    assert id(other._model) not in models or spec['type'] == 'OpenAICompatible'

@@ -4,13 +4,19 @@ CombineFn), for operators whose next question depends on the last answer
 sit in the middle of such a loop, so these operators ask the backend GenerateText
 built (and checked) from their options, through this one place.
 
-The backend loads on first use (precombining or grouping needs no model), prompts
-go in batches of `max_batch_size`, usage metrics are the backend's own, and
+The backend loads on first use (precombining or grouping needs no model),
+once per worker process however many CombineFn or DoFn copies ask — as
+RunInference shares it: a remote backend's one client and limiter, a local
+model once per process, or once per machine with `large_model`. Prompts go
+in batches of `max_batch_size`, usage metrics are the backend's own, and
 every prompt counts in the operator's `model_calls` metric.
 """
+import uuid
 from typing import List, Optional, Sequence
 
 from apache_beam.metrics import Metrics
+from apache_beam.utils import multi_process_shared
+from apache_beam.utils import shared
 
 from beam_llm.handlers.base import GenerationFailure
 
@@ -30,6 +36,23 @@ def messages(system: str, user: str, chat: bool):
   return system + '\n\n' + user
 
 
+# Models loaded in this process, by tag (weak references: kept while an
+# Asker holds one).
+_SHARED = shared.Shared()
+
+
+def shared_model(handler, tag: str):
+  """`handler`'s model, loaded once per process (or per machine with
+  `large_model`) for every Asker with the same tag, as RunInference
+  shares it; a remote backend's is its process-wide client."""
+  if getattr(handler, 'flows_rows', False):
+    return handler.shared_load()
+  if handler.share_model_across_processes():
+    return multi_process_shared.MultiProcessShared(
+        handler.load_model, tag=tag, always_proxy=True).acquire()
+  return _SHARED.acquire(handler.load_model, tag=tag)
+
+
 class Asker:
   """Picklable; `texts(prompts)` or `answers(prompts)` on the worker."""
   def __init__(self, owner: str, handler, schema: Optional[dict] = None,
@@ -39,12 +62,17 @@ class Asker:
     self._validator = SchemaValidator(schema) if schema is not None else None
     self._batch_size = batch_size
     self._model = None
+    # Made at pipeline construction: every copy on the workers shares it.
+    self._tag = f'beam_llm.{owner}.{uuid.uuid4().hex}'
     self._calls = Metrics.counter(f'beam_llm.{owner}', 'model_calls')
+
+  def __getstate__(self):
+    return {**self.__dict__, '_model': None}  # A loaded model stays put.
 
   def texts(self, prompts: Sequence) -> List[str]:
     """The model's raw answers; raises Failed for any prompt it refused."""
     if self._model is None:
-      self._model = self._handler.load_model()
+      self._model = shared_model(self._handler, self._tag)
     out = []
     for i in range(0, len(prompts), self._batch_size):
       batch = list(prompts[i:i + self._batch_size])

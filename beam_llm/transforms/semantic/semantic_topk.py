@@ -174,7 +174,7 @@ def _shown_pair(value) -> str:
   """An example's input, `{first: ..., second: ...}`, as comparisons show it."""
   if not isinstance(value, Mapping) or set(value) != {'first', 'second'}:
     raise _config.ConfigError(
-        f'{_OWNER}: option \'examples\' inputs must be {{first: <text>, '
+        _OWNER, 'option \'examples\' inputs must be {first: <text>, '
         f'second: <text>}}, got {value!r}')
   return _pair_text(value['first'], value['second'])
 
