@@ -101,8 +101,12 @@ class FakeLLMServer:
       seed: int = 0,
       port: int = 0,
       reject_when_full: bool = False,
-      structured: str = 'openai'):
+      structured: str = 'openai',
+      batch_faults=None):
     self.faults = faults or Faults()
+    # The OpenAI Batch API (/v1/files, /v1/batches), its faults in batch_faults.
+    from beam_llm.testing.fake_batch_api import FakeBatchAPI
+    self.batch_api = FakeBatchAPI(self, batch_faults)
     self.latency_secs = latency_secs
     self.reply = reply
     self.endpoints = set(endpoints)
@@ -257,6 +261,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
   def do_GET(self):
     path = self.path.split('?')[0]
+    if self.fake.batch_api.owns(path):
+      return self.fake.batch_api.serve(self, 'GET', path)
     if path == '/health':  # vLLM's readiness check.
       return self._json(200 if self.fake.healthy else 503, {})
     if path == '/v1/models':
@@ -306,6 +312,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     arrived = time.monotonic()
     length = int(self.headers.get('Content-Length') or 0)
     raw = self.rfile.read(length)
+    if fake.batch_api.owns(self.path.split('?')[0]):
+      return fake.batch_api.serve(self, 'POST', self.path.split('?')[0], raw)
     try:
       body = json.loads(raw or b'{}')
     except ValueError:
