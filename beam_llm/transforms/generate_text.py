@@ -170,7 +170,10 @@ class GenerateText(beam.PTransform):
     else:
       key = lambda row: (row, getattr(row, prompt, None))
     keyed = pcoll | 'KeyByRow' >> beam.Map(key)
-    if getattr(self._handler, 'flows_rows', False):
+    batch = getattr(self._handler, 'batch_transform', lambda: None)()
+    if batch is not None:  # `batch_api: true`: the provider's Batch API.
+      results = keyed | 'BatchAPI' >> batch
+    elif getattr(self._handler, 'flows_rows', False):
       # Remote backends: rows flow to the service without batch barriers.
       results = keyed | 'Generate' >> beam.ParDo(self._handler.flow_dofn())
     else:

@@ -1,0 +1,64 @@
+"""The provider's files and batches, each call through the remote-call policy.
+
+Upload, create, retrieve and download are requests like any other: retried
+with backoff under the backend's RemotePolicy (beam_llm.remote), and once
+the retries are spent the bundle fails (RemoteUnavailable): an outage is
+never a row's fault, and Beam retries the bundle, which resumes the batches
+already submitted (beam_llm/batch_api/store.py) instead of paying again.
+Messages pass the redactor: no API key in logs, errors or state files.
+"""
+from beam_llm.handlers.remote_base import RemoteUnavailable
+
+_OWNER = 'GenerateText'
+# The provider's window for a batch: OpenAI offers 24 h only.
+COMPLETION_WINDOW = '24h'
+
+
+class BatchClient:
+  """Batch API calls of one backend in one worker process."""
+  def __init__(self, handler, loaded):
+    self._handler = handler
+    self._openai = loaded.client.openai  # The synchronous `openai.OpenAI`.
+    self._caller = loaded.caller
+    self._redactor = loaded.redactor
+    self.requests = 0  # HTTP attempts, retries included (metrics).
+
+  def _call(self, what: str, send):
+    outcome = self._caller.call(send, self._classify)
+    self.requests += outcome.attempts
+    if outcome.failure is None:
+      return outcome.value
+    failure = outcome.failure
+    hint = ''
+    if failure.status in (404, 405):
+      hint = ('; the server may not offer the Batch API (/v1/files, '
+              '/v1/batches): leave batch_api out for it')
+    raise RemoteUnavailable(self._redactor.redact(
+        f'{_OWNER} [{self._handler.describe()}]: Batch API {what} failed '
+        f'({failure.error_type}): {failure.msg}{hint}'))
+
+  def _classify(self, exn):
+    return self._handler.classify(exn)
+
+  def submit(self, data: bytes, endpoint: str, tag: str) -> dict:
+    """Uploads a request file and starts its batch; the batch as a dict."""
+    uploaded = self._call('upload', lambda timeout: self._openai.files.create(
+        file=('beam-llm-batch.jsonl', data, 'application/jsonl'),
+        purpose='batch', timeout=timeout))
+    batch = self._call('create', lambda timeout: self._openai.batches.create(
+        input_file_id=uploaded.id, endpoint=endpoint,
+        completion_window=COMPLETION_WINDOW, metadata={'beam_llm': tag},
+        timeout=timeout))
+    return batch.model_dump()
+
+  def retrieve(self, batch_id: str) -> dict:
+    return self._call('retrieve', lambda timeout: self._openai.batches.retrieve(
+        batch_id, timeout=timeout)).model_dump()
+
+  def content(self, file_id: str) -> str:
+    return self._call('download', lambda timeout: self._openai.files.content(
+        file_id, timeout=timeout)).text
+
+  def cancel(self, batch_id: str) -> dict:
+    return self._call('cancel', lambda timeout: self._openai.batches.cancel(
+        batch_id, timeout=timeout)).model_dump()

@@ -1,0 +1,113 @@
+"""Which batches hold which rows: remembered per worker process, and kept in
+`cache_dir` (`batch_api/BATCH_ID.json`) as soon as a batch is submitted,
+before anything waits on it.
+
+A record holds the batch id, its endpoint, when it was submitted, the
+`custom_id`s of its lines (a hash of each request: the response cache's
+key, the same in every run), and once the batch has ended its status and
+result file ids. Rows are found by custom_id, not by the file they were
+sent in, so a rerun that groups rows differently (or another worker)
+still finds the open batches that hold them and waits for those instead of
+submitting again; finished ones have their result files read again.
+Records hold ids and statuses only: never a prompt, an answer or a key.
+"""
+import json
+import logging
+import os
+import threading
+import uuid
+from typing import Dict, Iterable, List, Optional
+
+_LOG = logging.getLogger('beam_llm.GenerateText')
+_FOLDER = 'batch_api'
+FINAL = ('completed', 'failed', 'expired', 'cancelled')
+
+# One store per cache_dir (None: memory only) per worker process.
+_STORES: Dict[Optional[str], 'BatchStore'] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def store_for(cache_dir: Optional[str]) -> 'BatchStore':
+  with _STORES_LOCK:
+    if cache_dir not in _STORES:
+      _STORES[cache_dir] = BatchStore(cache_dir)
+    return _STORES[cache_dir]
+
+
+class BatchStore:
+  def __init__(self, cache_dir: Optional[str]):
+    self._dir = cache_dir
+    self._lock = threading.RLock()
+    self._records: Dict[str, dict] = {}
+    self._by_id: Dict[str, List[str]] = {}  # custom_id -> batch ids
+    self._warned = False
+
+  def refresh(self) -> None:
+    """Loads the records other runs and workers have kept in cache_dir."""
+    if not self._dir:
+      return
+    from apache_beam.io.filesystems import FileSystems
+    pattern = FileSystems.join(self._dir, _FOLDER, '*.json')
+    try:
+      paths = [m.path for r in FileSystems.match([pattern])
+               for m in r.metadata_list]
+    except Exception:  # pylint: disable=broad-except
+      return  # No folder yet.
+    for path in paths:
+      batch_id = os.path.basename(path)[:-len('.json')]
+      with self._lock:
+        known = self._records.get(batch_id)
+      if known is not None and known.get('status') in FINAL:
+        continue
+      try:
+        with FileSystems.open(path) as f:
+          record = json.loads(f.read().decode('utf-8'))
+      except Exception:  # pylint: disable=broad-except
+        continue  # Half-written by a crashed run: as if never kept.
+      if isinstance(record, dict) and record.get('batch_id') == batch_id:
+        self._remember(record)
+
+  def _remember(self, record: dict) -> None:
+    with self._lock:
+      new = record['batch_id'] not in self._records
+      self._records[record['batch_id']] = record
+      if new:
+        for custom_id in record['custom_ids']:
+          self._by_id.setdefault(custom_id, []).append(record['batch_id'])
+
+  def records_with(self, custom_ids: Iterable[str]) -> List[dict]:
+    """Records of the batches that hold any of these custom_ids."""
+    with self._lock:
+      ids = {b for c in custom_ids for b in self._by_id.get(c, ())}
+      return [self._records[b] for b in sorted(ids)]
+
+  def rounds(self, custom_id: str) -> List[dict]:
+    """The batches this custom_id went in, in any run that kept them."""
+    with self._lock:
+      return [self._records[b] for b in self._by_id.get(custom_id, ())]
+
+  def save(self, record: dict) -> None:
+    """Remembers a record and keeps it in cache_dir (if set)."""
+    self._remember(record)
+    if not self._dir:
+      return
+    from apache_beam.io.filesystems import FileSystems
+    path = FileSystems.join(self._dir, _FOLDER, record['batch_id'] + '.json')
+    data = json.dumps(record).encode('utf-8')
+    try:
+      if FileSystems.get_scheme(path) in (None, 'file'):
+        # Write then rename: a reader never sees half a record.
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f'{path}.{uuid.uuid4().hex}.tmp'
+        with open(tmp, 'wb') as f:
+          f.write(data)
+        os.replace(tmp, path)
+      else:  # Object stores show an object only once it is complete.
+        with FileSystems.create(path) as f:
+          f.write(data)
+    except Exception as exn:  # pylint: disable=broad-except
+      # Rows still come out; only a rerun's resume is lost. Say so once.
+      if not self._warned:
+        self._warned = True
+        _LOG.warning('GenerateText: cannot keep Batch API state in %s (%s); '
+                     'a rerun will submit these rows again', self._dir, exn)
