@@ -107,7 +107,8 @@ def test_a_run_killed_once_its_batches_exist_is_resumed_not_resubmitted(
     first.wait()
   assert not os.path.exists(str(tmp_path / 'out')) or not chat_ids(tmp_path)[2]
   submitted = server.batch_api.lines
-  kept = os.listdir(tmp_path / 'cache' / 'batch_api')
+  [folder] = os.listdir(tmp_path / 'cache' / 'batch_api')
+  kept = os.listdir(tmp_path / 'cache' / 'batch_api' / folder)
   assert len(kept) == len(server.batch_api.batches) == 3
 
   run = run_yaml(PIPELINE, jinja_variables=variables(server, tmp_path))

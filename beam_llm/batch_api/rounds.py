@@ -47,7 +47,7 @@ class Batches:
     self._loaded = loaded
     self.options = handler.batch
     self.client = BatchClient(handler, loaded)
-    self.store = store_for(handler.policy.cache_dir)
+    self.store = store_for(handler.policy.cache_dir, handler.target())
     self._answers: Dict[str, object] = {}
     self._refused: Dict[str, GenerationFailure] = {}
     self._read = set()  # Batch ids whose results are in _answers.

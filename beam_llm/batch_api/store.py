@@ -1,5 +1,6 @@
 """Which batches hold which rows: remembered per worker process, and kept in
-`cache_dir` (`batch_api/BATCH_ID.json`) as soon as a batch is submitted,
+`cache_dir` (`batch_api/TARGET_HASH/BATCH_ID.json`: batch ids are unique
+per service, not across services) as soon as a batch is submitted,
 before anything waits on it.
 
 A record holds the batch id, its endpoint, when it was submitted, the
@@ -11,6 +12,7 @@ still finds the open batches that hold them and waits for those instead of
 submitting again; finished ones have their result files read again.
 Records hold ids and statuses only: never a prompt, an answer or a key.
 """
+import hashlib
 import json
 import logging
 import os
@@ -22,21 +24,22 @@ _LOG = logging.getLogger('beam_llm.GenerateText')
 _FOLDER = 'batch_api'
 FINAL = ('completed', 'failed', 'expired', 'cancelled')
 
-# One store per cache_dir (None: memory only) per worker process.
-_STORES: Dict[Optional[str], 'BatchStore'] = {}
+# One store per cache_dir (None: memory only) and service per worker process.
+_STORES: Dict[tuple, 'BatchStore'] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def store_for(cache_dir: Optional[str]) -> 'BatchStore':
+def store_for(cache_dir: Optional[str], target: str) -> 'BatchStore':
   with _STORES_LOCK:
-    if cache_dir not in _STORES:
-      _STORES[cache_dir] = BatchStore(cache_dir)
-    return _STORES[cache_dir]
+    if (cache_dir, target) not in _STORES:
+      _STORES[cache_dir, target] = BatchStore(cache_dir, target)
+    return _STORES[cache_dir, target]
 
 
 class BatchStore:
-  def __init__(self, cache_dir: Optional[str]):
+  def __init__(self, cache_dir: Optional[str], target: str):
     self._dir = cache_dir
+    self._folder = hashlib.sha256(target.encode('utf-8')).hexdigest()[:16]
     self._lock = threading.RLock()
     self._records: Dict[str, dict] = {}
     self._by_id: Dict[str, List[str]] = {}  # custom_id -> batch ids
@@ -47,7 +50,7 @@ class BatchStore:
     if not self._dir:
       return
     from apache_beam.io.filesystems import FileSystems
-    pattern = FileSystems.join(self._dir, _FOLDER, '*.json')
+    pattern = FileSystems.join(self._dir, _FOLDER, self._folder, '*.json')
     try:
       paths = [m.path for r in FileSystems.match([pattern])
                for m in r.metadata_list]
@@ -92,7 +95,8 @@ class BatchStore:
     if not self._dir:
       return
     from apache_beam.io.filesystems import FileSystems
-    path = FileSystems.join(self._dir, _FOLDER, record['batch_id'] + '.json')
+    path = FileSystems.join(self._dir, _FOLDER, self._folder,
+                           record['batch_id'] + '.json')
     data = json.dumps(record).encode('utf-8')
     try:
       if FileSystems.get_scheme(path) in (None, 'file'):
