@@ -42,9 +42,11 @@ class BatchClient:
 
   def submit(self, data: bytes, endpoint: str, tag: str) -> dict:
     """Uploads a request file and starts its batch; the batch as a dict."""
+    # A file of up to 200 MB may take longer than one answer: at least a
+    # second per MB (the row deadline still bounds the whole upload).
     uploaded = self._call('upload', lambda timeout: self._openai.files.create(
         file=('beam-llm-batch.jsonl', data, 'application/jsonl'),
-        purpose='batch', timeout=timeout))
+        purpose='batch', timeout=max(timeout, len(data) / 1e6)))
     batch = self._call('create', lambda timeout: self._openai.batches.create(
         input_file_id=uploaded.id, endpoint=endpoint,
         completion_window=COMPLETION_WINDOW, metadata={'beam_llm': tag},

@@ -20,6 +20,7 @@ error rows, usage fields and lineage are the same.
    rerunning with the same `cache_dir` resumes the batches.
 """
 import dataclasses
+import threading
 import time
 from typing import Any, FrozenSet, Tuple
 
@@ -43,6 +44,7 @@ from beam_llm.response_cache import cache_key
 # Longest a call sleeps before a look that is not due yet (runners that
 # resume a checkpoint at once); a look itself takes a few requests.
 _HOLD_SECS = 5.0
+_SETUP_LOCK = threading.Lock()
 # In streaming, a file waits at most this long to fill.
 _FILL_SECS = 600
 
@@ -166,8 +168,9 @@ class _AwaitBatches(beam.DoFn):
   def setup(self):
     from beam_llm.batch_api.rounds import Batches
     self._loaded = self._handler.shared_load()
-    if getattr(self._loaded, 'batches', None) is None:
-      self._loaded.batches = Batches(self._handler, self._loaded)
+    with _SETUP_LOCK:  # One Batches per loaded client, whatever the threads.
+      if getattr(self._loaded, 'batches', None) is None:
+        self._loaded.batches = Batches(self._handler, self._loaded)
 
   def teardown(self):
     if getattr(self, '_loaded', None) is not None:
