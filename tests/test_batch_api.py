@@ -151,6 +151,22 @@ def test_failed_lines_go_in_follow_ups_then_synchronously(llm_server):
   assert metrics['batch_lines'] == sum(sizes)
 
 
+@pytest.mark.parametrize('faults, status', [
+    (BatchFaults(expire_first_half=True), 'expired'),
+    (BatchFaults(cancel_first_half=True), 'cancelled'),
+])
+def test_lines_an_expired_or_cancelled_batch_left_undone_go_in_a_follow_up(
+    llm_server, faults, status):
+  server = llm_server(batch_faults=faults)
+  prompts = [f'p{i}' for i in range(10)]
+  good, bad, metrics = run(server.url + '/v1', prompts)
+  assert sorted(r['prompt'] for r in good) == sorted(prompts) and not bad
+  batches = server.batch_api.batch_list()
+  assert [(b['status'], b['request_counts']['completed']) for b in batches
+          ] == [(status, 5), ('completed', 5)]
+  assert metrics['batch_lines_failed'] == 5 and not server.log
+
+
 def test_files_are_cut_at_batch_max_bytes_and_a_failed_file_is_retried(
     llm_server):
   # The server takes at most 4 lines per file: a file of 5 fails validation

@@ -13,8 +13,8 @@ the server answers `/chat/completions` (its `reply`, its structured-output
 behaviour); its output file holds the 200s, its error file the rest, as
 OpenAI's does. Faults (`BatchFaults`): a cap on lines per file (more fails
 validation), a share of lines answered with a 500, lines refused with a 400,
-and the first batch expiring with half its lines done (the rest are
-`batch_expired` lines in the error file).
+and the first batch expiring (or cancelled) with half its lines done (the
+rest are `batch_expired` / `batch_cancelled` lines in the error file).
 
 `FakeBatchAPI.lines` counts the lines of every batch created, so tests can
 check what was paid for.
@@ -36,6 +36,7 @@ class BatchFaults:
   line_server_error: float = 0.0  # Share of lines answered with a 500.
   invalid_for: str = ''  # Lines whose prompt holds this text get a 400.
   expire_first_half: bool = False  # The first batch expires half done.
+  cancel_first_half: bool = False  # The first batch is cancelled half done.
   validating_secs: float = 0.05
   in_progress_secs: float = 0.2
   seed: int = 0
@@ -146,8 +147,9 @@ class FakeBatchAPI:
         return _public(batch)
       batch['status'] = 'in_progress'
     if age >= f.validating_secs + f.in_progress_secs:
-      if batch['_first'] and f.expire_first_half:
-        self._finish(batch, 'expired', done=len(batch['_lines']) // 2)
+      if batch['_first'] and (f.expire_first_half or f.cancel_first_half):
+        self._finish(batch, 'expired' if f.expire_first_half else 'cancelled',
+                     done=len(batch['_lines']) // 2)
       else:
         self._finish(batch, 'completed', done=len(batch['_lines']))
     return _public(batch)
