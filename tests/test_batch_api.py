@@ -5,6 +5,7 @@ follow-up batches, then synchronously; 4xx lines as error rows; an outage
 fails the run; other backends refuse the option at build time."""
 import glob
 import json
+import os
 
 import pytest
 
@@ -192,7 +193,6 @@ def test_a_rerun_with_cache_dir_pays_for_nothing(llm_server, tmp_path):
   server = llm_server()
   prompts = [f'p{i}' for i in range(10)]
   config = {'cache_dir': str(tmp_path), 'api_key_env': 'BATCH_TEST_KEY'}
-  import os
   os.environ['BATCH_TEST_KEY'] = 'sk-secret-batch-key'
   try:
     first, _, _ = run(server.url + '/v1', prompts, config)
@@ -210,6 +210,38 @@ def test_a_rerun_with_cache_dir_pays_for_nothing(llm_server, tmp_path):
   for path in glob.glob(str(tmp_path / '**' / '*.json'), recursive=True):
     with open(path) as f:
       assert 'sk-secret' not in f.read()
+
+
+def test_a_kept_batch_the_provider_no_longer_has_is_submitted_again(
+    llm_server, tmp_path):
+  # Batches and files are kept for a while only (OpenAI: 30 days): a rerun
+  # that finds a record of a batch the service answers 404 for sends its
+  # rows again instead of failing.
+  server = llm_server()
+  prompts = [f'p{i}' for i in range(10)]
+  run(server.url + '/v1', prompts, {'cache_dir': str(tmp_path)})
+  [record] = glob.glob(str(tmp_path / 'batch_api' / '*' / '*.json'))
+  with open(record) as f:
+    kept = json.load(f)
+  with open(record, 'w') as f:
+    json.dump({**kept, 'status': 'in_progress'}, f)
+  for answer in glob.glob(str(tmp_path / '??' / '*.json')):  # The cache.
+    os.remove(answer)
+  server.batch_api.batches.clear()
+  server.batch_api.files.clear()
+  good, bad, _ = run(server.url + '/v1', prompts, {'cache_dir': str(tmp_path)})
+  assert sorted(r['prompt'] for r in good) == sorted(prompts) and not bad
+  assert server.batch_api.lines == 20 and not server.log
+
+
+def test_sampling_without_a_seed_gives_identical_prompts_lines_of_their_own(
+    llm_server):
+  server = llm_server()
+  good, _, _ = run(server.url + '/v1', ['same'] * 3 + ['other'],
+                   temperature=0.8)
+  assert len(good) == 4 and server.batch_api.lines == 4
+  good, _, _ = run(server.url + '/v1', ['same'] * 3 + ['other'])
+  assert len(good) == 4 and server.batch_api.lines == 4 + 2  # Greedy: cached.
 
 
 def test_an_outage_fails_the_run_never_error_rows(llm_server):

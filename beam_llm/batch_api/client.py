@@ -23,12 +23,14 @@ class BatchClient:
     self._redactor = loaded.redactor
     self.requests = 0  # HTTP attempts, retries included (metrics).
 
-  def _call(self, what: str, send):
+  def _call(self, what: str, send, gone_ok: bool = False):
     outcome = self._caller.call(send, self._classify)
     self.requests += outcome.attempts
     if outcome.failure is None:
       return outcome.value
     failure = outcome.failure
+    if gone_ok and failure.status == 404:
+      return None  # Deleted, or the provider's retention ran out.
     hint = ''
     if failure.status in (404, 405):
       hint = ('; the server may not offer the Batch API (/v1/files, '
@@ -54,12 +56,17 @@ class BatchClient:
     return batch.model_dump()
 
   def retrieve(self, batch_id: str) -> dict:
-    return self._call('retrieve', lambda timeout: self._openai.batches.retrieve(
-        batch_id, timeout=timeout)).model_dump()
+    """The batch as a dict; one that no longer exists (404) as `gone`."""
+    batch = self._call('retrieve', lambda timeout: self._openai.batches.retrieve(
+        batch_id, timeout=timeout), gone_ok=True)
+    return {'id': batch_id, 'status': 'gone'} if batch is None else batch.model_dump()
 
   def content(self, file_id: str) -> str:
-    return self._call('download', lambda timeout: self._openai.files.content(
-        file_id, timeout=timeout)).text
+    """A file's text; '' for a file that no longer exists (its lines
+    count as never run)."""
+    answer = self._call('download', lambda timeout: self._openai.files.content(
+        file_id, timeout=timeout), gone_ok=True)
+    return '' if answer is None else answer.text
 
   def cancel(self, batch_id: str) -> dict:
     return self._call('cancel', lambda timeout: self._openai.batches.cancel(

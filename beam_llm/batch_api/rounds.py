@@ -51,6 +51,7 @@ class Batches:
     self._answers: Dict[str, object] = {}
     self._refused: Dict[str, GenerationFailure] = {}
     self._read = set()  # Batch ids whose results are in _answers.
+    self._ended_here = set()  # Batch ids this process saw end.
     self._lock = threading.Lock()
     # For the DoFn's metrics: batches, batch_lines, cache_hits, ...
     self.counts = collections.Counter()
@@ -72,8 +73,11 @@ class Batches:
           if batch['status'] not in FINAL:
             continue
           record = self._ended(record, batch)
+          self._ended_here.add(record['batch_id'])
         if record['batch_id'] not in self._read:
-          self._read_results(record)
+          # Tokens count where a batch is seen to end: a rerun reading a
+          # batch an earlier run finished does not count them again.
+          self._read_results(record, paid=record['batch_id'] in self._ended_here)
       settled.update(self._known([c for c in requests if c not in settled]))
       submit, sync, waiting = self._plan(
           [c for c in requests if c not in settled])
@@ -163,7 +167,7 @@ class Batches:
                    f': {record["errors"][0]}' if record['errors'] else '')
     return record
 
-  def _read_results(self, record: dict) -> None:
+  def _read_results(self, record: dict, paid: bool) -> None:
     """Reads an ended batch's output and error files into the answers."""
     texts = [self.client.content(record[key])
              for key in ('output_file_id', 'error_file_id') if record.get(key)]
@@ -185,7 +189,8 @@ class Batches:
                 f'{self._handler.backend}: {failure.msg}'), failure.error_type)
       else:
         self._answers[custom_id] = verdict.value
-        self.usage.append(verdict.value)
+        if paid:
+          self.usage.append(verdict.value)
         if cache is not None:
           cache.write(custom_id, dataclasses.asdict(verdict.value))
     self._read.add(record['batch_id'])

@@ -22,7 +22,8 @@ from typing import Dict, Iterable, List, Optional
 
 _LOG = logging.getLogger('beam_llm.GenerateText')
 _FOLDER = 'batch_api'
-FINAL = ('completed', 'failed', 'expired', 'cancelled')
+# `gone`: the provider no longer knows the batch (deleted, or past retention).
+FINAL = ('completed', 'failed', 'expired', 'cancelled', 'gone')
 
 # One store per cache_dir (None: memory only) and service per worker process.
 _STORES: Dict[tuple, 'BatchStore'] = {}

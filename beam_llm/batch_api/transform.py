@@ -4,7 +4,8 @@ error rows, usage fields and lineage are the same.
 
 1. `Requests`: each row's request, built as in synchronous mode; its
    `custom_id` is the response cache's key (a hash of backend, target and
-   request), the same in every run. A prompt that cannot be sent is an
+   request), the same in every run (with the cache off, sampling without a
+   seed, each row's own: identical prompts get samples of their own). A prompt that cannot be sent is an
    error row at once.
 2. `Fill`: GroupIntoBatches fills request files up to `batch_max_requests`
    rows, then `Files` splits them at `batch_max_bytes`.
@@ -22,6 +23,7 @@ error rows, usage fields and lineage are the same.
 import dataclasses
 import threading
 import time
+import uuid
 from typing import Any, FrozenSet, Tuple
 
 import apache_beam as beam
@@ -89,7 +91,12 @@ class _Requests(beam.DoFn):
           'refused', (row, PredictionResult(prompt, failure)))
       return
     h = self._handler
-    custom_id = cache_key(h.backend, h.target(), request)
+    parts = [h.backend, h.target(), request]
+    if not getattr(h, '_cache', True):  # pylint: disable=protected-access
+      # Sampling without a seed: every row gets a sample of its own, as in
+      # synchronous mode, so its line is its own (not resumed by a rerun).
+      parts.append(uuid.uuid4().hex)
+    custom_id = cache_key(*parts)
     size = len(lines.encode(custom_id, *h.batch_line(request)))
     # One key: a file may take rows from anywhere in the input.
     yield 0, (custom_id, request, size, row, prompt)
