@@ -6,7 +6,9 @@ fails the run; other backends refuse the option at build time."""
 import glob
 import json
 import os
+import time
 
+import apache_beam as beam
 import pytest
 
 from beam_llm import GenerateText
@@ -270,3 +272,40 @@ def test_batch_options_are_checked_at_build():
     GenerateText(model_handler={'type': 'OpenAICompatible', 'config': {
         'base_url': 'http://x/v1', 'model': 'm', 'batch_api': True,
         'batch_max_requests': 0}})
+
+
+def test_a_call_looks_once_and_checkpoints_while_its_batch_runs(llm_server):
+  # The design for long waits: a call of the waiting DoFn never holds its
+  # bundle until the batch ends; it looks once and defers the rest, with
+  # the time of the next look.
+  from apache_beam.runners.sdf_utils import RestrictionTrackerView
+  from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker
+  from beam_llm.batch_api import transform
+  from beam_llm.handlers.openai_compatible import OpenAICompatibleHandler
+  server = llm_server(batch_faults=BatchFaults(in_progress_secs=3600))
+  handler = OpenAICompatibleHandler(
+      model='m', base_url=server.url + '/v1', batch_api=True,
+      batch_poll_secs=0.2, generation={'max_new_tokens': 8}, batching={})
+  items = [keyed[1] for p in ('a', 'b', 'c') for keyed in
+           transform._Requests(handler).process((beam.Row(prompt=p), p))]
+  dofn = transform._AwaitBatches(handler)
+  dofn.setup()
+
+  def call(restriction):
+    tracker = ThreadsafeRestrictionTracker(transform._Tracker(restriction))
+    started = time.monotonic()
+    out = list(dofn.process(items, tracker=RestrictionTrackerView(tracker)))
+    return out, tracker.deferred_status(), time.monotonic() - started
+
+  out, (residual, delay), secs = call(transform._Progress())
+  assert not out and secs < 2 and residual.looks == 1
+  assert 0 < delay.micros / 1e6 <= 0.2 and server.batch_api.lines == 3
+  out, (residual, _), secs = call(residual)  # Still in progress.
+  assert not out and secs < 2 and residual.looks == 2
+  assert server.batch_api.lines == 3 and server.batch_api.retrieves == 1
+  for batch in server.batch_api.batches.values():  # An hour later...
+    batch['_created'] -= 3600
+  out, deferred, _ = call(residual)
+  assert sorted(row.prompt for row, _ in out) == ['a', 'b', 'c']
+  assert deferred is None
+  dofn.teardown()
