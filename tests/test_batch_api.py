@@ -16,7 +16,6 @@ from beam_llm import remote
 from beam_llm._config import ConfigError
 from beam_llm.batch_api import lines
 from beam_llm.handlers.base import Generation
-from beam_llm.handlers.remote_base import RemoteUnavailable
 from beam_llm.testing.fake_batch_api import BatchFaults
 from tests.beam_helpers import run_transform
 

@@ -249,4 +249,5 @@ class _AwaitBatches(beam.DoFn):
       Metrics.counter(ns, name).inc(value)
       h.stats[name] = h.stats.get(name, 0) + value
     for answer in usage:
-      h.record_usage(answer.input_tokens or 0, answer.output_tokens or 0)
+      h.record_usage(answer.input_tokens or 0, answer.output_tokens or 0,
+                     mode='batch')

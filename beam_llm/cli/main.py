@@ -43,7 +43,9 @@ USAGE = """usage:
       flags (--jinja_variables, --tests, --json_schema_validation, ...)
       and any Beam pipeline option (--runner, --project, ...).
       A mistake in the pipeline is one line; --verbose adds the traceback
-      and shows what worker processes print, unfiltered.
+      and shows what worker processes print, unfiltered. --prices=TABLE
+      (JSON, or a JSON/YAML file: {model: {input, output, batch_discount}},
+      per million tokens) adds the cost of the tokens to the summary.
   beam-llm validate PIPELINE.yaml... [--jinja_variables=JSON] [--check_reachable]
       Checks a pipeline without running it or loading a model: one line per
       problem, exit status 1 if there is any. Offline unless
