@@ -73,4 +73,42 @@ def test_run_summary_reports_tokens_and_cost_of_a_batch_run(
       'out ', '').split(', ')]
   assert line.startswith('  tokens gpt-4o-mini (batch):') and tin > 0 < tout
   expected = 0.5 * (tin * 0.15 + tout * 0.60) / 1e6
-  assert f'cost {costs._money(expected)} (' in line  # pylint: disable=protected-access
+  assert f'cost {costs.money(expected)} (' in line
+
+
+def _validate(*args):
+  return subprocess.run([sys.executable, '-m', 'beam_llm', 'validate', *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_estimate_counts_prompts_without_calling_the_model_or_writing(
+    llm_server, tmp_path):
+  server = llm_server()
+  result = _validate(
+      'pipelines/chat_sentiment_remote.yaml', '--estimate',
+      '--prices=' + json.dumps(PRICES), '--jinja_variables=' + json.dumps({
+          'output': str(tmp_path / 'out'), 'base_url': server.url + '/v1',
+          'model': 'gpt-4o-mini', 'max_new_tokens': 100}))
+  assert result.returncode == 0, result.stderr[-3000:]
+  [line] = [l for l in result.stdout.splitlines() if 'estimate' in l]
+  assert 'estimate gpt-4o-mini: 12 rows, ~' in line
+  assert 'at most 1200 output tokens' in line
+  tokens = int(line.split(', ~')[1].split(' ')[0])
+  sync = (tokens * 0.15 + 1200 * 0.60) / 1e6
+  assert f'to {costs.money(sync)}, with batch_api' in line
+  assert f'to {costs.money(sync / 2)} (prompts alone' in line
+  assert not server.log and not list(tmp_path.iterdir())
+
+
+def test_estimate_counts_with_the_model_tokenizer_where_known(
+    tiny_causal_lm, tmp_path):
+  result = _validate(
+      'pipelines/chat_sentiment.yaml', '--estimate',
+      '--jinja_variables=' + json.dumps({
+          'model': tiny_causal_lm, 'output': str(tmp_path / 'out')}))
+  assert result.returncode == 0, result.stderr[-3000:]
+  [line] = [l for l in result.stdout.splitlines() if 'estimate' in l]
+  assert f'estimate {tiny_causal_lm}: 12 rows, ' in line
+  tokens = line.split(' rows, ')[1].split(' ')[0]
+  assert tokens.isdigit() and int(tokens) > 12, line  # Exact: no `~`.
+  assert not list(tmp_path.iterdir())

@@ -101,19 +101,19 @@ def spent_lines(counters, prices: Optional[Mapping[str, dict]]) -> List[str]:
       spent = cost(price, mode, tin, tout)
       total += spent
       priced = True
-      line += f'; cost {_money(spent)}'
+      line += f'; cost {money(spent)}'
       if mode == 'batch':
-        line += (f' ({_money(cost(price, "sync", tin, tout))} '
+        line += (f' ({money(cost(price, "sync", tin, tout))} '
                  'at the synchronous price)')
     elif prices is not None:
       line += f'; no price for {model!r} in --prices'
     lines.append(line)
   if priced and len(lines) > 1:
-    lines.append(f'  cost in all: {_money(total)}')
+    lines.append(f'  cost in all: {money(total)}')
   return lines
 
 
-def _money(amount: float) -> str:
+def money(amount: float) -> str:
   if amount >= 1:
     return f'{amount:,.2f}'
   return f'{amount:.4f}' if amount >= 0.01 else f'{amount:.6f}'
