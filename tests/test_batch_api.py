@@ -256,6 +256,8 @@ def test_an_outage_fails_the_run_never_error_rows(llm_server):
 @pytest.mark.parametrize('backend, config', [
     ('Gemini', {'model': 'gemini-2.0-flash'}),
     ('VertexAI', {'project': 'p', 'location': 'l', 'endpoint': '1'}),
+    ('VLLM', {'model': 'm'}),  # Its server has no Batch API.
+    ('HuggingFace', {'model': 'm'}),
 ])
 def test_batch_api_on_another_backend_fails_at_build(backend, config):
   with pytest.raises(ConfigError, match=(
