@@ -588,14 +588,29 @@ def main(argv=None):
                       help='seconds of a timeout or a stall (default 2)')
   parser.add_argument('--json_reply', action='store_true',
                       help='answer {"sentiment": 0, "summary": ...} to everything')
+  from beam_llm.testing.fake_batch_api import BatchFaults
+  batch = BatchFaults()
+  for name, kind, what in (
+      ('max_lines_per_file', int, 'fail validation of a batch file with more lines'),
+      ('line_server_error', _probability, 'answer this share of batch lines with a 500'),
+      ('expire_first_half', bool, 'let the first batch expire half done'),
+      ('in_progress_secs', float, 'seconds a batch stays in progress')):
+    parser.add_argument(
+        f'--batch_{name}', dest=f'batch_{name}', default=getattr(batch, name),
+        help=f'Batch API: {what}', **({'action': 'store_true'} if kind is bool
+                                       else {'type': kind}))
   args = parser.parse_args(argv)
+  for name in ('max_lines_per_file', 'line_server_error', 'expire_first_half',
+               'in_progress_secs'):
+    setattr(batch, name, getattr(args, f'batch_{name}'))
   reply = sentiment_reply if args.json_reply else default_reply
   server = FakeLLMServer(
       Faults(rate_limited=args.rate_limited, server_error=args.server_error,
              timeout=args.timeout, drop=args.drop, malformed=args.malformed,
              stall=args.stall, slow_secs=args.slow_secs),
       latency_secs=args.latency_secs, slots=args.slots, reply=reply,
-      port=args.port, reject_when_full=args.reject_when_full)
+      port=args.port, reject_when_full=args.reject_when_full,
+      batch_faults=batch)
   print(f'listening on {server.url}', flush=True)
   server._httpd.serve_forever()
 
