@@ -84,6 +84,15 @@ class Batches:
       sync += self._submit({c: requests[c] for c in submit})
       return settled, sync, waiting or bool(submit)
 
+  def take_counts(self) -> Tuple[Dict[str, int], list]:
+    """The counts and the paid answers since the last call (the DoFn
+    records them as Beam metrics, on its own thread)."""
+    with self._lock:
+      counts, self.counts = dict(self.counts), collections.Counter()
+      usage, self.usage = self.usage, []
+      counts['batch_api_requests'], self.client.requests = self.client.requests, 0
+    return counts, usage
+
   def _from_cache(self, requests) -> dict:
     """Answers kept in cache_dir by an earlier run, batch or synchronous."""
     cache = self._loaded.cache

@@ -240,11 +240,7 @@ class _AwaitBatches(beam.DoFn):
     """Counts of the batch side, on the DoFn's thread (Beam metrics)."""
     h = self._handler
     ns = h.get_metrics_namespace()
-    with batches._lock:  # pylint: disable=protected-access
-      counts, batches.counts = dict(batches.counts), type(batches.counts)()
-      usage, batches.usage = batches.usage, []
-      requests, batches.client.requests = batches.client.requests, 0
-    counts['batch_api_requests'] = requests
+    counts, usage = batches.take_counts()
     for name, value in counts.items():
       Metrics.counter(ns, name).inc(value)
       h.stats[name] = h.stats.get(name, 0) + value
