@@ -213,6 +213,39 @@ def test_a_rerun_with_cache_dir_pays_for_nothing(llm_server, tmp_path):
       assert 'sk-secret' not in f.read()
 
 
+def test_a_crash_between_creating_a_batch_and_keeping_it_is_resumed(
+    llm_server, tmp_path, monkeypatch):
+  # The file is kept as pending (with a tag) before its upload; the batch
+  # carries the tag in its metadata. A run that dies right after
+  # batches.create leaves only the pending record: the rerun finds the
+  # batch by its tag among the provider's, instead of paying twice.
+  from beam_llm.batch_api import store
+  server = llm_server(batch_faults=BatchFaults(in_progress_secs=1.0))
+  for n in range(3):  # Other batches on the account, newer and older.
+    run(server.url + '/v1', [f'other {n}'])
+  prompts = [f'p{i}' for i in range(10)]
+  save = store.BatchStore.save
+
+  def crash_after_create(self, record):
+    if record['status'] != store.PENDING:
+      raise KeyboardInterrupt('killed')
+    save(self, record)
+  monkeypatch.setattr(store.BatchStore, 'save', crash_after_create)
+  with pytest.raises(BaseException, match='killed'):
+    run(server.url + '/v1', prompts, {'cache_dir': str(tmp_path)})
+  monkeypatch.setattr(store.BatchStore, 'save', save)
+  monkeypatch.setattr(store, '_STORES', {})  # A new worker process.
+  [kept] = glob.glob(str(tmp_path / 'batch_api' / '*' / '*.json'))
+  assert os.path.basename(kept).startswith('pending-')
+  run(server.url + '/v1', ['other 4'])  # The newest batch is another's.
+  assert server.batch_api.lines == 3 + 10 + 1
+  good, bad, _ = run(server.url + '/v1', prompts, {'cache_dir': str(tmp_path)})
+  assert sorted(r['prompt'] for r in good) == sorted(prompts) and not bad
+  assert server.batch_api.lines == 3 + 10 + 1 and not server.log
+  [kept] = glob.glob(str(tmp_path / 'batch_api' / '*' / '*.json'))
+  assert not os.path.basename(kept).startswith('pending-')
+
+
 def test_a_kept_batch_the_provider_no_longer_has_is_submitted_again(
     llm_server, tmp_path):
   # Batches and files are kept for a while only (OpenAI: 30 days): a rerun
@@ -310,3 +343,20 @@ def test_a_call_looks_once_and_checkpoints_while_its_batch_runs(llm_server):
   assert sorted(row.prompt for row, _ in out) == ['a', 'b', 'c']
   assert deferred is None
   dofn.teardown()
+
+
+def test_a_batch_is_found_by_its_tag_across_pages_of_the_list(llm_server):
+  from beam_llm.batch_api.client import BatchClient
+  from beam_llm.handlers.openai_compatible import OpenAICompatibleHandler
+  server = llm_server()
+  handler = OpenAICompatibleHandler(
+      model='m', base_url=server.url + '/v1', batch_api=True, generation={},
+      batching={})
+  client = BatchClient(handler, handler.load_model())
+  line = lines.encode('c', '/v1/chat/completions', {'model': 'm', 'messages': []})
+  ids = [client.submit(line, '/v1/chat/completions', f'tag-{n}')['id']
+         for n in range(130)]
+  assert client.find('tag-0', since=0)['id'] == ids[0]  # On the 2nd page.
+  assert client.find('tag-129', since=0)['id'] == ids[-1]
+  assert client.find('no-such-tag', since=0) is None
+  assert client.find('tag-0', since=time.time() + 60) is None  # Too old.

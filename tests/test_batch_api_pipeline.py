@@ -109,7 +109,10 @@ def test_a_run_killed_once_its_batches_exist_is_resumed_not_resubmitted(
   submitted = server.batch_api.lines
   [folder] = os.listdir(tmp_path / 'cache' / 'batch_api')
   kept = os.listdir(tmp_path / 'cache' / 'batch_api' / folder)
-  assert len(kept) == len(server.batch_api.batches) == 3
+  # A record per batch (one may still be its file's pending record, with
+  # the tag the rerun finds the batch by, if the kill came in between).
+  assert len(server.batch_api.batches) == 3
+  assert len([k for k in kept if not k.startswith('pending-')]) >= 2
 
   run = run_yaml(PIPELINE, jinja_variables=variables(server, tmp_path))
   assert run.returncode == 0, run.stderr[-3000:]

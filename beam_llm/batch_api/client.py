@@ -7,6 +7,8 @@ never a row's fault, and Beam retries the bundle, which resumes the batches
 already submitted (beam_llm/batch_api/store.py) instead of paying again.
 Messages pass the redactor: no API key in logs, errors or state files.
 """
+from typing import Optional
+
 from beam_llm.handlers.remote_base import RemoteUnavailable
 
 _OWNER = 'GenerateText'
@@ -54,6 +56,23 @@ class BatchClient:
         completion_window=COMPLETION_WINDOW, metadata={'beam_llm': tag},
         timeout=timeout))
     return batch.model_dump()
+
+  def find(self, tag: str, since: float) -> Optional[dict]:
+    """The batch created with metadata `{beam_llm: tag}`, looking back
+    (newest first) to batches created at `since` (epoch seconds)."""
+    after = None
+    while True:
+      page = self._call('list', lambda timeout, after=after: (
+          self._openai.batches.list(limit=100, after=after, timeout=timeout)
+          if after else self._openai.batches.list(limit=100, timeout=timeout)))
+      for batch in page.data:
+        if (batch.metadata or {}).get('beam_llm') == tag:
+          return batch.model_dump()
+        if batch.created_at < since:
+          return None
+      if not page.data or not page.has_more:
+        return None
+      after = page.data[-1].id
 
   def retrieve(self, batch_id: str) -> dict:
     """The batch as a dict; one that no longer exists (404) as `gone`."""

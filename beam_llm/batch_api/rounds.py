@@ -16,11 +16,13 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 from typing import Dict, Iterable, List, Mapping, Tuple
 
 from beam_llm.batch_api import lines
 from beam_llm.batch_api.client import BatchClient
 from beam_llm.batch_api.store import FINAL
+from beam_llm.batch_api.store import PENDING
 from beam_llm.batch_api.store import store_for
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import GenerationFailure
@@ -68,6 +70,10 @@ class Batches:
         settled.update(self._from_cache(requests))
       for record in self.store.records_with(
           [c for c in requests if c not in settled]):
+        if record['status'] == PENDING:
+          record = self._resolve(record)
+          if record is None:
+            continue
         if record['status'] not in FINAL:
           batch = self.client.retrieve(record['batch_id'])
           if batch['status'] not in FINAL:
@@ -148,15 +154,35 @@ class Batches:
                                     self.options.batch_max_bytes)
       too_big += big
       for file in files:
-        batch = self.client.submit(b''.join(d for _, d in file), url,
-                                   tag=file[0][0][:16])
-        self.store.save({
-            'batch_id': batch['id'], 'endpoint': url,
-            'submitted_at': time.time(), 'status': batch['status'],
-            'custom_ids': [c for c, _ in file]})
+        tag = uuid.uuid4().hex
+        pending = {'batch_id': f'{PENDING}-{tag}', 'tag': tag,
+                   'endpoint': url, 'submitted_at': time.time(),
+                   'status': PENDING, 'custom_ids': [c for c, _ in file]}
+        self.store.save(pending)  # Before the upload: see _resolve.
+        batch = self.client.submit(b''.join(d for _, d in file), url, tag)
+        self.store.save({**pending, 'batch_id': batch['id'],
+                         'status': batch['status']})
+        self.store.discard(pending)
         self.counts['batches'] += 1
         self.counts['batch_lines'] += len(file)
     return too_big
+
+  def _resolve(self, pending: dict):
+    """A file kept as about to be submitted by a run that stopped before
+    keeping its batch: the batch found by its tag (to wait for), or None.
+    Not found, it may still be on its way from another worker; once the
+    longest a submission can take has passed, its rows are submitted again."""
+    found = self.client.find(pending['tag'], since=pending['submitted_at'] - 300)
+    if found is not None:
+      # Looked at right away: its files come with its end.
+      record = {**pending, 'batch_id': found['id'], 'status': 'in_progress'}
+      self.store.save(record)
+      self.store.discard(pending)
+      return record
+    if time.time() - pending['submitted_at'] > (
+        self._handler.policy.deadline_secs + 60):
+      self.store.discard(pending)
+    return None
 
   def _ended(self, record: dict, batch: dict) -> dict:
     errors = (batch.get('errors') or {}).get('data') or []

@@ -3,7 +3,10 @@
 per service, not across services) as soon as a batch is submitted,
 before anything waits on it.
 
-A record holds the batch id, its endpoint, when it was submitted, the
+A file's record is kept before its upload (`pending`, with a tag), then
+replaced by its batch's record once the batch exists: a crash in between
+leaves the tag, by which a rerun finds the batch among the provider's. A
+record holds the batch id, its endpoint, when it was submitted, the
 `custom_id`s of its lines (a hash of each request: the response cache's
 key, the same in every run), and once the batch has ended its status and
 result file ids. Rows are found by custom_id, not by the file they were
@@ -24,6 +27,9 @@ _LOG = logging.getLogger('beam_llm.GenerateText')
 _FOLDER = 'batch_api'
 # `gone`: the provider no longer knows the batch (deleted, or past retention).
 FINAL = ('completed', 'failed', 'expired', 'cancelled', 'gone')
+# A file about to be submitted, kept before the upload with the tag its
+# batch will carry in its metadata (rounds.Batches._submit / _resolve).
+PENDING = 'pending'
 
 # One store per cache_dir (None: memory only) and service per worker process.
 _STORES: Dict[tuple, 'BatchStore'] = {}
@@ -90,14 +96,33 @@ class BatchStore:
     with self._lock:
       return [self._records[b] for b in self._by_id.get(custom_id, ())]
 
+  def discard(self, record: dict) -> None:
+    """Forgets a record (a pending file's, once replaced or never sent)."""
+    batch_id = record['batch_id']
+    with self._lock:
+      if self._records.pop(batch_id, None) is not None:
+        for custom_id in record['custom_ids']:
+          ids = self._by_id.get(custom_id, [])
+          if batch_id in ids:
+            ids.remove(batch_id)
+    if self._dir:
+      from apache_beam.io.filesystems import FileSystems
+      try:
+        FileSystems.delete([self._path(batch_id)])
+      except Exception:  # pylint: disable=broad-except
+        pass  # Left behind, it resolves to its batch again (harmless).
+
+  def _path(self, batch_id: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+    return FileSystems.join(self._dir, _FOLDER, self._folder, batch_id + '.json')
+
   def save(self, record: dict) -> None:
     """Remembers a record and keeps it in cache_dir (if set)."""
     self._remember(record)
     if not self._dir:
       return
     from apache_beam.io.filesystems import FileSystems
-    path = FileSystems.join(self._dir, _FOLDER, self._folder,
-                           record['batch_id'] + '.json')
+    path = self._path(record['batch_id'])
     data = json.dumps(record).encode('utf-8')
     try:
       if FileSystems.get_scheme(path) in (None, 'file'):

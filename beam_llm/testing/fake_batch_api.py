@@ -4,7 +4,8 @@ Enough of the protocol for the real `openai` client:
 
 - `POST /v1/files` (multipart, purpose=batch), `GET /v1/files/ID`,
   `GET /v1/files/ID/content`;
-- `POST /v1/batches`, `GET /v1/batches/ID`, `POST /v1/batches/ID/cancel`.
+- `POST /v1/batches`, `GET /v1/batches` (newest first, `limit`, `after`),
+  `GET /v1/batches/ID`, `POST /v1/batches/ID/cancel`.
 
 A batch moves validating -> in_progress -> completed (or failed, expired,
 cancelled) as time passes (`validating_secs`, `in_progress_secs`: short in
@@ -27,6 +28,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from typing import Dict, List, Optional
 
 
@@ -63,12 +65,15 @@ class FakeBatchAPI:
 
   def serve(self, handler, method: str, path: str, raw: bytes = b''):
     """Answers one request on `handler` (the server's request handler)."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(handler.path).query)
     parts = path.strip('/').split('/')[1:]  # files, ID, content / batches, ...
     with self._lock:
       if parts == ['files'] and method == 'POST':
         return handler._json(200, self._upload(handler.headers, raw))
       if parts == ['batches'] and method == 'POST':
         return self._create(handler, json.loads(raw or b'{}'))
+      if parts == ['batches']:
+        return handler._json(200, self._list(query))
       name = parts[1] if len(parts) > 1 else ''
       if parts[0] == 'files' and name in self.files:
         f = self.files[name]
@@ -130,6 +135,19 @@ class FakeBatchAPI:
     batch['_first'] = len(self.batches) == 0
     self.batches[batch['id']] = batch
     return handler._json(200, _public(batch))
+
+  def _list(self, query: dict) -> dict:
+    """GET /v1/batches: newest first, `limit` a page, from `after`."""
+    newest = [self._advance(b) for b in reversed(list(self.batches.values()))]
+    after = (query.get('after') or [None])[0]
+    if after is not None:
+      ids = [b['id'] for b in newest]
+      newest = newest[ids.index(after) + 1:] if after in ids else []
+    limit = int((query.get('limit') or ['20'])[0])
+    page = newest[:limit]
+    return {'object': 'list', 'data': page, 'has_more': len(newest) > limit,
+            'first_id': page[0]['id'] if page else None,
+            'last_id': page[-1]['id'] if page else None}
 
   def _advance(self, batch: dict) -> dict:
     """The batch as a client sees it now (statuses move with time)."""
