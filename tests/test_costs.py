@@ -37,6 +37,8 @@ def test_a_price_table_that_makes_no_sense_is_refused(table, message):
 
 
 def test_tokens_are_priced_per_model_and_mode():
+  from beam_llm.handlers.base import TOKENS_NAMESPACE
+  assert costs.NAMESPACE == TOKENS_NAMESPACE
   counters = {costs.NAMESPACE: {
       'sync|gpt-4o-mini|input': 1_000_000, 'sync|gpt-4o-mini|output': 500_000,
       'batch|gpt-4o-mini|input': 2_000_000, 'batch|gpt-4o-mini|output': 0,

@@ -13,8 +13,9 @@ import json
 import os
 from typing import Dict, List, Mapping, Optional, Tuple
 
-# Beam metrics namespace of the per-model token counters (handlers/base.py
-# `record_usage`), named `MODE|MODEL|input` and `MODE|MODEL|output`.
+# The per-model token counters (handlers/base.py `record_usage`, its
+# TOKENS_NAMESPACE), named `MODE|MODEL|input` and `MODE|MODEL|output`. Not
+# imported from there: the CLI starts without Beam's ML modules.
 NAMESPACE = 'beam_llm.tokens'
 MODES = ('sync', 'batch')
 _PER = 1_000_000
@@ -22,10 +23,6 @@ _PER = 1_000_000
 
 class PriceError(ValueError):
   """The price table cannot be read or makes no sense."""
-
-
-def counter_name(mode: str, model: str, kind: str) -> str:
-  return f'{mode}|{model}|{kind}'
 
 
 def load_prices(value: str) -> Dict[str, dict]:
