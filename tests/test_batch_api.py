@@ -360,3 +360,26 @@ def test_a_batch_is_found_by_its_tag_across_pages_of_the_list(llm_server):
   assert client.find('tag-129', since=0)['id'] == ids[-1]
   assert client.find('no-such-tag', since=0) is None
   assert client.find('tag-0', since=time.time() + 60) is None  # Too old.
+
+
+def test_batch_api_where_answers_feed_the_next_call_fails_at_build():
+  from beam_llm import SummarizePerKey
+  with pytest.raises(ConfigError, match=(
+      r"SummarizePerKey: option 'model_handler.config.batch_api' is not "
+      'supported here: summaries are made in rounds')):
+    SummarizePerKey(group_by='day', field='history', model_handler={
+        'type': 'OpenAICompatible', 'config': {
+            'base_url': 'http://x/v1', 'model': 'm', 'batch_api': True}})
+
+
+def test_semantic_operators_run_through_the_batch_api(llm_server):
+  from beam_llm import Classify
+  server = llm_server(reply=lambda prompt: '{"label": "pizza"}')
+  out, _ = run_transform(
+      Classify(field='text', labels=['pizza', 'pasta'], model_handler={
+          'type': 'OpenAICompatible', 'config': {
+              'base_url': server.url + '/v1', 'model': 'm', 'batch_api': True,
+              'batch_poll_secs': 0.05}}),
+      [{'text': 'margherita'}, {'text': 'quattro formaggi'}])
+  assert [r.label for r in out['good']] == ['pizza', 'pizza']
+  assert server.batch_api.lines == 2 and not server.log

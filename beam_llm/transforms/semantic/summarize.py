@@ -106,6 +106,11 @@ class SummarizePerKey(beam.PTransform):
     if tokenizer is None and spec.get('type') == 'HuggingFace':
       config = spec.get('config') or {}
       tokenizer = config.get('tokenizer') or config.get('model')
+    batch = getattr(_options.handler_of(generate), 'batch', None)
+    if batch is not None and batch.batch_api:  # Rounds feed on answers.
+      _config.fail(_OWNER, 'model_handler.config.batch_api',
+                   'is not supported here: summaries are made in rounds, '
+                   'each on the answers of the last, one model call at a time')
     self._generate = generate
     self._fn = _SummarizeFn(
         _options.handler_of(generate),
