@@ -43,11 +43,16 @@ USAGE = """usage:
       flags (--jinja_variables, --tests, --json_schema_validation, ...)
       and any Beam pipeline option (--runner, --project, ...).
       A mistake in the pipeline is one line; --verbose adds the traceback
-      and shows what worker processes print, unfiltered.
-  beam-llm validate PIPELINE.yaml... [--jinja_variables=JSON] [--check_reachable]
+      and shows what worker processes print, unfiltered. --prices=TABLE
+      (JSON, or a JSON/YAML file: {model: {input, output, batch_discount}},
+      per million tokens) adds the cost of the tokens to the summary.
+  beam-llm validate PIPELINE.yaml... [--jinja_variables=JSON] [--check_reachable] [--estimate [--prices=TABLE]]
       Checks a pipeline without running it or loading a model: one line per
       problem, exit status 1 if there is any. Offline unless
-      --check_reachable (then models, endpoints and stores are looked up)."""
+      --check_reachable (then models, endpoints and stores are looked up).
+      --estimate then runs it without writing or calling a model, and
+      reports each model's rows, prompt tokens and output bound, and with
+      --prices=TABLE the cost, synchronously and with batch_api."""
 
 
 def main(argv=None):
@@ -70,7 +75,8 @@ def main(argv=None):
 
 def validate(argv) -> int:
   files = [a for a in argv if not a.startswith('-')]
-  flags = [a for a in argv if a.startswith('-') and a != '--check_reachable']
+  flags = [a for a in argv if a.startswith('-') and a not in (
+      '--check_reachable', '--estimate') and not a.startswith('--prices=')]
   files += [a.split('=', 1)[1] for a in flags
             if a.startswith('--yaml_pipeline_file=')]
   flags = [a for a in flags if not a.startswith('--yaml_pipeline_file=')]
@@ -88,8 +94,27 @@ def validate(argv) -> int:
       print(f'{path}: {problem}')
     if not problems:
       print(f'{path}: OK')
+      if '--estimate' in argv:
+        failed = _estimate(path, flags, argv) or failed
     failed = failed or bool(problems)
   return 1 if failed else 0
+
+
+def _estimate(path, flags, argv) -> bool:
+  """Prints the estimate of a valid pipeline (cli/estimate.py); whether
+  it failed."""
+  from beam_llm.cli import costs
+  from beam_llm.cli import estimate
+  try:
+    prices = None
+    for arg in [a for a in argv if a.startswith('--prices=')]:
+      prices = costs.load_prices(arg.split('=', 1)[1])
+  except costs.PriceError as exn:
+    print(f'{path}: {exn}')
+    return True
+  for line in estimate.run([f'--yaml_pipeline_file={path}', *flags], prices):
+    print(f'{path}: {line}')
+  return False
 
 
 def run(argv) -> int:

@@ -23,7 +23,16 @@ class _BuildFailed(Exception):
 
 def run(argv, started: float) -> int:
   verbose = VERBOSE in argv
-  argv = _pipeline_file_flag([a for a in argv if a != VERBOSE])
+  from beam_llm.cli import costs
+  prices = None
+  try:  # --prices=TABLE: the summary prices the tokens (cli/costs.py).
+    for arg in [a for a in argv if a.startswith('--prices=')]:
+      prices = costs.load_prices(arg.split('=', 1)[1])
+  except costs.PriceError as exn:
+    print(exn, file=sys.stderr)
+    return 1
+  argv = _pipeline_file_flag(
+      [a for a in argv if a != VERBOSE and not a.startswith('--prices=')])
   if not any(a == '--runner' or a.startswith('--runner=') for a in argv):
     argv.append('--runner=FnApiRunner')
   from beam_llm.cli import variables
@@ -41,7 +50,7 @@ def run(argv, started: float) -> int:
     yaml_main.run_tests(argv)
     return 0
   try:
-    _run_with_summary(yaml_main, argv, spec, started, verbose)
+    _run_with_summary(yaml_main, argv, spec, started, verbose, prices)
   except _BuildFailed as failed:
     _report(yaml_main, argv, failed.__cause__, verbose)
     return 1
@@ -80,7 +89,7 @@ def _report(yaml_main, argv, exn, verbose) -> None:
 
 
 def _run_with_summary(yaml_main, argv, spec, started: float,
-                      verbose: bool = False) -> None:
+                      verbose: bool = False, prices=None) -> None:
   """apache_beam.yaml.main.run, keeping the result to print its metrics."""
   import apache_beam as beam
 
@@ -112,7 +121,7 @@ def _run_with_summary(yaml_main, argv, spec, started: float,
            'run': time.monotonic() - run_start}
   print(summary.render(
       summary.beam_llm_counters(result), outputs.written(spec or {}, wall_start),
-      times, outputs.local_input_rows(spec or {})))
+      times, outputs.local_input_rows(spec or {}), prices))
 
 
 def _show_progress() -> None:

@@ -9,6 +9,7 @@ import collections
 import os
 from typing import Dict, List, Optional
 
+from beam_llm.cli import costs
 from beam_llm.cli.outputs import Written
 
 _PREFIX = 'beam_llm.'
@@ -40,9 +41,11 @@ def render(
     counters: Dict[str, Dict[str, int]],
     outputs: List[Written],
     times: Dict[str, float],
-    local_rows_in: Optional[int] = None) -> str:
+    local_rows_in: Optional[int] = None,
+    prices: Optional[dict] = None) -> str:
   """`times`: seconds of `start-up`, `build` and `run`; their sum is the
-  wall time (the command's, from its start to the summary)."""
+  wall time (the command's, from its start to the summary). `prices`: the
+  --prices table, to price the tokens per model (cli/costs.py)."""
   wall = sum(times.values())
   lines = [
       f'beam-llm summary: {wall:.1f} s wall time (start-up '
@@ -68,8 +71,9 @@ def render(
         f'failed), {generate["rows"] / max(times["run"], 1e-9):.2f} rows/s; '
         f'tokens in {generate.get("input_tokens", 0)}, out '
         f'{generate.get("output_tokens", 0)}')
+  lines += costs.spent_lines(counters, prices)
   for namespace in sorted(counters):
-    if namespace == _ERRORS:
+    if namespace in (_ERRORS, costs.NAMESPACE):
       continue
     values = ', '.join(
         f'{k} {v}' for k, v in sorted(counters[namespace].items())

@@ -81,6 +81,8 @@ def create_handler(
     _config.fail(owner, 'response_schema',
                  f'is not supported by the {spec["type"]} backend')
   config = spec.get('config') or {}
+  from beam_llm import batch_api
+  batch_api.check_backend(owner, spec['type'], cls, config)
   _config.check_call_options(
       owner, cls.__init__, config, prefix='model_handler.config.',
       exclude=('generation', 'batching'))

@@ -19,6 +19,9 @@ from beam_llm import row_failures
 from beam_llm.handlers import token_batching
 
 _LOG = logging.getLogger('beam_llm.GenerateText')
+# Tokens per model and price mode, counters named `MODE|MODEL|input` and
+# `MODE|MODEL|output` (`record_usage`; priced by beam_llm/cli/costs.py).
+TOKENS_NAMESPACE = 'beam_llm.tokens'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,13 +130,21 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
     return [list(range(len(prompts)))]
 
   # -- shared -------------------------------------------------------------
-  def record_usage(self, input_tokens: int, output_tokens: int) -> None:
-    """Counts tokens (Beam metrics, and `usage` for benchmarks)."""
+  def record_usage(self, input_tokens: int, output_tokens: int,
+                   mode: str = 'sync') -> None:
+    """Counts tokens (Beam metrics, and `usage` for benchmarks); also per
+    model and price mode (`sync`, or `batch` for a Batch API's), which the
+    run summary prices (beam_llm/cli/costs.py)."""
     self.usage['input_tokens'] += input_tokens
     self.usage['output_tokens'] += output_tokens
     namespace = self.get_metrics_namespace()
     Metrics.counter(namespace, 'input_tokens').inc(input_tokens)
     Metrics.counter(namespace, 'output_tokens').inc(output_tokens)
+    model = getattr(self, '_priced_as', None)
+    if model is None:
+      model = self._priced_as = self.describe_model().get('model') or self.backend
+    for kind, n in (('input', input_tokens), ('output', output_tokens)):
+      Metrics.counter(TOKENS_NAMESPACE, f'{mode}|{model}|{kind}').inc(n)
 
   def get_metrics_namespace(self) -> str:
     return 'beam_llm.GenerateText'

@@ -3,6 +3,7 @@
 from typing import Literal, Optional
 
 from beam_llm import _config
+from beam_llm import batch_api
 from beam_llm import remote
 from beam_llm.remote import clients
 from beam_llm.handlers import remote_base
@@ -14,6 +15,7 @@ _OWNER = 'GenerateText'
 
 
 @remote.with_policy
+@batch_api.with_options
 class OpenAICompatibleHandler(remote_base.RemoteHandler):
   """`model_handler: {type: OpenAICompatible, config: {...}}`.
 
@@ -64,6 +66,7 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
       generation: Optional[dict] = None,
       batching: Optional[dict] = None,
       **policy):
+    self.batch = batch_api.BatchOptions.take(policy)
     super().__init__(generation or {}, batching or {}, policy)
     if api == 'completions' and self._generation.get('response_schema'):
       _config.fail(_OWNER, 'response_schema',
@@ -120,6 +123,24 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     if extra:
       request['extra_body'] = extra
     return request
+
+  def batch_transform(self):
+    """The Beam transform GenerateText runs instead of one request per
+    row, with `batch_api: true` (beam_llm/batch_api); else None."""
+    if not self.batch.batch_api:
+      return None
+    from beam_llm.batch_api.transform import BatchGenerate
+    return BatchGenerate(self)
+
+  def batch_line(self, request: dict) -> tuple:
+    """(endpoint path, body) of a built request as a Batch API file line:
+    the synchronous body, with response_schema in the configured form
+    (`auto`: json_schema, which OpenAI's Batch API takes)."""
+    body, chat, schema = _body_of(request)
+    if schema is not None:
+      form = 'json_schema' if self._structured == 'auto' else self._structured
+      body = structured_forms.apply(form, body, schema)
+    return '/v1/chat/completions' if chat else '/v1/completions', body
 
   async def send(self, client, request: dict, timeout_secs: float) -> Generation:
     body, chat, schema = _body_of(request)

@@ -111,6 +111,12 @@ class RemoteHandler(TextGenerationHandler):
     self.stats = {'requests': 0, 'retries': 0, 'responses_429': 0,
                   'cache_hits': 0, 'throttled_secs': 0.0}
 
+  @property
+  def caches(self) -> bool:
+    """Whether identical requests share one answer (`cache`; off when
+    sampling without a seed)."""
+    return self._cache
+
   # -- to implement -------------------------------------------------------
   def connect(self, redactor: Redactor) -> Any:
     raise NotImplementedError

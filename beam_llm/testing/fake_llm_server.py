@@ -101,8 +101,12 @@ class FakeLLMServer:
       seed: int = 0,
       port: int = 0,
       reject_when_full: bool = False,
-      structured: str = 'openai'):
+      structured: str = 'openai',
+      batch_faults=None):
     self.faults = faults or Faults()
+    # The OpenAI Batch API (/v1/files, /v1/batches), its faults in batch_faults.
+    from beam_llm.testing.fake_batch_api import FakeBatchAPI
+    self.batch_api = FakeBatchAPI(self, batch_faults)
     self.latency_secs = latency_secs
     self.reply = reply
     self.endpoints = set(endpoints)
@@ -257,6 +261,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
   def do_GET(self):
     path = self.path.split('?')[0]
+    if self.fake.batch_api.owns(path):
+      return self.fake.batch_api.serve(self, 'GET', path)
     if path == '/health':  # vLLM's readiness check.
       return self._json(200 if self.fake.healthy else 503, {})
     if path == '/v1/models':
@@ -306,6 +312,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     arrived = time.monotonic()
     length = int(self.headers.get('Content-Length') or 0)
     raw = self.rfile.read(length)
+    if fake.batch_api.owns(self.path.split('?')[0]):
+      return fake.batch_api.serve(self, 'POST', self.path.split('?')[0], raw)
     try:
       body = json.loads(raw or b'{}')
     except ValueError:
@@ -580,14 +588,29 @@ def main(argv=None):
                       help='seconds of a timeout or a stall (default 2)')
   parser.add_argument('--json_reply', action='store_true',
                       help='answer {"sentiment": 0, "summary": ...} to everything')
+  from beam_llm.testing.fake_batch_api import BatchFaults
+  batch = BatchFaults()
+  for name, kind, what in (
+      ('max_lines_per_file', int, 'fail validation of a batch file with more lines'),
+      ('line_server_error', _probability, 'answer this share of batch lines with a 500'),
+      ('expire_first_half', bool, 'let the first batch expire half done'),
+      ('in_progress_secs', float, 'seconds a batch stays in progress')):
+    parser.add_argument(
+        f'--batch_{name}', dest=f'batch_{name}', default=getattr(batch, name),
+        help=f'Batch API: {what}', **({'action': 'store_true'} if kind is bool
+                                       else {'type': kind}))
   args = parser.parse_args(argv)
+  for name in ('max_lines_per_file', 'line_server_error', 'expire_first_half',
+               'in_progress_secs'):
+    setattr(batch, name, getattr(args, f'batch_{name}'))
   reply = sentiment_reply if args.json_reply else default_reply
   server = FakeLLMServer(
       Faults(rate_limited=args.rate_limited, server_error=args.server_error,
              timeout=args.timeout, drop=args.drop, malformed=args.malformed,
              stall=args.stall, slow_secs=args.slow_secs),
       latency_secs=args.latency_secs, slots=args.slots, reply=reply,
-      port=args.port, reject_when_full=args.reject_when_full)
+      port=args.port, reject_when_full=args.reject_when_full,
+      batch_faults=batch)
   print(f'listening on {server.url}', flush=True)
   server._httpd.serve_forever()
 

@@ -142,6 +142,7 @@ class GenerateText(beam.PTransform):
         _OWNER, model_handler, generation, batching)
     self._prompt = prompt
     self._output = output
+    self._max_new_tokens = max_new_tokens
     self._usage_fields = usage_fields
     self._lineage = None
     if lineage:
@@ -182,7 +183,14 @@ class GenerateText(beam.PTransform):
     else:
       key = lambda row: (row, getattr(row, prompt, None))
     keyed = pcoll | 'KeyByRow' >> beam.Map(key)
-    if getattr(self._handler, 'flows_rows', False):
+    batch = getattr(self._handler, 'batch_transform', lambda: None)()
+    from beam_llm.cli import estimate
+    if estimate.ACTIVE:  # `beam-llm validate --estimate`: count, not generate.
+      results = keyed | 'Estimate' >> beam.ParDo(estimate.CountPromptTokens(
+          self._handler, self._max_new_tokens))
+    elif batch is not None:  # `batch_api: true`: the provider's Batch API.
+      results = keyed | 'BatchAPI' >> batch
+    elif getattr(self._handler, 'flows_rows', False):
       # Remote backends: rows flow to the service without batch barriers.
       results = keyed | 'Generate' >> beam.ParDo(self._handler.flow_dofn())
     else:

@@ -57,7 +57,13 @@ class Asker:
   """Picklable; `texts(prompts)` or `answers(prompts)` on the worker."""
   def __init__(self, owner: str, handler, schema: Optional[dict] = None,
                batch_size: int = 8):
+    from beam_llm import _config
     from beam_llm.json_validation import SchemaValidator
+    batch = getattr(handler, 'batch', None)
+    if batch is not None and batch.batch_api:  # Each question needs the last answer.
+      _config.fail(owner, 'model_handler.config.batch_api',
+                   'is not supported here: this operator asks the model in '
+                   'rounds, each on the answers of the last')
     self._handler = handler
     self._validator = SchemaValidator(schema) if schema is not None else None
     self._batch_size = batch_size

@@ -1,0 +1,107 @@
+"""Provider Batch APIs (`batch_api: true`): the same rows for half the price.
+
+The options are declared here once (`BatchOptions`); a backend that supports
+a Batch API gets them with `@with_options` and takes them out of its keyword
+options with `BatchOptions.take`. GenerateText then runs it with
+`BatchGenerate` (beam_llm/batch_api/transform.py) instead of one request
+per row. Modules:
+
+- `lines`: request lines in, verdicts per `custom_id` out (no I/O);
+- `client`: the provider's files and batches, every call through the
+  remote-call policy (beam_llm.remote);
+- `store`: which batches hold which rows, persisted in `cache_dir` before
+  any wait, so a rerun resumes them;
+- `transform`: the Beam side (files filled by GroupIntoBatches, a splittable
+  DoFn that polls and checkpoints instead of holding a bundle).
+"""
+import dataclasses
+import inspect
+import textwrap
+from typing import Any, Mapping
+
+from beam_llm import _config
+
+_OWNER = 'GenerateText'
+
+
+def _option(default, doc: str):
+  return dataclasses.field(default=default, metadata={'doc': doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchOptions:
+  """The Batch API options of a remote backend, declared once."""
+  batch_api: bool = _option(
+      False, "Send rows through the provider's Batch API (files of requests, "
+      'results within 24 h, about half the price) instead of one request per '
+      'row; the same rows and error rows come out (docs/remote.md, "Batch '
+      'mode"). Defaults to false.')
+  batch_max_requests: int = _option(
+      50_000, "Most requests per batch file (OpenAI's limit).")
+  batch_max_bytes: int = _option(
+      200_000_000, "Most bytes per batch file (OpenAI's limit, 200 MB).")
+  batch_poll_secs: float = _option(
+      30.0, 'Wait before the first look at a submitted batch; it doubles '
+      'with each look, up to 10 times this.')
+  batch_rounds: int = _option(
+      3, 'Batches a row may go in: its first and follow-ups for lines that '
+      'failed (5xx) or were left undone (a batch expired or cancelled). '
+      'A row still unanswered after them is sent as a synchronous request.')
+  batch_deadline_secs: float = _option(
+      172_800.0, 'No follow-up batch for a row this long after its first '
+      'was submitted; its line is sent as a synchronous request instead.')
+
+  @classmethod
+  def take(cls, options: dict) -> 'BatchOptions':
+    """Pops the batch options out of a backend's keyword options."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    found = cls(**{n: options.pop(n) for n in names if n in options})
+    for key, value in (('batch_max_requests', found.batch_max_requests),
+                       ('batch_max_bytes', found.batch_max_bytes),
+                       ('batch_rounds', found.batch_rounds),
+                       ('batch_poll_secs', found.batch_poll_secs),
+                       ('batch_deadline_secs', found.batch_deadline_secs)):
+      if value <= 0:
+        _config.fail(_OWNER, f'model_handler.config.{key}',
+                     f'must be more than 0, got {value}')
+    return found
+
+
+def with_options(cls):
+  """Class decorator: the BatchOptions in a backend's `__init__` signature
+  (which takes them in `**policy`) and in its docstring's `Args:`."""
+  init = cls.__init__
+  sig = inspect.signature(init)
+  params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+  tail = [p for p in params if p.name in ('generation', 'batching')]
+  params = [p for p in params if p not in tail]
+  hints = dict(getattr(init, '__annotations__', {}))
+  lines = []
+  for f in dataclasses.fields(BatchOptions):
+    params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                    default=f.default, annotation=f.type))
+    hints[f.name] = f.type
+    text = f.metadata['doc']
+    if 'Defaults to' not in text:
+      value = int(f.default) if f.default == int(f.default) else f.default
+      text += f' Defaults to {value:,}.'
+    lines.append(textwrap.fill(text, 78, initial_indent=f'    {f.name}: ',
+                               subsequent_indent='      '))
+  var = [p for p in sig.parameters.values() if p.kind == p.VAR_KEYWORD]
+  init.__signature__ = sig.replace(parameters=params + tail + var)
+  init.__annotations__ = hints
+  cls.__doc__ = cls.__doc__.rstrip() + '\n' + '\n'.join(lines) + '\n'
+  return cls
+
+
+def check_backend(owner: str, backend: str, cls, config: Mapping[str, Any]
+                  ) -> None:
+  """At build time: `batch_api` on a backend without a Batch API fails,
+  naming the option."""
+  if 'batch_api' not in config:
+    return
+  if 'batch_api' not in inspect.signature(cls.__init__).parameters:
+    _config.fail(
+        owner, 'model_handler.config.batch_api',
+        f'is not supported by the {backend} backend: batch_api is supported '
+        'only by the OpenAICompatible backend for now')

@@ -1,0 +1,243 @@
+"""One look at a group of rows' batches: submit what needs a batch, poll
+what is open, read what has ended (no Beam here; beam_llm/batch_api/transform.py
+calls `step` from its DoFn).
+
+A row (its request's `custom_id`) is settled by an answer (its batch's
+output, or the response cache), or by a refusal (a 4xx line: an error row,
+as in synchronous mode). A line that failed with a 5xx or was never run
+(the batch expired, was cancelled or failed validation) goes into a
+follow-up batch, up to `batch_rounds` batches and within
+`batch_deadline_secs` of its first; past either it is sent as a
+synchronous request (at full price, in seconds), as is a request too large
+for any batch file.
+"""
+import collections
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from typing import Dict, Iterable, List, Mapping, Tuple
+
+from beam_llm import remote
+from beam_llm.batch_api import lines
+from beam_llm.batch_api.client import BatchClient
+from beam_llm.batch_api.store import FINAL
+from beam_llm.batch_api.store import PENDING
+from beam_llm.batch_api.store import store_for
+from beam_llm.handlers.base import Generation
+from beam_llm.handlers.base import GenerationFailure
+
+_LOG = logging.getLogger('beam_llm.GenerateText')
+# Answers of read batches kept per process; past this they are dropped and
+# read again from the provider's files when needed.
+_MAX_ANSWERS = 200_000
+
+
+class _Body:
+  """A parsed body where the backend's answer parser expects a response."""
+  def __init__(self, body: dict):
+    self._body = body
+
+  def json(self):
+    return self._body
+
+
+class Batches:
+  """The Batch API side of one backend in one worker process."""
+  def __init__(self, handler, loaded):
+    self._handler = handler
+    self._loaded = loaded
+    self.options = handler.batch
+    self.client = BatchClient(handler, loaded)
+    self.store = store_for(handler.policy.cache_dir, handler.target())
+    self._answers: Dict[str, object] = {}
+    self._refused: Dict[str, GenerationFailure] = {}
+    self._read = set()  # Batch ids whose results are in _answers.
+    self._ended_here = set()  # Batch ids this process saw end.
+    self._lock = threading.Lock()
+    # For the DoFn's metrics: batches, batch_lines, cache_hits, ...
+    self.counts = collections.Counter()
+    self.usage = []  # Answers read from batches (their tokens were paid).
+
+  def step(self, requests: Mapping[str, dict], first: bool
+           ) -> Tuple[Dict[str, object], List[str], bool]:
+    """(settled responses by custom_id, custom_ids to send synchronously,
+    whether a batch holding the others is still open)."""
+    with self._lock:
+      settled = {}
+      if first:
+        self.store.refresh()
+        settled.update(self._from_cache(requests))
+      for record in self.store.records_with(
+          [c for c in requests if c not in settled]):
+        if record['status'] == PENDING:
+          record = self._resolve(record)
+          if record is None:
+            continue
+        if record['status'] not in FINAL:
+          batch = self.client.retrieve(record['batch_id'])
+          if batch['status'] not in FINAL:
+            continue
+          record = self._ended(record, batch)
+          self._ended_here.add(record['batch_id'])
+        if record['batch_id'] not in self._read:
+          # Tokens count where a batch is seen to end: a rerun reading a
+          # batch an earlier run finished does not count them again.
+          self._read_results(record, paid=record['batch_id'] in self._ended_here)
+      settled.update(self._known([c for c in requests if c not in settled]))
+      submit, sync, waiting = self._plan(
+          [c for c in requests if c not in settled])
+      sync += self._submit({c: requests[c] for c in submit})
+      return settled, sync, waiting or bool(submit)
+
+  def take_counts(self) -> Tuple[Dict[str, int], list]:
+    """The counts and the paid answers since the last call (the DoFn
+    records them as Beam metrics, on its own thread)."""
+    with self._lock:
+      counts, self.counts = dict(self.counts), collections.Counter()
+      usage, self.usage = self.usage, []
+      counts['batch_api_requests'], self.client.requests = self.client.requests, 0
+    return counts, usage
+
+  def _from_cache(self, requests) -> dict:
+    """Answers kept in cache_dir by an earlier run, batch or synchronous."""
+    cache = self._loaded.cache
+    if cache is None or not self._handler.policy.cache_dir:
+      return {}
+    found = {}
+    for custom_id in requests:
+      kept = _kept(remote.run_blocking(cache.read(custom_id)))
+      if kept is not None:
+        found[custom_id] = kept
+    self.counts['cache_hits'] += len(found)
+    return found
+
+  def _known(self, custom_ids: Iterable[str]) -> dict:
+    out = {}
+    for c in custom_ids:
+      if c in self._answers:
+        out[c] = self._answers[c]
+      elif c in self._refused:
+        out[c] = self._refused[c]
+    return out
+
+  def _plan(self, custom_ids: List[str]):
+    """Which unsettled rows go in a new batch, which synchronously, and
+    whether some wait on an open batch."""
+    submit, sync, waiting = [], [], False
+    now = time.time()
+    for c in custom_ids:
+      rounds = self.store.rounds(c)
+      if any(r['status'] not in FINAL for r in rounds):
+        waiting = True
+      elif not rounds or (
+          len(rounds) < self.options.batch_rounds and
+          now - min(r['submitted_at'] for r in rounds)
+          < self.options.batch_deadline_secs):
+        submit.append(c)
+      else:
+        sync.append(c)
+    return submit, sync, waiting
+
+  def _submit(self, requests: Mapping[str, dict]) -> List[str]:
+    """Submits batches for these rows, each kept before anything waits on
+    it; returns the custom_ids no batch file can carry."""
+    if not requests:
+      return []
+    by_url = collections.defaultdict(list)
+    for custom_id, request in requests.items():
+      url, body = self._handler.batch_line(request)
+      by_url[url].append((custom_id, lines.encode(custom_id, url, body)))
+    too_big = []
+    for url, encoded in by_url.items():
+      files, big = lines.into_files(encoded, self.options.batch_max_requests,
+                                    self.options.batch_max_bytes)
+      too_big += big
+      for file in files:
+        tag = uuid.uuid4().hex
+        pending = {'batch_id': f'{PENDING}-{tag}', 'tag': tag,
+                   'endpoint': url, 'submitted_at': time.time(),
+                   'status': PENDING, 'custom_ids': [c for c, _ in file]}
+        self.store.save(pending)  # Before the upload: see _resolve.
+        batch = self.client.submit(b''.join(d for _, d in file), url, tag)
+        self.store.save({**pending, 'batch_id': batch['id'],
+                         'status': batch['status']})
+        self.store.discard(pending)
+        self.counts['batches'] += 1
+        self.counts['batch_lines'] += len(file)
+    return too_big
+
+  def _resolve(self, pending: dict):
+    """A file kept as about to be submitted by a run that stopped before
+    keeping its batch: the batch found by its tag (to wait for), or None.
+    Not found, it may still be on its way from another worker; once the
+    longest a submission can take has passed, its rows are submitted again."""
+    found = self.client.find(pending['tag'], since=pending['submitted_at'] - 300)
+    if found is not None:
+      # Looked at right away: its files come with its end.
+      record = {**pending, 'batch_id': found['id'], 'status': 'in_progress'}
+      self.store.save(record)
+      self.store.discard(pending)
+      return record
+    if time.time() - pending['submitted_at'] > (
+        self._handler.policy.deadline_secs + 60):
+      self.store.discard(pending)
+    return None
+
+  def _ended(self, record: dict, batch: dict) -> dict:
+    errors = (batch.get('errors') or {}).get('data') or []
+    record = {**record, 'status': batch['status'],
+              'output_file_id': batch.get('output_file_id'),
+              'error_file_id': batch.get('error_file_id'),
+              'errors': [self._loaded.redactor.redact(str(e.get('message')))
+                         for e in errors[:5]]}
+    self.store.save(record)
+    if batch['status'] != 'completed':
+      _LOG.warning('GenerateText [%s]: batch %s %s (%d of %d lines done)%s; '
+                   'its other lines go in a follow-up batch',
+                   self._handler.describe(), record['batch_id'],
+                   batch['status'],
+                   (batch.get('request_counts') or {}).get('completed', 0),
+                   len(record['custom_ids']),
+                   f': {record["errors"][0]}' if record['errors'] else '')
+    return record
+
+  def _read_results(self, record: dict, paid: bool) -> None:
+    """Reads an ended batch's output and error files into the answers."""
+    texts = [self.client.content(record[key])
+             for key in ('output_file_id', 'error_file_id') if record.get(key)]
+    chat = record['endpoint'].endswith('/chat/completions')
+    verdicts = lines.read_results(
+        texts, lambda body: self._handler.read_answer(_Body(body), chat))
+    if len(self._answers) > _MAX_ANSWERS:
+      self._answers.clear()
+      self._read.clear()
+    cache = self._loaded.cache
+    for custom_id in record['custom_ids']:
+      verdict = verdicts.get(custom_id)
+      if verdict is None or verdict.retry:
+        self.counts['batch_lines_failed'] += 1
+      elif verdict.failure is not None:
+        failure = verdict.failure
+        self._refused[custom_id] = GenerationFailure(
+            self._loaded.redactor.redact(
+                f'{self._handler.backend}: {failure.msg}'), failure.error_type)
+      else:
+        self._answers[custom_id] = verdict.value
+        if paid:
+          self.usage.append(verdict.value)
+        if cache is not None:
+          remote.run_blocking(
+              cache.write(custom_id, dataclasses.asdict(verdict.value)))
+    self._read.add(record['batch_id'])
+
+
+def _kept(value):
+  """A response cache entry as a Generation; None if it is not one."""
+  if not isinstance(value, dict) or not isinstance(value.get('text'), str):
+    return None
+  counts = [value.get('input_tokens'), value.get('output_tokens')]
+  if not all(c is None or type(c) is int for c in counts):  # pylint: disable=unidiomatic-typecheck
+    return None
+  return Generation(value['text'], *counts)

@@ -1,0 +1,143 @@
+"""Which batches hold which rows: remembered per worker process, and kept in
+`cache_dir` (`batch_api/TARGET_HASH/BATCH_ID.json`: batch ids are unique
+per service, not across services) as soon as a batch is submitted,
+before anything waits on it.
+
+A file's record is kept before its upload (`pending`, with a tag), then
+replaced by its batch's record once the batch exists: a crash in between
+leaves the tag, by which a rerun finds the batch among the provider's. A
+record holds the batch id, its endpoint, when it was submitted, the
+`custom_id`s of its lines (a hash of each request: the response cache's
+key, the same in every run), and once the batch has ended its status and
+result file ids. Rows are found by custom_id, not by the file they were
+sent in, so a rerun that groups rows differently (or another worker)
+still finds the open batches that hold them and waits for those instead of
+submitting again; finished ones have their result files read again.
+Records hold ids and statuses only: never a prompt, an answer or a key.
+"""
+import hashlib
+import json
+import logging
+import os
+import threading
+import uuid
+from typing import Dict, Iterable, List, Optional
+
+_LOG = logging.getLogger('beam_llm.GenerateText')
+_FOLDER = 'batch_api'
+# `gone`: the provider no longer knows the batch (deleted, or past retention).
+FINAL = ('completed', 'failed', 'expired', 'cancelled', 'gone')
+# A file about to be submitted, kept before the upload with the tag its
+# batch will carry in its metadata (rounds.Batches._submit / _resolve).
+PENDING = 'pending'
+
+# One store per cache_dir (None: memory only) and service per worker process.
+_STORES: Dict[tuple, 'BatchStore'] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def store_for(cache_dir: Optional[str], target: str) -> 'BatchStore':
+  with _STORES_LOCK:
+    if (cache_dir, target) not in _STORES:
+      _STORES[cache_dir, target] = BatchStore(cache_dir, target)
+    return _STORES[cache_dir, target]
+
+
+class BatchStore:
+  def __init__(self, cache_dir: Optional[str], target: str):
+    self._dir = cache_dir
+    self._folder = hashlib.sha256(target.encode('utf-8')).hexdigest()[:16]
+    self._lock = threading.RLock()
+    self._records: Dict[str, dict] = {}
+    self._by_id: Dict[str, List[str]] = {}  # custom_id -> batch ids
+    self._warned = False
+
+  def refresh(self) -> None:
+    """Loads the records other runs and workers have kept in cache_dir."""
+    if not self._dir:
+      return
+    from apache_beam.io.filesystems import FileSystems
+    pattern = FileSystems.join(self._dir, _FOLDER, self._folder, '*.json')
+    try:
+      paths = [m.path for r in FileSystems.match([pattern])
+               for m in r.metadata_list]
+    except Exception:  # pylint: disable=broad-except
+      return  # No folder yet.
+    for path in paths:
+      batch_id = os.path.basename(path)[:-len('.json')]
+      with self._lock:
+        known = self._records.get(batch_id)
+      if known is not None and known.get('status') in FINAL:
+        continue
+      try:
+        with FileSystems.open(path) as f:
+          record = json.loads(f.read().decode('utf-8'))
+      except Exception:  # pylint: disable=broad-except
+        continue  # Half-written by a crashed run: as if never kept.
+      if isinstance(record, dict) and record.get('batch_id') == batch_id:
+        self._remember(record)
+
+  def _remember(self, record: dict) -> None:
+    with self._lock:
+      new = record['batch_id'] not in self._records
+      self._records[record['batch_id']] = record
+      if new:
+        for custom_id in record['custom_ids']:
+          self._by_id.setdefault(custom_id, []).append(record['batch_id'])
+
+  def records_with(self, custom_ids: Iterable[str]) -> List[dict]:
+    """Records of the batches that hold any of these custom_ids."""
+    with self._lock:
+      ids = {b for c in custom_ids for b in self._by_id.get(c, ())}
+      return [self._records[b] for b in sorted(ids)]
+
+  def rounds(self, custom_id: str) -> List[dict]:
+    """The batches this custom_id went in, in any run that kept them."""
+    with self._lock:
+      return [self._records[b] for b in self._by_id.get(custom_id, ())]
+
+  def discard(self, record: dict) -> None:
+    """Forgets a record (a pending file's, once replaced or never sent)."""
+    batch_id = record['batch_id']
+    with self._lock:
+      if self._records.pop(batch_id, None) is not None:
+        for custom_id in record['custom_ids']:
+          ids = self._by_id.get(custom_id, [])
+          if batch_id in ids:
+            ids.remove(batch_id)
+    if self._dir:
+      from apache_beam.io.filesystems import FileSystems
+      try:
+        FileSystems.delete([self._path(batch_id)])
+      except Exception:  # pylint: disable=broad-except
+        pass  # Left behind, it resolves to its batch again (harmless).
+
+  def _path(self, batch_id: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+    return FileSystems.join(self._dir, _FOLDER, self._folder, batch_id + '.json')
+
+  def save(self, record: dict) -> None:
+    """Remembers a record and keeps it in cache_dir (if set)."""
+    self._remember(record)
+    if not self._dir:
+      return
+    from apache_beam.io.filesystems import FileSystems
+    path = self._path(record['batch_id'])
+    data = json.dumps(record).encode('utf-8')
+    try:
+      if FileSystems.get_scheme(path) in (None, 'file'):
+        # Write then rename: a reader never sees half a record.
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f'{path}.{uuid.uuid4().hex}.tmp'
+        with open(tmp, 'wb') as f:
+          f.write(data)
+        os.replace(tmp, path)
+      else:  # Object stores show an object only once it is complete.
+        with FileSystems.create(path) as f:
+          f.write(data)
+    except Exception as exn:  # pylint: disable=broad-except
+      # Rows still come out; only a rerun's resume is lost. Say so once.
+      if not self._warned:
+        self._warned = True
+        _LOG.warning('GenerateText: cannot keep Batch API state in %s (%s); '
+                     'a rerun will submit these rows again', self._dir, exn)
