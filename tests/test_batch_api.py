@@ -363,13 +363,17 @@ def test_a_batch_is_found_by_its_tag_across_pages_of_the_list(llm_server):
 
 
 def test_batch_api_where_answers_feed_the_next_call_fails_at_build():
-  from beam_llm import SummarizePerKey
-  with pytest.raises(ConfigError, match=(
-      r"SummarizePerKey: option 'model_handler.config.batch_api' is not "
-      'supported here: summaries are made in rounds')):
-    SummarizePerKey(group_by='day', field='history', model_handler={
-        'type': 'OpenAICompatible', 'config': {
-            'base_url': 'http://x/v1', 'model': 'm', 'batch_api': True}})
+  import beam_llm
+  spec = {'type': 'OpenAICompatible', 'config': {
+      'base_url': 'http://x/v1', 'model': 'm', 'batch_api': True}}
+  for name, options in (
+      ('SummarizePerKey', dict(group_by='day', field='history')),
+      ('SemanticReduce', dict(field='history')),
+      ('SemanticTopK', dict(field='history', criterion='angriest', k=2))):
+    with pytest.raises(ConfigError, match=(
+        rf"{name}: option 'model_handler.config.batch_api' is not supported "
+        'here: this operator asks the model in rounds')):
+      getattr(beam_llm, name)(model_handler=spec, **options)
 
 
 def test_semantic_operators_run_through_the_batch_api(llm_server):
