@@ -44,6 +44,18 @@ class Generation:
   text: str
   input_tokens: Optional[int] = None
   output_tokens: Optional[int] = None
+  # The probability of the generated tokens (exp of their log-probability
+  # sum), where asked for (`confidence_output`) and the backend gives it.
+  confidence: Optional[float] = None
+
+
+def confidence_of(logprobs) -> Optional[float]:
+  """A sequence's probability from its tokens' log-probabilities."""
+  import math
+  values = [float(x) for x in logprobs if x is not None]
+  if not values:
+    return None
+  return math.exp(max(sum(values), -700.0))  # Not 0.0: still ordered.
 
 
 Response = Union[str, Generation, GenerationFailure]
@@ -93,6 +105,9 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
   backend = 'base'
   # Whether generation can be constrained to GenerateText's response_schema.
   supports_response_schema = False
+  # Whether answers can carry `Generation.confidence` (token probabilities),
+  # given when `generation['confidence']` is set (`confidence_output`).
+  supports_confidence = False
   # Whether `generate` gets RowPrompts (the prompt and its row's fields)
   # instead of bare prompts.
   wants_row_fields = False

@@ -11,6 +11,7 @@ from beam_llm.generation_params import GenerationParams
 from beam_llm.handlers.base import fit_prompts
 from beam_llm.handlers.base import prompt_token_counts
 from beam_llm.handlers.base import Generation
+from beam_llm.handlers.base import confidence_of
 from beam_llm.handlers.base import LocalModelHandler
 from beam_llm.handlers.json_constraint import compile_json_schema
 from beam_llm.handlers import token_batching
@@ -62,6 +63,7 @@ class HuggingFaceHandler(LocalModelHandler):
   """
   backend = 'HuggingFace'
   supports_response_schema = True
+  supports_confidence = True
 
   def __init__(
       self,
@@ -155,7 +157,8 @@ class HuggingFaceHandler(LocalModelHandler):
             getattr(model, 'generation_config', None)),
         use_chat_template=self._use_chat_template,
         generate_kwargs=self._generate_kwargs(tokenizer),
-        token_budget=_token_budget(torch, model, config, device))
+        token_budget=_token_budget(torch, model, config, device),
+        confidence=bool(self._generation.get('confidence')))
 
   def _max_new_tokens(self) -> int:
     return int(self._generation.get('max_new_tokens') or 0)
@@ -178,8 +181,10 @@ class HuggingFaceModel:
   def __init__(self, *, tokenizer, model, device, seq2seq: bool,
                max_input_tokens: Optional[int], constraint,
                use_chat_template: bool,
-               generate_kwargs: dict, token_budget: int):
+               generate_kwargs: dict, token_budget: int,
+               confidence: bool = False):
     self.tokenizer = tokenizer
+    self.confidence = confidence  # Answers carry their token probability.
     self.model = model
     self.device = device
     self.seq2seq = seq2seq
@@ -240,17 +245,34 @@ class HuggingFaceModel:
       kwargs['logits_processor'] = [processor]
       if self.overlap_masks:
         kwargs['stopping_criteria'] = [processor.prefetch]
+    if self.confidence:
+      # The scores after the logits processors: with response_schema, the
+      # probability among the tokens the schema allows.
+      kwargs.update(output_scores=True, return_dict_in_generate=True)
     with torch.inference_mode():
-      out = self.model.generate(**enc, **kwargs)
+      result = self.model.generate(**enc, **kwargs)
+      out = result.sequences if self.confidence else result
+      logprobs = None
+      if self.confidence:
+        logprobs = self.model.compute_transition_scores(
+            out, result.scores, normalize_logits=True)
     if not self.seq2seq:
       out = out[:, enc['input_ids'].shape[1]:]  # Drop the echoed prompt.
     # Per row: its prompt's tokens (padding excluded) and the tokens it
     # generated (the padding after a row that stopped early excluded).
     input_tokens = enc['attention_mask'].sum(dim=1).tolist()
-    output_tokens = (out != self.tokenizer.pad_token_id).sum(dim=1).tolist()
+    generated = out != self.tokenizer.pad_token_id
+    output_tokens = generated.sum(dim=1).tolist()
     decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-    return [Generation(text.strip(), int(n_in), int(n_out))
-            for text, n_in, n_out in zip(decoded, input_tokens, output_tokens)]
+    confidences = [None] * len(decoded)
+    if logprobs is not None:
+      steps = logprobs.shape[1]  # The scores cover the generated steps only.
+      confidences = [
+          confidence_of(row[mask[-steps:]].float().tolist())
+          for row, mask in zip(logprobs, generated)]
+    return [Generation(text.strip(), int(n_in), int(n_out), confidence)
+            for text, n_in, n_out, confidence in zip(
+                decoded, input_tokens, output_tokens, confidences)]
 
   def _as_text(self, prompt) -> str:
     if isinstance(prompt, str):

@@ -9,6 +9,7 @@ from beam_llm.remote import clients
 from beam_llm.handlers import remote_base
 from beam_llm.handlers import structured_forms
 from beam_llm.handlers.base import Generation
+from beam_llm.handlers.base import confidence_of
 from beam_llm.handlers.base import as_messages
 
 _OWNER = 'GenerateText'
@@ -53,6 +54,7 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
   """
   backend = 'OpenAICompatible'
   supports_response_schema = True
+  supports_confidence = True  # From the answer's `logprobs`.
 
   def __init__(
       self,
@@ -118,6 +120,8 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     if g.get('response_schema'):
       # Its form is chosen per endpoint when sent (structured_forms).
       request['response_schema'] = g['response_schema']
+    if g.get('confidence'):  # Token log-probabilities: the answer's confidence.
+      request['logprobs'] = True
     extra = dict(sampling)  # top_k: not an OpenAI field; vLLM etc. take it.
     extra.update(g.get('generation_config') or {})
     if extra:
@@ -208,10 +212,23 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
         raise remote.BadResponse('the answer has no text')
     usage = answer.get('usage') or {}
     return Generation(
-        text.strip(), usage.get('prompt_tokens'), usage.get('completion_tokens'))
+        text.strip(), usage.get('prompt_tokens'), usage.get('completion_tokens'),
+        _confidence(choice.get('logprobs')))
 
   def classify(self, exn: BaseException) -> Optional[remote.Failure]:
     return remote.openai_failure(exn, self.policy.timeout_secs)
+
+
+def _confidence(logprobs) -> Optional[float]:
+  """From `choices[0].logprobs`: chat (`content: [{logprob}]`) or
+  completions (`token_logprobs: [...]`); None when the server sent none."""
+  if not isinstance(logprobs, dict):
+    return None
+  content = logprobs.get('content')
+  if isinstance(content, list):
+    return confidence_of(c.get('logprob') for c in content if isinstance(c, dict))
+  tokens = logprobs.get('token_logprobs')
+  return confidence_of(tokens) if isinstance(tokens, list) else None
 
 
 def _httpx_response():

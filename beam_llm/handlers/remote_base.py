@@ -337,7 +337,10 @@ def _generation_from(kept) -> Optional[Generation]:
   if not all(c is None or (isinstance(c, int) and not isinstance(c, bool))
              for c in counts):
     return None
-  return Generation(kept['text'], *counts)
+  confidence = kept.get('confidence')
+  if not (confidence is None or isinstance(confidence, float)):
+    return None
+  return Generation(kept['text'], *counts, confidence)
 
 
 def _response(outcome: remote.Outcome):

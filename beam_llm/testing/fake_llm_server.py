@@ -36,7 +36,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 
 @dataclasses.dataclass
@@ -89,7 +89,8 @@ class FakeLLMServer:
       faults: Optional[Faults] = None,
       latency_secs: float = 0.0,
       slots: Optional[int] = None,
-      reply: Callable[[str], str] = default_reply,
+      # prompt -> answer text, or (answer text, the model's confidence).
+      reply: Callable[[str], Any] = default_reply,
       endpoints=('1234',),
       private_endpoints=('5678',),
       undeployed_endpoints=('4321',),
@@ -419,8 +420,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       entry.status = 404
       return self._error(404, 'NOT_FOUND', f'no route {path}')
     text = fake.reply(entry.prompt)
+    # A reply may say how sure the model is: (text, probability), sent as
+    # `logprobs` when the request asks for them.
+    text, confidence = text if isinstance(text, tuple) else (text, 1.0)
     entry.status = 200
-    self._json(200, route(body, entry.prompt, text))
+    answer = route(body, entry.prompt, text)
+    if body.get('logprobs') and route in (_chat_completion, _completion):
+      answer['choices'][0]['logprobs'] = _logprobs(text, confidence,
+                                                   route is _chat_completion)
+    self._json(200, answer)
 
   def _route(self, path: str):
     if path.endswith('/chat/completions'):
@@ -513,6 +521,18 @@ STRUCTURED = {
 
 def _tokens(text: str) -> int:
   return len(text.split())
+
+
+def _logprobs(text: str, confidence: float, chat: bool) -> dict:
+  """One entry per word, their log-probabilities summing to
+  log(confidence): chat's `content` form, or completions' lists."""
+  import math
+  words = text.split() or ['']
+  each = math.log(max(confidence, 1e-300)) / len(words)
+  if chat:
+    return {'content': [{'token': w, 'logprob': each, 'top_logprobs': []}
+                        for w in words]}
+  return {'tokens': words, 'token_logprobs': [each] * len(words)}
 
 
 def _chat_completion(body, prompt, text):

@@ -68,6 +68,12 @@ class GenerateText(beam.PTransform):
     large_model: Load one model per machine, shared by all worker processes,
       instead of one per process.
     model_copies: Exact number of model copies per machine (implies sharing).
+    confidence_output: Name of a field that receives the model's confidence
+      in its answer: the probability of the generated tokens (with
+      `response_schema`, among the tokens the schema allows), from 0 to 1.
+      HuggingFace computes it; OpenAICompatible (and VLLM) ask the server
+      for `logprobs`; other backends refuse it at build time. Defaults to
+      none.
     usage_fields: Add the row's token counts as fields `input_tokens` and
       `output_tokens`: those the service reports (remote backends), or the
       prompt's and the answer's tokens (models on the worker); null when a
@@ -108,7 +114,8 @@ class GenerateText(beam.PTransform):
       model_copies: Optional[int] = None,
       usage_fields: bool = False,
       lineage: bool = False,
-      error_handling: Optional[Mapping[str, Any]] = None):
+      error_handling: Optional[Mapping[str, Any]] = None,
+      confidence_output: Optional[str] = None):
     super().__init__()
     options = {
         k: v
@@ -128,7 +135,8 @@ class GenerateText(beam.PTransform):
         top_k=top_k,
         do_sample=do_sample,
         generation_config=dict(generation_config or {}),
-        response_schema=None)
+        response_schema=None,
+        confidence=confidence_output is not None)
     if response_schema is not None or response_schema_file is not None:
       generation['response_schema'] = _config.load_json_schema(
           _OWNER, response_schema, response_schema_file, key='response_schema')
@@ -140,6 +148,12 @@ class GenerateText(beam.PTransform):
     }
     self._handler = handlers.create_handler(
         _OWNER, model_handler, generation, batching)
+    if confidence_output is not None and not self._handler.supports_confidence:
+      _config.fail(_OWNER, 'confidence_output',
+                   f'is not supported by the {self._handler.backend} backend '
+                   '(it gives no token probabilities); use HuggingFace, '
+                   'OpenAICompatible or VLLM')
+    self._confidence_output = confidence_output
     self._prompt = prompt
     self._output = output
     self._max_new_tokens = max_new_tokens
@@ -197,6 +211,8 @@ class GenerateText(beam.PTransform):
       results = keyed | 'RunInference' >> RunInference(
           KeyedModelHandler(self._handler))
     added = [(self._output, str)]
+    if self._confidence_output:
+      added.append((self._confidence_output, Optional[float]))
     if self._usage_fields:
       added += [('input_tokens', Optional[int]), ('output_tokens', Optional[int])]
     lineage = None
@@ -207,7 +223,8 @@ class GenerateText(beam.PTransform):
     return _rows.split_outputs(
         results,
         'Collect',
-        _CollectDoFn(self._output, self._usage_fields, lineage),
+        _CollectDoFn(self._output, self._usage_fields, lineage,
+                     self._confidence_output),
         _rows.row_type_with(fields, added),
         self._error_output,
         element_type=pcoll.element_type)
@@ -216,8 +233,10 @@ class GenerateText(beam.PTransform):
 class _CollectDoFn(beam.DoFn):
   """(row, PredictionResult) -> the row with its response, or an error row."""
   def __init__(self, output: str, usage_fields: bool,
-               lineage: Optional[dict] = None):
+               lineage: Optional[dict] = None,
+               confidence_output: Optional[str] = None):
     self._output = output
+    self._confidence_output = confidence_output
     self._lineage = lineage
     self._usage_fields = usage_fields
 
@@ -231,6 +250,8 @@ class _CollectDoFn(beam.DoFn):
               response.error_type))
     else:
       added = {}
+      if self._confidence_output:
+        added[self._confidence_output] = getattr(response, 'confidence', None)
       if isinstance(response, Generation):
         if self._usage_fields:
           added = {'input_tokens': response.input_tokens,

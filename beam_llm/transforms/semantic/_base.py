@@ -18,6 +18,7 @@ from beam_llm import _config
 from beam_llm import _rows
 from beam_llm import lineage as lineage_policy
 from beam_llm.transforms.semantic import _answers
+from beam_llm.transforms.semantic import _cascade
 from beam_llm.transforms.semantic import _options
 
 # Fields the operator adds to rows on their way through the building blocks.
@@ -138,6 +139,17 @@ class SemanticOperator(beam.PTransform):
         output=PROMPT, lineage=self._lineage,
         error_handling={'output': _rows.INNER_ERRORS})
     self._generate = _options.generate_text(owner, options, PROMPT, ANSWER, schema)
+    self._cascade = None
+    cascade = _cascade.CascadeOptions.of(owner, options.get('cascade'))
+    if cascade is not None:
+      small = _options.generate_text(
+          owner, {**options, 'model_handler': cascade.model_handler}, PROMPT,
+          ANSWER, schema, confidence_output=_cascade.CONFIDENCE)
+      self._cascade = _cascade.Cascade(
+          owner, cascade, small, self._generate,
+          _cascade.Decisions(schema, decider, _answers.REASON
+                             if shared.reason_output else None),
+          PROMPT, ANSWER)
     self._parse = ParseJSON(
         field=ANSWER, schema=schema, lineage=self._lineage,
         error_handling={'output': _rows.INNER_ERRORS})
@@ -174,7 +186,8 @@ class SemanticOperator(beam.PTransform):
     rendered = pcoll | 'Prompt' >> self._render
     prompt_type = _rows.input_fields(rendered['good'])
     prompt_type = dict(prompt_type)[PROMPT] if prompt_type else Any
-    generated = rendered['good'] | 'Generate' >> self._generate
+    generated = rendered['good'] | 'Generate' >> (
+        self._cascade or self._generate)
     input_names = [n for n, _ in fields] if fields is not None else None
     wrap_type = Any
     carried = [(lineage_policy.FIELD, lineage_policy.LINEAGE)] if self._lineage else []

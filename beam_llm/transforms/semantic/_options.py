@@ -53,7 +53,7 @@ def shared(owner: str, options: Mapping[str, Any]) -> Shared:
 
 # GenerateText options the operators set themselves.
 NOT_INHERITED = ('prompt', 'output', 'response_schema', 'response_schema_file',
-                 'error_handling', 'usage_fields')
+                 'error_handling', 'usage_fields', 'confidence_output')
 
 
 def _generate_text():
@@ -138,10 +138,12 @@ def generate_text(
     options: Mapping[str, Any],
     prompt: str,
     output: str,
-    response_schema: Optional[dict]):
+    response_schema: Optional[dict],
+    confidence_output: Optional[str] = None):
   """A GenerateText for an operator: the user's generation options, our
   prompt/answer fields, errors to an `errors` output, and the response
-  schema where the backend can constrain or structure its output to one."""
+  schema where the backend can constrain or structure its output to one
+  (and the answer's confidence in `confidence_output`: cascades)."""
   generate_options = {n: options[n] for n in inherited_names() if n in options}
   spec = generate_options.get('model_handler')
   if response_schema is not None and isinstance(spec, Mapping):
@@ -160,6 +162,7 @@ def generate_text(
         prompt=prompt,
         output=output,
         response_schema=response_schema,
+        confidence_output=confidence_output,
         error_handling={'output': _rows.INNER_ERRORS})
 
 

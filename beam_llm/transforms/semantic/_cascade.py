@@ -1,0 +1,215 @@
+"""Cascades: a small model answers first, the main model only where the
+small one is not sure enough (Classify's and SemanticFilter's `cascade`).
+
+1. The small model answers every row, with its confidence (the probability
+   of its answer's tokens: GenerateText's `confidence_output`).
+2. A sample of rows, chosen by a hash of the prompt and `seed` (the same
+   rows every run), also goes to the main model. On it, the threshold is
+   learnt: the lowest confidence at which the small model's decisions agree
+   with the main model's on at least `target_agreement` of the sample rows
+   at or above it (LOTUS's and Snowflake's proxy-to-oracle cascades).
+3. Every other row keeps the small model's answer if its confidence is at
+   or above the threshold, and goes to the main model otherwise. A row the
+   small model could not answer goes to the main model.
+
+The sample rows' answers are the main model's. The counts (rows answered by
+each model, the sample, its agreement) are metrics of the operator, which
+the run summary shows. Batch (bounded) input only: the threshold needs the
+whole sample first.
+"""
+import dataclasses
+import hashlib
+import json
+from typing import Any, List, Mapping, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from beam_llm import _config
+from beam_llm import _rows
+
+CONFIDENCE = '__beam_llm_confidence'
+SMALL_ANSWER = '__beam_llm_small_answer'
+_NEVER = float('inf')  # No threshold meets the target: the main model answers all.
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeOptions:
+  model_handler: Mapping[str, Any]
+  target_agreement: float = 0.95
+  sample: int = 200
+  seed: int = 0
+
+  @classmethod
+  def of(cls, owner: str, value: Any) -> Optional['CascadeOptions']:
+    if value is None:
+      return None
+    if not isinstance(value, Mapping):
+      _config.fail(owner, 'cascade', 'must be a mapping like {model_handler: '
+                   '{type: ..., config: ...}, target_agreement: 0.95, sample: 200}')
+    _config.check_call_options(owner, cls, value, prefix='cascade.')
+    options = cls(**value)
+    if not 0 < options.target_agreement <= 1:
+      _config.fail(owner, 'cascade.target_agreement', 'must be in (0, 1]')
+    if options.sample < 1:
+      _config.fail(owner, 'cascade.sample', 'must be at least 1')
+    return options
+
+
+def learn_threshold(sample: List[Tuple[float, bool]], target: float) -> float:
+  """The lowest confidence c such that, of the sample rows with confidence
+  >= c, at least `target` agree; +inf if none does."""
+  best = _NEVER
+  agree = total = 0
+  ordered = sorted(sample, key=lambda s: -s[0])
+  for i, (confidence, agreed) in enumerate(ordered):
+    agree += agreed
+    total += 1
+    last_of_its_value = i + 1 == len(ordered) or ordered[i + 1][0] != confidence
+    if last_of_its_value and agree >= target * total:
+      best = confidence
+  return best
+
+
+def sample_key(seed: int, prompt: Any) -> str:
+  text = json.dumps([seed, prompt], sort_keys=True, default=str)
+  return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+class Cascade(beam.PTransform):
+  """Rendered rows -> GenerateText's {good, errors} outputs, answered by the
+  small model where it is sure enough and by `main` elsewhere."""
+  def __init__(self, owner: str, options: CascadeOptions, small, main,
+               decided, prompt: str, answer: str):
+    """`small`/`main`: GenerateTexts from `prompt` to `answer` (small with
+    confidence_output); `decided(answer text) -> the decision, or None`
+    compares answers."""
+    super().__init__()
+    self._prompt = prompt
+    self._answer = answer
+    self._owner = owner
+    self._options = options
+    self._small = small
+    self._main = main
+    self._decided = decided
+
+  def expand(self, rows):
+    if not rows.is_bounded:
+      _config.fail(self._owner, 'cascade', 'needs bounded (batch) input: the '
+                   'threshold is learnt from a sample of the whole input')
+    o = self._options
+    ns = f'beam_llm.{self._owner}'
+    small = rows | 'Small' >> self._small
+    # A row the small model could not answer goes to the main model.
+    unanswered = small[_rows.INNER_ERRORS] | 'SmallFailed' >> beam.Map(
+        lambda e: e.element)
+    answered = small['good']
+    prompt, answer = self._prompt, self._answer
+    keys = answered | 'SampleKeys' >> beam.Map(
+        lambda r, seed=o.seed: sample_key(seed, _rows.as_dict(r)[prompt]))
+    cutoff = keys | 'SampleCutoff' >> beam.combiners.Top.Smallest(o.sample)
+    cutoff = cutoff | 'Last' >> beam.Map(lambda ks: ks[-1] if ks else '')
+    in_sample = lambda r, last, seed=o.seed: sample_key(
+        seed, _rows.as_dict(r)[prompt]) <= last
+    parts = answered | 'SplitSample' >> beam.Partition(
+        lambda r, n, last: 0 if in_sample(r, last) else 1,
+        2, last=beam.pvalue.AsSingleton(cutoff))
+    sample, rest = parts[0], parts[1]
+    sample_main = (sample | 'KeepSmallAnswer' >> beam.Map(
+        _keep_small_answer, answer) | 'MainOnSample' >> self._main)
+    agreement = sample_main['good'] | 'Agreement' >> beam.Map(
+        _agreement, self._decided, answer)
+    threshold = agreement | 'Threshold' >> beam.CombineGlobally(
+        _ThresholdFn(o.target_agreement, ns))
+    route = rest | 'Route' >> beam.Partition(
+        lambda r, n, t: 0 if _as_float(getattr(r, CONFIDENCE, None)) >= t else 1,
+        2, t=beam.pvalue.AsSingleton(threshold))
+    kept_small, to_main = route[0], route[1]
+    rest_main = ((to_main | 'Unrouted' >> beam.Map(_plain, answer),
+                  unanswered | 'UnansweredPlain' >> beam.Map(_plain))
+                 | 'ToMain' >> beam.Flatten() | 'MainOnRest' >> self._main)
+    _ = kept_small | 'CountSmall' >> beam.Map(
+        lambda r: Metrics.counter(ns, 'cascade_small_rows').inc())
+    good = (kept_small | 'SmallPlain' >> beam.Map(_plain),
+            sample_main['good'] | 'SamplePlain' >> beam.Map(_plain),
+            rest_main['good'] | 'MainPlain' >> beam.Map(_plain)
+            ) | 'Answers' >> beam.Flatten()
+    for label, pcoll in (('CountMainSample', sample_main['good']),
+                         ('CountMainRest', rest_main['good'])):
+      _ = pcoll | label >> beam.Map(
+          lambda r: Metrics.counter(ns, 'cascade_main_rows').inc())
+    errors = (sample_main[_rows.INNER_ERRORS], rest_main[_rows.INNER_ERRORS]
+              ) | 'Errors' >> beam.Flatten()
+    return {'good': good, _rows.INNER_ERRORS: errors}
+
+
+def _as_float(value) -> float:
+  return -1.0 if value is None else float(value)
+
+
+def _keep_small_answer(row, answer: str):
+  values = _rows.as_dict(row)
+  values[SMALL_ANSWER] = values.pop(answer)
+  return beam.Row(**values)
+
+
+def _plain(row, drop_answer: Optional[str] = None):
+  """The row as GenerateText's output has it: the cascade's fields gone
+  (and the small model's answer, for a row going to the main model)."""
+  values = {k: v for k, v in _rows.as_dict(row).items()
+            if k not in (CONFIDENCE, SMALL_ANSWER, drop_answer)}
+  return beam.Row(**values)
+
+
+def _agreement(row, decided, answer: str) -> Tuple[float, bool]:
+  values = _rows.as_dict(row)
+  small = decided(values[SMALL_ANSWER])
+  return (_as_float(values.get(CONFIDENCE)),
+          small is not None and small == decided(values[answer]))
+
+
+class Decisions:
+  """An answer text -> the operator's decision (comparable), or None when
+  it is not one: what the two models must agree on (not the reason)."""
+  def __init__(self, schema: dict, decider, reason: Optional[str]):
+    self._schema = schema
+    self._decider = decider
+    self._reason = reason
+    self._validator = None
+
+  def __call__(self, text: str) -> Optional[str]:
+    from beam_llm import json_extract
+    from beam_llm.json_validation import SchemaValidator
+    if self._validator is None:
+      self._validator = SchemaValidator(self._schema)
+    try:
+      parsed, _ = json_extract.parse(text, self._validator.problem)
+    except json_extract.ParseFailure:
+      parsed = self._decider.rescue(text)
+    if not isinstance(parsed, dict):
+      return None
+    parsed = {k: v for k, v in parsed.items() if k != self._reason}
+    return json.dumps(self._decider.decide(parsed), sort_keys=True, default=str)
+
+
+class _ThresholdFn(beam.CombineFn):
+  def __init__(self, target: float, namespace: str):
+    self._target = target
+    self._namespace = namespace
+
+  def create_accumulator(self):
+    return []
+
+  def add_input(self, acc, pair):
+    acc.append(pair)
+    return acc
+
+  def merge_accumulators(self, accs):
+    return [p for acc in accs for p in acc]
+
+  def extract_output(self, acc):
+    threshold = learn_threshold(acc, self._target)
+    ns = self._namespace
+    Metrics.counter(ns, 'cascade_sample_rows').inc(len(acc))
+    Metrics.counter(ns, 'cascade_sample_agreed').inc(sum(a for _, a in acc))
+    return threshold
