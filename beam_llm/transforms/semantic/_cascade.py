@@ -28,8 +28,8 @@ from apache_beam.metrics import Metrics
 from beam_llm import _config
 from beam_llm import _rows
 
-CONFIDENCE = '__beam_llm_confidence'
-SMALL_ANSWER = '__beam_llm_small_answer'
+CONFIDENCE = 'beam_llm_confidence'
+SMALL_ANSWER = 'beam_llm_small_answer'
 _NEVER = float('inf')  # No threshold meets the target: the main model answers all.
 
 
@@ -72,8 +72,21 @@ def learn_threshold(sample: List[Tuple[float, bool]], target: float) -> float:
 
 
 def sample_key(seed: int, prompt: Any) -> str:
-  text = json.dumps([seed, prompt], sort_keys=True, default=str)
+  """A row's place in the sample order: a hash of its prompt (text, or
+  chat messages as plain values: a schema'd row's class name changes from
+  one step to the next) and the seed."""
+  text = json.dumps([seed, _plain_value(prompt)], sort_keys=True, default=str)
   return hashlib.sha256(text.encode('utf-8')).hexdigest()
+
+
+def _plain_value(value):
+  if hasattr(value, '_asdict'):
+    value = value._asdict()
+  if isinstance(value, Mapping):
+    return {k: _plain_value(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain_value(v) for v in value]
+  return value
 
 
 class Cascade(beam.PTransform):
