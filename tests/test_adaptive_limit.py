@@ -69,3 +69,26 @@ def test_failures_say_what_they_mean_for_load():
   assert remote.classify_status(500, 'oops').signal == rl.FAULT
   assert remote.Failure(remote.TIMEOUT, 't', True).signal == rl.TIMEOUT
   assert remote.Failure(remote.CONNECTION_ERROR, 'reset', True).signal == rl.FAULT
+
+
+def test_a_limit_that_starts_above_a_small_servers_slots_comes_down(monkeypatch):
+  """An 8-slot server with 25 ms answers, the limit starting at 32: every
+  answer is queued from the first one, so only the base-latency probe (a
+  round trip at a quarter of the limit, every 10 s) shows what an unqueued
+  answer takes. Within a minute the limit is near the slots."""
+  clock = [1000.0]
+  monkeypatch.setattr(rl.time, 'monotonic', lambda: clock[0])
+  limit = rl.AdaptiveLimit(cap=256)
+  means = []
+  while clock[0] < 1060:
+    size = int(limit.limit)
+    for _ in range(size):
+      assert limit.try_acquire()
+    latency = 0.025 * max(1.0, size / 8)  # Queued past the 8 slots.
+    clock[0] += latency
+    for _ in range(size):
+      limit.release(latency, rl.OK)
+    means.append(size)
+  assert limit.limit <= 16, limit.limit
+  late = means[len(means) // 2:]
+  assert sum(late) / len(late) <= 16

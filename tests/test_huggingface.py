@@ -151,8 +151,9 @@ def test_generate_text_transform_end_to_end(tiny_causal_lm):
           error_handling={'output': 'failed'}),
       rows)
   good = {r.chat_id: (r.response, r.input_tokens, r.output_tokens) for r in out['good']}
-  assert good == {i: tuple(vars(_reference_generation(tiny_causal_lm, p)).values())
-                  for i, p in enumerate(PROMPTS)}
+  reference = {i: _reference_generation(tiny_causal_lm, p) for i, p in enumerate(PROMPTS)}
+  assert good == {i: (g.text, g.input_tokens, g.output_tokens)
+                  for i, g in reference.items()}
   [failed] = out['failed']
   assert failed.element.chat_id == 99
   assert failed.error_type == 'prompt_too_long'

@@ -29,7 +29,8 @@ REMOTE = {'pipelines/chat_sentiment_remote.yaml'}
 STREAMING = {'pipelines/chat_sentiment_streaming.yaml'}
 # Pipelines whose outputs are not one row per chat (top k, cases, an
 # overview) run in tests/test_semantic_pipelines.py.
-SEMANTIC = {'pipelines/top_complaints.yaml', 'pipelines/chat_cases.yaml'}
+SEMANTIC = {'pipelines/top_complaints.yaml', 'pipelines/chat_cases.yaml',
+            'pipelines/faq_links.yaml'}
 
 
 def test_every_pipeline_is_covered():

@@ -41,6 +41,12 @@ _OVERLOAD_CUT = 0.8  # Limit multiplier on an overloaded round trip.
 _ALPHA = (3.0, 0.075)  # At least 3 requests, or 7.5 % of the limit.
 _BETA = (6.0, 0.15)
 _BASE_WINDOW_SECS = 30.0  # The base latency is the best of about a minute.
+# Every so often the limit drops to a quarter for a round trip, to measure
+# the latency of a short queue (BBR's ProbeRTT): a limit that started above
+# the server's slots has never seen one, and would take a queued latency
+# for the base and keep the queue.
+_PROBE_EVERY_SECS = 10.0
+_PROBE_SHARE = 0.25
 
 
 class AdaptiveLimit:
@@ -53,6 +59,10 @@ class AdaptiveLimit:
     limit x (1 - best / now). The limit grows while that queue is short
     (doubling per round trip until the first sign of a queue, then by
     about sqrt(limit)) and shrinks when it is long;
+  - every 10 s the limit drops to a quarter for one round trip, whose
+    median latency is a base sample at a short queue (BBR's ProbeRTT): a
+    limit that started above a small server's slots would otherwise never
+    see its unqueued latency;
   - overload cuts the limit by a fifth, at most once per round trip: a 429
     or a Retry-After at once (a service that refuses answers fast, and a
     freed slot would go straight into the next refusal), 503s from a tenth
@@ -74,6 +84,12 @@ class AdaptiveLimit:
     # The limit at which the service last turned requests away: near it,
     # grow slowly (probe), so as not to send a 429 every few round trips.
     self._ceiling = None
+    # Base-latency probes (see the class): None, 'drain' (answers of
+    # requests sent before the probe still coming in) or 'measure'.
+    self._probe = None
+    self._probe_drain = 0
+    self._probe_saved = 0.0
+    self._next_probe = None
 
   async def acquire(self) -> None:
     """Waits (on the event loop) for a slot, then takes it."""
@@ -117,9 +133,22 @@ class AdaptiveLimit:
     """Gives a slot back with what its answer said (OK, OVERLOAD, ...)."""
     self.in_flight -= 1
     before = int(self.limit)
+    now = time.monotonic()
+    if self._probe == 'drain':  # Answers of requests sent before the probe.
+      self._probe_drain -= 1
+      if self._probe_drain <= 0:  # Only those sent at the probe's limit now.
+        self._probe = 'measure'
+        self._window = _Window()
+    else:
+      self._learn(latency, signal, now)
+    self.limit = min(float(self.cap), max(1.0, self.limit))
+    free = int(self.limit) - self.in_flight
+    if free > 0:
+      self._wake(free if int(self.limit) > before else 1)
+
+  def _learn(self, latency: float, signal: str, now: float) -> None:
     w = self._window
     w.add(latency, signal)
-    now = time.monotonic()
     if signal == OVERLOAD:
       # At once, not at the end of the round trip: a service that turns
       # requests away answers fast, and each freed slot would be sent
@@ -130,10 +159,15 @@ class AdaptiveLimit:
     elif w.answers >= max(int(self.limit), 4):
       self._judge(w, now)
       self._window = _Window()
-    self.limit = min(float(self.cap), max(1.0, self.limit))
-    free = int(self.limit) - self.in_flight
-    if free > 0:
-      self._wake(free if int(self.limit) > before else 1)
+
+  def _end_probe(self, w: '_Window', now: float) -> None:
+    """The probe's round trip: its median is a base sample; the limit is
+    back to where it was (Vegas then judges it against the new base)."""
+    if len(w.latencies) >= 2:
+      self._bases.append((now, statistics.median(w.latencies)))
+    self.limit = self._probe_saved
+    self._probe = None
+    self._next_probe = now + _PROBE_EVERY_SECS
 
   def _round_trip(self) -> float:
     return self._bases[-1][1] if self._bases else 0.0
@@ -146,6 +180,16 @@ class AdaptiveLimit:
 
   def _judge(self, w: '_Window', now: float) -> None:
     """One round trip's verdict on the limit."""
+    if self._probe == 'measure':
+      self._end_probe(w, now)
+      return
+    if self._next_probe is None:
+      self._next_probe = now + _PROBE_EVERY_SECS
+    elif now >= self._next_probe and not self._slow_start and self.limit > 4:
+      self._probe_saved = self.limit
+      self.limit = max(2.0, self.limit * _PROBE_SHARE)
+      self._probe, self._probe_drain = 'drain', self.in_flight
+      return
     if (w.signals[BUSY] >= _BUSY_SHARE * w.answers or
         w.signals[TIMEOUT] >= _TIMEOUT_SHARE * w.answers):
       if now - self._last_cut >= self._round_trip():
