@@ -14,10 +14,10 @@ def _round_trips(limit, n, answer):
   `answer(i) -> (latency, signal)`."""
   for _ in range(n):
     size = int(limit.limit)
-    for _ in range(size):
-      assert limit.try_acquire()
-    for i in range(size):
-      limit.release(*answer(i))
+    tokens = [limit.try_acquire() for _ in range(size)]
+    assert None not in tokens
+    for i, token in enumerate(tokens):
+      limit.release(*answer(i), token=token)
 
 
 def test_faults_and_stalls_do_not_shrink_the_limit():
@@ -82,13 +82,39 @@ def test_a_limit_that_starts_above_a_small_servers_slots_comes_down(monkeypatch)
   means = []
   while clock[0] < 1060:
     size = int(limit.limit)
-    for _ in range(size):
-      assert limit.try_acquire()
+    tokens = [limit.try_acquire() for _ in range(size)]
+    assert None not in tokens
     latency = 0.025 * max(1.0, size / 8)  # Queued past the 8 slots.
     clock[0] += latency
-    for _ in range(size):
-      limit.release(latency, rl.OK)
+    for token in tokens:
+      limit.release(latency, rl.OK, token)
     means.append(size)
   assert limit.limit <= 16, limit.limit
   late = means[len(means) // 2:]
   assert sum(late) / len(late) <= 16
+
+
+def test_stalled_requests_give_their_slots_to_live_ones(monkeypatch):
+  """A request outstanding for 4x the base latency (at least 1 s) no longer
+  holds a slot: a server that stalls some requests does not starve the
+  others. Its answer, when it comes, is still counted once."""
+  clock = [1000.0]
+  monkeypatch.setattr(rl.time, 'monotonic', lambda: clock[0])
+  limit = rl.AdaptiveLimit(cap=256, initial=4)
+  for _ in range(3):  # A base latency of 0.1 s.
+    tokens = [limit.try_acquire() for _ in range(4)]
+    clock[0] += 0.1
+    for token in tokens:
+      limit.release(0.1, rl.OK, token)
+  size = int(limit.limit)
+  stalled = [limit.try_acquire() for _ in range(size)]
+  assert limit.try_acquire() is None  # Every slot held.
+  clock[0] += 1.5  # Past 1 s: stalled. One answer frees their slots.
+  live = limit.try_acquire()
+  assert live is None  # Marked when an answer comes back:
+  limit.release(1.5, rl.FAULT, stalled.pop())
+  assert limit.in_flight == size - 1
+  assert limit.try_acquire() is not None  # now they hold none.
+  for token in stalled:
+    limit.release(1.5, rl.FAULT, token)
+  assert limit.in_flight == 1

@@ -35,7 +35,7 @@ _ABOUT_FORM = re.compile(r'response_format|json_schema|json_object|schema|'
 
 def is_schema_refusal(failure) -> bool:
   """Whether a failed request was refused for the form of its output."""
-  return (failure is not None and failure.refused
+  return (failure is not None and failure.invalid_request
           and failure.status not in (401, 403, 404, 405)
           and bool(_ABOUT_FORM.search(failure.msg)))
 

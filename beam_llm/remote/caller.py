@@ -150,11 +150,11 @@ class RemoteCaller:
         # Keep the service's last word if there was one: it says more.
         out.failure = out.failure or stop
         break
-      await self.limit.acquire()
+      token = await self.limit.acquire()
       if self._held(time.monotonic())[0] > 0:
         # A Retry-After came in, or the budgets ran out, while this request
         # waited for a slot.
-        self.limit.cancel()
+        self.limit.cancel(token)
         continue
       timeout = max(0.001, min(p.timeout_secs, deadline - time.monotonic()))
       started = time.monotonic()
@@ -166,12 +166,13 @@ class RemoteCaller:
       except Exception as exn:  # pylint: disable=broad-except
         failure = classify(exn)
         if failure is None:  # Not the service's doing: a bug. Raise it.
-          self.limit.release(time.monotonic() - started, limits.FAULT)
+          self.limit.release(time.monotonic() - started, limits.FAULT, token)
           raise
       latency = time.monotonic() - started
       out.failure = failure
       out.latencies.append(latency)
-      self.limit.release(latency, limits.OK if failure is None else failure.signal)
+      self.limit.release(
+          latency, limits.OK if failure is None else failure.signal, token)
       self._throttler.record(accepted=failure is None or not failure.overloaded)
       if failure is None:
         self._last_answer = time.monotonic()

@@ -7,7 +7,7 @@ through the functions here, into a `Failure`:
   connection, a timeout, a body cut off) is `retryable`: the policy
   (`caller.RemoteCaller`) retries it with backoff and, once the budget is
   spent, the caller raises `ServiceOutage` and the bundle fails;
-- a request the service refuses as invalid (`refused`: a 4xx, or a
+- a request the service refuses as invalid (`invalid_request`: a 4xx, or a
   validation message whatever the status) is the row's own problem: an
   error row, never retried;
 - anything else is None: a bug in our code (or an answer we did not
@@ -50,10 +50,11 @@ class Failure:
   retryable: bool = False
   retry_after: Optional[float] = None  # Seconds the service asked us to wait.
   status: Optional[int] = None
-  # The service refused the request as invalid: the same request would be
-  # refused again (a backend may try another form of it, e.g. structured
+  # The service rejected the request as invalid (not the model refusing
+  # to answer: that is a `bad_response`): the same request would be
+  # rejected again (a backend may try another form of it, e.g. structured
   # output, and remember).
-  refused: bool = False
+  invalid_request: bool = False
 
   @property
   def overloaded(self) -> bool:
@@ -112,7 +113,7 @@ def classify_status(
     return Failure(TIMEOUT, msg, True, retry_after, status)
   if status >= 500 and not is_refusal(msg):
     return Failure(SERVER_ERROR, msg, True, retry_after, status)
-  return Failure(CLIENT_ERROR, msg, False, None, status, refused=True)
+  return Failure(CLIENT_ERROR, msg, False, None, status, invalid_request=True)
 
 
 def parse_retry_after(value: Any, now: Optional[float] = None) -> Optional[float]:

@@ -45,8 +45,16 @@ _BASE_WINDOW_SECS = 30.0  # The base latency is the best of about a minute.
 # the latency of a short queue (BBR's ProbeRTT): a limit that started above
 # the server's slots has never seen one, and would take a queued latency
 # for the base and keep the queue.
-_PROBE_EVERY_SECS = 10.0
+_PROBE_EVERY_SECS = 10.0  # At least; and at least 50 round trips (~2 % of
+_PROBE_ROUND_TRIPS = 50   # the time at a quarter of the limit).
 _PROBE_SHARE = 0.25
+# A request outstanding this many times the base latency (and at least
+# _STALL_MIN_SECS) is stalled: it no longer holds a slot of the limit (as
+# TCP stops counting a lost packet in flight). A server that stalls some
+# requests (or drops them after a while) would otherwise starve the live
+# ones of slots once the limit is near its true size.
+_STALL_FACTOR = 4.0
+_STALL_MIN_SECS = 1.0
 
 
 class AdaptiveLimit:
@@ -59,7 +67,9 @@ class AdaptiveLimit:
     limit x (1 - best / now). The limit grows while that queue is short
     (doubling per round trip until the first sign of a queue, then by
     about sqrt(limit)) and shrinks when it is long;
-  - every 10 s the limit drops to a quarter for one round trip, whose
+  - every 10 s (or 50 round trips if longer), and at once if a queue
+    showed in the first round trips, the limit drops to a quarter for one
+    round trip, whose
     median latency is a base sample at a short queue (BBR's ProbeRTT): a
     limit that started above a small server's slots would otherwise never
     see its unqueued latency;
@@ -77,6 +87,11 @@ class AdaptiveLimit:
     self.in_flight = 0
     self.max_in_flight = 0
     self._waiters = collections.deque()  # Futures of coroutines waiting.
+    # Requests in flight by token, in the order sent: (sent at, epoch) of
+    # the live ones; the epoch of the stalled ones (see _STALL_FACTOR).
+    self._tokens = 0
+    self._live = collections.OrderedDict()
+    self._stalled = {}
     self._slow_start = True
     self._bases = collections.deque()  # (time, a round trip's latency)
     self._window = _Window()
@@ -84,16 +99,17 @@ class AdaptiveLimit:
     # The limit at which the service last turned requests away: near it,
     # grow slowly (probe), so as not to send a 429 every few round trips.
     self._ceiling = None
-    # Base-latency probes (see the class): None, 'drain' (answers of
-    # requests sent before the probe still coming in) or 'measure'.
+    # Base-latency probes (see the class): the number of the current one
+    # (requests carry the number they were sent under), None between them.
+    self.epoch = 0
     self._probe = None
-    self._probe_drain = 0
     self._probe_saved = 0.0
     self._next_probe = None
 
-  async def acquire(self) -> None:
-    """Waits (on the event loop) for a slot, then takes it."""
-    while self.in_flight >= int(self.limit):
+  async def acquire(self) -> int:
+    """Waits (on the event loop) for a slot, then takes it; returns the
+    request's token for `release`."""
+    while self._holding() >= int(self.limit):
       waiter = asyncio.get_running_loop().create_future()
       self._waiters.append(waiter)
       try:
@@ -101,20 +117,43 @@ class AdaptiveLimit:
       except asyncio.CancelledError:
         self._wake(1)  # Pass on a wake-up it may have been given.
         raise
-    self._take()
+    return self._take()
 
-  def try_acquire(self) -> bool:
-    """Takes a slot if one is free now (no wait)."""
-    if self.in_flight >= int(self.limit):
-      return False
-    self._take()
-    return True
+  def try_acquire(self) -> Optional[int]:
+    """Takes a slot if one is free now (no wait): its token, or None."""
+    if self._holding() >= int(self.limit):
+      return None
+    return self._take()
 
-  def _take(self) -> None:
+  def _holding(self) -> int:
+    """Requests that hold a slot: those in flight, less the stalled."""
+    return self.in_flight - len(self._stalled)
+
+  def _take(self) -> int:
     self.in_flight += 1
     self.max_in_flight = max(self.max_in_flight, self.in_flight)
-    if self.in_flight >= int(self.limit):
+    if self._holding() >= int(self.limit):
       self._window.saturated = True
+    self._tokens += 1
+    self._live[self._tokens] = (time.monotonic(), self.epoch)
+    return self._tokens
+
+  def _mark_stalled(self, now: float) -> int:
+    """Moves requests outstanding too long out of the live ones (their
+    slots are free); returns how many."""
+    if not self._bases:
+      return 0
+    base = min(b for _, b in self._bases)
+    oldest = now - max(_STALL_MIN_SECS, _STALL_FACTOR * base)
+    moved = 0
+    while self._live:
+      token, (sent, epoch) = next(iter(self._live.items()))
+      if sent > oldest:
+        break
+      del self._live[token]
+      self._stalled[token] = epoch
+      moved += 1
+    return moved
 
   def _wake(self, n: int) -> None:
     """Wakes up to n waiting coroutines (each checks for a slot again)."""
@@ -124,27 +163,35 @@ class AdaptiveLimit:
         waiter.set_result(None)
         n -= 1
 
-  def cancel(self) -> None:
+  def cancel(self, token: Optional[int] = None) -> None:
     """Gives a slot back unused (no latency learned)."""
+    self._forget(token)
     self.in_flight -= 1
     self._wake(1)
 
-  def release(self, latency: float, signal: str = OK) -> None:
-    """Gives a slot back with what its answer said (OK, OVERLOAD, ...)."""
+  def _forget(self, token: Optional[int]) -> Optional[int]:
+    """Drops a finished request; returns the epoch it was sent in."""
+    if token in self._live:
+      return self._live.pop(token)[1]
+    return self._stalled.pop(token, None)
+
+  def release(self, latency: float, signal: str = OK,
+              token: Optional[int] = None) -> None:
+    """Gives a slot back with what its answer said (OK, OVERLOAD, ...);
+    `token`: what `acquire` returned."""
+    epoch = self._forget(token)
     self.in_flight -= 1
     before = int(self.limit)
     now = time.monotonic()
-    if self._probe == 'drain':  # Answers of requests sent before the probe.
-      self._probe_drain -= 1
-      if self._probe_drain <= 0:  # Only those sent at the probe's limit now.
-        self._probe = 'measure'
-        self._window = _Window()
-    else:
+    sent_before_probe = epoch is not None and epoch != self.epoch
+    if not (self._probe is not None and sent_before_probe):
+      # (During a probe, answers of requests sent before it say nothing.)
       self._learn(latency, signal, now)
     self.limit = min(float(self.cap), max(1.0, self.limit))
-    free = int(self.limit) - self.in_flight
+    freed = self._mark_stalled(now)
+    free = int(self.limit) - self._holding()
     if free > 0:
-      self._wake(free if int(self.limit) > before else 1)
+      self._wake(free if int(self.limit) > before or freed else 1)
 
   def _learn(self, latency: float, signal: str, now: float) -> None:
     w = self._window
@@ -167,7 +214,8 @@ class AdaptiveLimit:
       self._bases.append((now, statistics.median(w.latencies)))
     self.limit = self._probe_saved
     self._probe = None
-    self._next_probe = now + _PROBE_EVERY_SECS
+    self._next_probe = now + max(_PROBE_EVERY_SECS,
+                                 _PROBE_ROUND_TRIPS * self._round_trip())
 
   def _round_trip(self) -> float:
     return self._bases[-1][1] if self._bases else 0.0
@@ -180,15 +228,21 @@ class AdaptiveLimit:
 
   def _judge(self, w: '_Window', now: float) -> None:
     """One round trip's verdict on the limit."""
-    if self._probe == 'measure':
+    if self._probe is not None:
       self._end_probe(w, now)
       return
-    if self._next_probe is None:
-      self._next_probe = now + _PROBE_EVERY_SECS
-    elif now >= self._next_probe and not self._slow_start and self.limit > 4:
+    if self._next_probe is None and not self._slow_start:
+      # The first base came from the first round trips, at the initial
+      # limit: already queued if slow start ended at once (a server with
+      # fewer slots than that), so probe now; else in the usual interval.
+      soon = self.limit <= 2 * INITIAL_LIMIT
+      self._next_probe = now if soon else now + _PROBE_EVERY_SECS
+    if (self._next_probe is not None and now >= self._next_probe
+        and not self._slow_start and self.limit > 4):
       self._probe_saved = self.limit
       self.limit = max(2.0, self.limit * _PROBE_SHARE)
-      self._probe, self._probe_drain = 'drain', self.in_flight
+      self.epoch += 1
+      self._probe = self.epoch
       return
     if (w.signals[BUSY] >= _BUSY_SHARE * w.answers or
         w.signals[TIMEOUT] >= _TIMEOUT_SHARE * w.answers):
