@@ -197,20 +197,17 @@ class FakeBatchAPI:
     batch['status'] = status
 
   def _answer(self, line: dict):
-    from beam_llm.testing import fake_llm_server as fake
     body = line.get('body') or {}
-    prompt = fake._prompt_of(line.get('url', ''), body)  # pylint: disable=protected-access
-    accepted, status, message = fake.STRUCTURED[self._server.structured]
-    if fake._form_of(body) not in accepted:  # pylint: disable=protected-access
-      return status, _error_body(status, str(message))
+    url = line.get('url', '')
+    prompt = self._server.prompt_of(url, body)
     if self.faults.invalid_for and self.faults.invalid_for in prompt:
       return 400, _error_body(400, 'Invalid request: the prompt is refused')
     if self._random.random() < self.faults.line_server_error:
       return 500, _error_body(500, 'The server had an error processing your request')
-    text = self._server.reply(prompt)
-    if line.get('url', '').endswith('/chat/completions'):
-      return 200, fake._chat_completion(body, prompt, text)  # pylint: disable=protected-access
-    return 200, fake._completion(body, prompt, text)  # pylint: disable=protected-access
+    status, answer = self._server.answer_line(url, body)
+    if status != 200:
+      return status, _error_body(status, answer['error']['message'])
+    return status, answer
 
   def batch_list(self) -> List[dict]:
     with self._lock:

@@ -154,6 +154,33 @@ class FakeLLMServer:
   def port(self) -> int:
     return self._httpd.server_address[1]
 
+  def answer(self, route, body: dict, prompt: str) -> dict:
+    """The answer body for `prompt` in `route`'s shape, from `reply`. A
+    reply may say how sure the model is, (text, probability): sent as
+    `logprobs` when the request asks for them."""
+    text = self.reply(prompt)
+    text, confidence = text if isinstance(text, tuple) else (text, 1.0)
+    answer = route(body, prompt, text)
+    if body.get('logprobs') and route in (_chat_completion, _completion):
+      answer['choices'][0]['logprobs'] = _logprobs(text, confidence,
+                                                   route is _chat_completion)
+    return answer
+
+  @staticmethod
+  def prompt_of(url: str, body: dict) -> str:
+    """The prompt text of a request body (what `reply` gets)."""
+    return _prompt_of(url, body)
+
+  def answer_line(self, url: str, body: dict):
+    """(status, body) for one Batch API line (fake_batch_api): the form
+    checks and answers of the synchronous endpoints."""
+    prompt = _prompt_of(url, body)
+    accepted, status, message = STRUCTURED[self.structured]
+    if _form_of(body) not in accepted:
+      return status, {'error': {'message': str(message), 'code': status}}
+    route = _chat_completion if url.endswith('/chat/completions') else _completion
+    return 200, self.answer(route, body, prompt)
+
   @property
   def url(self) -> str:
     return f'http://127.0.0.1:{self.port}'
@@ -419,16 +446,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     if route is None:
       entry.status = 404
       return self._error(404, 'NOT_FOUND', f'no route {path}')
-    text = fake.reply(entry.prompt)
-    # A reply may say how sure the model is: (text, probability), sent as
-    # `logprobs` when the request asks for them.
-    text, confidence = text if isinstance(text, tuple) else (text, 1.0)
     entry.status = 200
-    answer = route(body, entry.prompt, text)
-    if body.get('logprobs') and route in (_chat_completion, _completion):
-      answer['choices'][0]['logprobs'] = _logprobs(text, confidence,
-                                                   route is _chat_completion)
-    self._json(200, answer)
+    self._json(200, fake.answer(route, body, entry.prompt))
 
   def _route(self, path: str):
     if path.endswith('/chat/completions'):
