@@ -20,8 +20,9 @@ import json
 import logging
 import os
 import threading
-import uuid
 from typing import Dict, Iterable, List, Optional
+
+from beam_llm.remote import cache
 
 _LOG = logging.getLogger('beam_llm.GenerateText')
 _FOLDER = 'batch_api'
@@ -121,20 +122,8 @@ class BatchStore:
     self._remember(record)
     if not self._dir:
       return
-    from apache_beam.io.filesystems import FileSystems
-    path = self._path(record['batch_id'])
-    data = json.dumps(record).encode('utf-8')
     try:
-      if FileSystems.get_scheme(path) in (None, 'file'):
-        # Write then rename: a reader never sees half a record.
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f'{path}.{uuid.uuid4().hex}.tmp'
-        with open(tmp, 'wb') as f:
-          f.write(data)
-        os.replace(tmp, path)
-      else:  # Object stores show an object only once it is complete.
-        with FileSystems.create(path) as f:
-          f.write(data)
+      cache.write_json(self._path(record['batch_id']), record)
     except Exception as exn:  # pylint: disable=broad-except
       # Rows still come out; only a rerun's resume is lost. Say so once.
       if not self._warned:

@@ -120,24 +120,28 @@ class ResponseCache:
       return None  # Missing, half-written by a crashed run, unreadable.
 
   def _write(self, key: str, value: Any) -> None:
-    from apache_beam.io.filesystems import FileSystems
-    data = json.dumps(value, ensure_ascii=False).encode('utf-8')
-    path = self._path(key)
     try:
-      if FileSystems.get_scheme(path) in (None, 'file'):
-        # Write then rename: readers never see half a file, even when
-        # several processes answer the same key at once.
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f'{path}.{uuid.uuid4().hex}.tmp'
-        with open(tmp, 'wb') as f:
-          f.write(data)
-        os.replace(tmp, path)
-      else:  # Object stores make an object visible only once it is complete.
-        with FileSystems.create(path) as f:
-          f.write(data)
+      write_json(self._path(key), value)
     except Exception as exn:  # pylint: disable=broad-except
       # A cache that cannot be written costs money, not rows: say so once.
       if not self._warned:
         self._warned = True
         _LOG.warning('cannot write the response cache at %s (%s); answers '
                      'will not be kept', self._dir, exn)
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes `value` as JSON at `path` (any Beam filesystem) so that a
+  reader never sees half a file, even when several processes write the
+  same path at once."""
+  from apache_beam.io.filesystems import FileSystems
+  data = json.dumps(value, ensure_ascii=False).encode('utf-8')
+  if FileSystems.get_scheme(path) in (None, 'file'):  # Write, then rename.
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.{uuid.uuid4().hex}.tmp'
+    with open(tmp, 'wb') as f:
+      f.write(data)
+    os.replace(tmp, path)
+  else:  # Object stores make an object visible only once it is complete.
+    with FileSystems.create(path) as f:
+      f.write(data)

@@ -35,6 +35,22 @@ SHARED = {
 }
 
 
+# Options some operators take (`cls.opt_in` names them), declared once too.
+OPT_IN = {
+    'cascade': (
+        Optional[Mapping[str, Any]],
+        'A cheaper model that answers first, `{model_handler: {type, '
+        'config}, target_agreement: 0.95, sample: 200, seed: 0}`: it answers '
+        'every row with its confidence (HuggingFace, OpenAICompatible, '
+        'VLLM); `sample` rows (chosen by `seed`) also go to the main model, '
+        'which sets the lowest confidence at which the two agree on at least '
+        '`target_agreement` of them; the other rows keep the cheap answer at '
+        'or above it and go to the main model below it '
+        '(docs/semantic_operators.md, "Cascades"). Batch input only. '
+        'Defaults to none.'),
+}
+
+
 class Shared(NamedTuple):
   reason_output: Optional[str]
   examples: Sequence[Mapping[str, Any]]
@@ -84,11 +100,12 @@ def inherits_generate_options(cls):
       if name != 'self' and p.kind != p.VAR_KEYWORD
   ]
   own_names = {p.name for p in own}
+  declared = {**SHARED, **{n: OPT_IN[n] for n in getattr(cls, 'opt_in', ())}}
   shared_params = [
       inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                         annotation=hint)
-      for name, (hint, _) in SHARED.items() if name not in own_names]
-  own_names |= set(SHARED)
+      for name, (hint, _) in declared.items() if name not in own_names]
+  own_names |= set(declared)
   gt = _generate_text()
   gt_params = inspect.signature(gt.__init__).parameters
   gt_hints = typing.get_type_hints(gt.__init__)
@@ -106,7 +123,7 @@ def inherits_generate_options(cls):
   }
   init.__annotations__.pop('generate_options', None)
   cls.__doc__ = cls.__doc__.rstrip() + '\n' + _docs(
-      [(p.name, SHARED[p.name][1]) for p in shared_params]) + '\n' + \
+      [(p.name, declared[p.name][1]) for p in shared_params]) + '\n' + \
       _inherited_docs(gt, [p.name for p in inherited]) + '\n'
   return cls
 

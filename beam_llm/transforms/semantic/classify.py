@@ -53,21 +53,14 @@ class Classify(_base.SemanticOperator):
       Defaults to all of them. Error rows always carry the whole input row.
     prompt_output: If set, the rendered prompt is kept in a field of that
       name, to see exactly what the model was asked.
-    cascade: A cheaper model that answers first, `{model_handler: {type,
-      config}, target_agreement: 0.95, sample: 200, seed: 0}`: it answers
-      every row with its confidence (HuggingFace, OpenAICompatible, VLLM);
-      `sample` rows (chosen by `seed`) also go to the main model, which
-      sets the lowest confidence at which the two agree on at least
-      `target_agreement` of them; the other rows keep the cheap answer at
-      or above it and go to the main model below it (docs/
-      semantic_operators.md, "Cascades"). Batch input only. Defaults to
-      none.
     error_handling: `{output: <name>}` sends rows that fail to that output
       as error rows (`element` is the input row; `error_type` is the failing
       step's: `render`, a GenerateText type such as `prompt_too_long` or
       `rate_limited`, or a ParseJSON type such as `schema` for an answer
       that is not a label, `truncated`, `empty`, `invalid_json`).
   """
+  opt_in = ('cascade',)  # _options.OPT_IN
+
   def __init__(
       self,
       labels: Union[Sequence[Any], Mapping[Any, str]],
@@ -81,7 +74,6 @@ class Classify(_base.SemanticOperator):
       keep_fields: Optional[Sequence[str]] = None,
       prompt_output: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None,
-      cascade: Optional[Mapping[str, Any]] = None,
       **generate_options):
     super().__init__()
     options = {k: v for k, v in locals().items()
