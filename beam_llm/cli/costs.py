@@ -106,6 +106,8 @@ def spent_lines(counters, prices: Optional[Mapping[str, dict]]) -> List[str]:
     lines.append(line)
   if priced and len(lines) > 1:
     lines.append(f'  cost in all: {money(total)}')
+  if prices is None and len(lines) == 1:
+    return []  # One model, one mode, no prices: the model line says it all.
   return lines
 
 
