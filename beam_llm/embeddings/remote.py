@@ -159,8 +159,12 @@ class RemoteEmbedder(EmbeddingHandler):
         cache.settle(keys[i], results[i], isinstance(results[i], list))
     for i, future in waiting:
       value, ok = await future
-      results[i] = value if ok or isinstance(value, EmbeddingFailure) else (
-          EmbeddingFailure('the same text failed in this batch', 'embedding'))
+      if not ok and not isinstance(value, EmbeddingFailure):
+        # The batch that sent it raised (an outage, or a bug): so does this.
+        raise RemoteUnavailable(
+            f'{_OWNER} [{self.describe()}]: an identical text in flight '
+            'failed (the error of the batch that sent it says why)')
+      results[i] = value
     return results, outcomes
 
   async def _embed_uncached(self, loaded, texts, todo, results: list,

@@ -205,9 +205,11 @@ class RemoteHandler(TextGenerationHandler):
     response, _, outcome = await loaded.cache.get(
         cache_key(self.backend, self.target(), request), make,
         encode=dataclasses.asdict, decode=_generation_from)
-    if response is None:  # The identical request it waited for raised.
-      response = GenerationFailure(
-          'an identical request failed unexpectedly', 'generation')
+    if response is None:  # The identical request it waited for raised:
+      # an outage (or a bug), which fails this row's bundle too.
+      raise RemoteUnavailable(
+          f'{_OWNER} [{self.describe()}]: an identical request in flight '
+          'failed (the error of the row that sent it says why)')
     return response, outcome
 
   def generate(self, loaded: _Remote, prompts: list) -> list:
