@@ -152,3 +152,18 @@ def test_answers_carry_their_confidence(tiny_causal_lm, llm_server):
         confidence_output='confidence'), [{'prompt': f'p{i}'} for i in range(4)])
     assert len(out['good']) == 4
     assert all(check(r.confidence) for r in out['good']), spec['type']
+
+
+def test_a_row_the_main_model_refuses_is_an_error_row_with_the_input_fields(
+    llm_server):
+  from beam_llm.testing.fake_llm_server import Faults
+  small = llm_server(reply=small_reply)
+  main = llm_server(reply=main_reply, faults=Faults(
+      script=['400'], script_for='tricky'))
+  rows = _rows(12)
+  out, _ = run_transform(_classify(small, main, sample=4), rows)
+  [error] = out['errors']
+  assert error.error_type == 'client_error'
+  assert set(error.element._asdict()) == {'id', 'text'}  # No field of ours.
+  assert 'tricky' in error.element.text
+  assert sorted([r.id for r in out['good']] + [error.element.id]) == list(range(12))

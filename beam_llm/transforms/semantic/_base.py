@@ -225,7 +225,7 @@ class SemanticOperator(beam.PTransform):
 
 def _wrap(row, input_names, lineage):
   values = _rows.as_dict(row)
-  names = input_names or [n for n in values if n not in _INTERNAL]
+  names = input_names or [n for n in values if not _internal(n)]
   wrapped = {
       ROW: beam.Row(**{n: values[n] for n in names}),
       PROMPT: values[PROMPT],
@@ -236,9 +236,14 @@ def _wrap(row, input_names, lineage):
   return beam.Row(**wrapped)
 
 
+def _internal(name: str) -> bool:
+  """A field of ours (the prompt, the answer, a cascade's), not the input's."""
+  return name in _INTERNAL or name.startswith('beam_llm_')
+
+
 def _strip_internal(row, input_names):
   values = _rows.as_dict(row)
-  names = input_names or [n for n in values if n not in _INTERNAL]
+  names = input_names or [n for n in values if not _internal(n)]
   return beam.Row(**{n: values[n] for n in names})
 
 
