@@ -16,11 +16,6 @@ from beam_llm.transforms.semantic import _cascade
 from tests.beam_helpers import run_transform
 
 
-def _text(prompt: str) -> str:
-  m = re.search(r'Text:\s*(.*?)\s*(Answer|Respond|Return|$)', prompt, re.S)
-  return m.group(1) if m else prompt
-
-
 def _row_id(prompt: str) -> int:
   return int(re.search(r'ticket (\d+)', prompt).group(1))
 

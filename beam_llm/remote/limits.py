@@ -94,6 +94,7 @@ class AdaptiveLimit:
     self._stalled = {}
     self._slow_start = True
     self._bases = collections.deque()  # (time, a round trip's latency)
+    self._base = None  # The best of them: set by _add_base.
     self._window = _Window()
     self._last_cut = -math.inf
     # The limit at which the service last turned requests away: near it,
@@ -141,10 +142,9 @@ class AdaptiveLimit:
   def _mark_stalled(self, now: float) -> int:
     """Moves requests outstanding too long out of the live ones (their
     slots are free); returns how many."""
-    if not self._bases:
+    if self._base is None:
       return 0
-    base = min(b for _, b in self._bases)
-    oldest = now - max(_STALL_MIN_SECS, _STALL_FACTOR * base)
+    oldest = now - max(_STALL_MIN_SECS, _STALL_FACTOR * self._base)
     moved = 0
     while self._live:
       token, (sent, epoch) = next(iter(self._live.items()))
@@ -211,11 +211,19 @@ class AdaptiveLimit:
     """The probe's round trip: its median is a base sample; the limit is
     back to where it was (Vegas then judges it against the new base)."""
     if len(w.latencies) >= 2:
-      self._bases.append((now, statistics.median(w.latencies)))
+      self._add_base(now, statistics.median(w.latencies))
     self.limit = self._probe_saved
     self._probe = None
     self._next_probe = now + max(_PROBE_EVERY_SECS,
                                  _PROBE_ROUND_TRIPS * self._round_trip())
+
+  def _add_base(self, now: float, latency: float) -> None:
+    """A round trip's latency; the base is the best of the last minute
+    (computed here, once per round trip, not on every answer)."""
+    self._bases.append((now, latency))
+    while self._bases and now - self._bases[0][0] > 2 * _BASE_WINDOW_SECS:
+      self._bases.popleft()
+    self._base = min(b for _, b in self._bases)
 
   def _round_trip(self) -> float:
     return self._bases[-1][1] if self._bases else 0.0
@@ -252,11 +260,8 @@ class AdaptiveLimit:
     if len(w.latencies) < 2:
       return  # Mostly faults: nothing learned about load.
     latency = statistics.median(w.latencies)
-    self._bases.append((now, latency))
-    while self._bases and now - self._bases[0][0] > 2 * _BASE_WINDOW_SECS:
-      self._bases.popleft()
-    base = min(b for _, b in self._bases)
-    queue = self.limit * (1.0 - base / latency) if latency > 0 else 0.0
+    self._add_base(now, latency)
+    queue = self.limit * (1.0 - self._base / latency) if latency > 0 else 0.0
     alpha = max(_ALPHA[0], _ALPHA[1] * self.limit)
     beta = max(_BETA[0], _BETA[1] * self.limit)
     if queue > beta:

@@ -55,17 +55,18 @@ class EmbedText(beam.PTransform):
       model_copies: Optional[int] = None,
       error_handling: Optional[Mapping[str, Any]] = None):
     super().__init__()
-    options = {k: v for k, v in locals().items() if k not in ('self', '__class__')}
+    options = self.options
     for key in ('min_batch_size', 'max_batch_size', 'model_copies'):
-      if options[key] is not None and options[key] < 1:
-        _config.fail(_OWNER, key, f'must be at least 1, got {options[key]}')
+      value = getattr(options, key)
+      if value is not None and value < 1:
+        _config.fail(_OWNER, key, f'must be at least 1, got {value}')
     if min_batch_size and max_batch_size and min_batch_size > max_batch_size:
       _config.fail(_OWNER, 'min_batch_size',
                    f'({min_batch_size}) exceeds max_batch_size ({max_batch_size})')
     batching = {
-        k: options[k]
+        k: getattr(options, k)
         for k in ('min_batch_size', 'max_batch_size', 'max_batch_duration_secs',
-                  'large_model', 'model_copies') if options[k] is not None
+                  'large_model', 'model_copies') if getattr(options, k) is not None
     }
     self._handler = embeddings.create_handler(_OWNER, model_handler, batching)
     self._text = text
