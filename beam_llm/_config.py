@@ -6,6 +6,7 @@ and the key, instead of a TypeError deep inside a worker.
 """
 import collections.abc
 import contextlib
+import contextvars
 import difflib
 import functools
 import inspect
@@ -35,14 +36,28 @@ def fail(owner: str, key: str, problem: str) -> typing.NoReturn:
   raise ConfigError(owner, f'option {key!r} {problem}')
 
 
+# The transform the user wrote, while its building blocks are built.
+_USER_OWNER = contextvars.ContextVar('beam_llm_user_owner', default=None)
+
+
 @contextlib.contextmanager
 def reported_as(owner: str):
   """Config errors raised inside name `owner` (the transform the user
-  wrote) instead of the building block that found them."""
+  wrote) instead of the building block that found them, and so do the
+  models built inside (`user_owner`) in their messages at run time."""
+  token = _USER_OWNER.set(_USER_OWNER.get() or owner)
   try:
     yield
   except ConfigError as exn:
     raise ConfigError(owner, exn.detail) from None
+  finally:
+    _USER_OWNER.reset(token)
+
+
+def user_owner(owner: str) -> str:
+  """The transform to name in a model's messages: the outermost
+  `reported_as` being built, else `owner`."""
+  return _USER_OWNER.get() or owner
 
 
 def checks_options(owner: str):

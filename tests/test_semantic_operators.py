@@ -310,3 +310,25 @@ def test_labels_and_instructions_are_data_never_template_code(llm_server):
   user = server.log[0].body['messages'][1]['content']
   assert user.startswith('Mind {{ secrets }} and {# this #}.')
   assert '- "{% raw %}"\n- "{{ x }}"' in user and '<text>\nsay {{ y }}\n</text>' in user
+
+
+@pytest.mark.parametrize('name,config', [
+    ('Classify', {'labels': ['good', 'bad']}),
+    ('SemanticFilter', {'condition': 'Unhappy.'}),
+])
+def test_a_model_inside_an_operator_names_the_operator_at_run_time(
+    llm_server, monkeypatch, name, config):
+  """Messages from the model an operator runs (here: its API key is not
+  set where it loads) name the transform the user wrote, not GenerateText."""
+  import beam_llm
+  monkeypatch.delenv('BEAM_LLM_TEST_UNSET_KEY', raising=False)
+  handler = openai(llm_server())
+  handler['config']['api_key_env'] = 'BEAM_LLM_TEST_UNSET_KEY'
+  with pytest.raises(Exception) as raised:
+    run_transform(getattr(beam_llm, name)(
+        field='text', model_handler=handler, **config),
+        [{'chat_id': 1, 'text': 'the pizza was cold'}])
+  message = str(raised.value)
+  assert re.search(rf"{name} \[OpenAICompatible m at [^]]+\]: the environment "
+                   r"variable 'BEAM_LLM_TEST_UNSET_KEY'", message), message
+  assert 'GenerateText' not in message, message

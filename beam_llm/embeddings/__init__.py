@@ -46,4 +46,7 @@ def create_handler(owner: str, spec: Mapping[str, Any], batching: Mapping[str, A
   _config.check_call_options(
       owner, cls.__init__, config, prefix='model_handler.config.',
       exclude=('batching',))
-  return cls(**config, batching=dict(batching))
+  with _config.reported_as(owner):
+    handler = cls(**config, batching=dict(batching))
+  handler.owner = _config.user_owner(owner)
+  return handler

@@ -40,6 +40,8 @@ def text_problem(text: Any) -> Optional[str]:
 
 class EmbeddingHandler(ModelHandler[Any, Union[Vector, EmbeddingFailure], Any]):
   backend = 'base'
+  # The transform named in messages at run time (set by create_handler).
+  owner = 'EmbedText'
 
   def __init__(self, batching):
     super().__init__(**batching)
@@ -50,6 +52,10 @@ class EmbeddingHandler(ModelHandler[Any, Union[Vector, EmbeddingFailure], Any]):
 
   def describe(self) -> str:
     return self.backend
+
+  def message_prefix(self) -> str:
+    """`Owner [backend model]`: how run-time messages name this model."""
+    return f'{self.owner} [{self.describe()}]'
 
   def embed(self, model, texts: List[str]) -> list:
     raise NotImplementedError

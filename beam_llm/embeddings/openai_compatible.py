@@ -53,7 +53,7 @@ class OpenAIEmbedder(RemoteEmbedder):
 
   def connect(self, redactor):
     key = clients.api_key(
-        self._api_key_env, f'{_OWNER} [{self.describe()}]', redactor,
+        self._api_key_env, self.message_prefix(), redactor,
         'leave api_key_env out for a server that needs no key')
     return clients.openai_client(self._base_url, key, self.policy.timeout_secs,
                                  self.policy.max_concurrency)

@@ -102,7 +102,7 @@ class RemoteEmbedder(EmbeddingHandler):
   # -- shared -------------------------------------------------------------
   def load_model(self):
     redactor = Redactor()
-    client = clients.connect(f'{_OWNER} [{self.describe()}]', self.connect,
+    client = clients.connect(self.message_prefix(), self.connect,
                              redactor)
     return _Remote(
         client,
@@ -162,7 +162,7 @@ class RemoteEmbedder(EmbeddingHandler):
       if not ok and not isinstance(value, EmbeddingFailure):
         # The batch that sent it raised (an outage, or a bug): so does this.
         raise RemoteUnavailable(
-            f'{_OWNER} [{self.describe()}]: an identical text in flight '
+            self.message_prefix() + ': an identical text in flight '
             'failed (the error of the batch that sent it says why)')
       results[i] = value
     return results, outcomes
@@ -195,7 +195,7 @@ class RemoteEmbedder(EmbeddingHandler):
           retry += [[i] for i in group]  # Find the text the service rejects.
         elif loaded.caller.is_outage(out):
           raise RemoteUnavailable(loaded.redactor.redact(
-              f'{_OWNER} [{self.describe()}]: the service kept failing '
+              self.message_prefix() + ': the service kept failing '
               f'until the retries ran out: {failure.msg}'))
         else:
           for i in group:

@@ -58,7 +58,7 @@ class SentenceTransformersEmbedder(EmbeddingHandler):
     why = why_unavailable(self._model_id, None)
     if why:
       raise RuntimeError(
-          f"{_OWNER}: embedding model {self._model_id!r} is not available: "
+          f"{self.owner}: embedding model {self._model_id!r} is not available: "
           f"{why}.\nTo run without the hub, point the pipeline at a local "
           "model directory, e.g. --jinja_variables='{\"embedding_model\": "
           "\"/path/to/DIR\"}'")

@@ -86,4 +86,7 @@ def create_handler(
   _config.check_call_options(
       owner, cls.__init__, config, prefix='model_handler.config.',
       exclude=('generation', 'batching'))
-  return cls(**config, generation=dict(generation), batching=dict(batching))
+  with _config.reported_as(owner):
+    handler = cls(**config, generation=dict(generation), batching=dict(batching))
+  handler.owner = _config.user_owner(owner)
+  return handler

@@ -111,6 +111,9 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
   # Whether `generate` gets RowPrompts (the prompt and its row's fields)
   # instead of bare prompts.
   wants_row_fields = False
+  # The transform named in messages at run time: the one the user wrote
+  # (set by create_handler: an operator's name for the model inside it).
+  owner = 'GenerateText'
 
   def __init__(self, generation: Mapping[str, Any], batching: Mapping[str, Any]):
     batching = dict(batching)
@@ -129,6 +132,10 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
 
   def describe(self) -> str:
     return self.backend
+
+  def message_prefix(self) -> str:
+    """`Owner [backend model]`: how run-time messages name this model."""
+    return f'{self.owner} [{self.describe()}]'
 
   def describe_model(self) -> dict:
     """What identifies the model, for lineage: backend, model, revision,
@@ -200,7 +207,7 @@ class TextGenerationHandler(ModelHandler[Any, Response, Any]):
         lambda some: self.generate(model, some), prompts,
         lambda exn: GenerationFailure(f'{type(exn).__name__}: {exn}',
                                       'generation'),
-        _LOG, f'GenerateText [{self.backend}]')
+        _LOG, f'{self.owner} [{self.backend}]')
 
   def record_rows(self, responses: list) -> None:
     """Counts finished rows (metrics `rows`, `failed_rows`) and progress."""
@@ -316,8 +323,8 @@ class LocalModelHandler(TextGenerationHandler):
     model = self._load()
     # One line per load, with the process: shows at a glance whether
     # large_model really loaded one copy per machine.
-    _LOG.info('GenerateText [%s]: model loaded in %.1fs (pid %d)',
-              self.describe(), time.monotonic() - start, os.getpid())
+    _LOG.info('%s: model loaded in %.1fs (pid %d)',
+              self.message_prefix(), time.monotonic() - start, os.getpid())
     return model
 
   def _load(self):

@@ -101,7 +101,7 @@ class HuggingFaceHandler(LocalModelHandler):
     for name in {self._model_id, self._tokenizer_id}:
       why = why_unavailable(name, self._revision)
       if why:
-        raise ModelUnavailable(f'{_OWNER}: ' + _unavailable_message(name, why))
+        raise ModelUnavailable(f'{self.owner}: ' + _unavailable_message(name, why))
 
   def _load(self) -> 'HuggingFaceModel':
     import torch
@@ -112,7 +112,7 @@ class HuggingFaceHandler(LocalModelHandler):
     if device == 'auto':
       device = 'cuda' if torch.cuda.is_available() else 'cpu'
     elif device == 'cuda' and not torch.cuda.is_available():
-      raise RuntimeError(f'{_OWNER}: device cuda was asked for, but torch '
+      raise RuntimeError(f'{self.owner}: device cuda was asked for, but torch '
                          'sees no CUDA device on this worker')
     common = dict(
         revision=self._revision, trust_remote_code=self._trust_remote_code)
@@ -139,7 +139,7 @@ class HuggingFaceHandler(LocalModelHandler):
           model_path, config=config, dtype=dtype, **common)
     except OSError as exn:
       raise ModelUnavailable(
-          f'{_OWNER}: ' + _unavailable_message(self._model_id, str(exn))) from None
+          f'{self.owner}: ' + _unavailable_message(self._model_id, str(exn))) from None
     model.to(device).eval()
     if not seq2seq:
       tokenizer.padding_side = 'left'  # Generation continues from the right.

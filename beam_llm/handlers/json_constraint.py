@@ -29,7 +29,7 @@ class JsonSchemaConstraint:
         schema, defaults=_JSON_OPTIONS)
     error = llguidance.LLMatcher.validate_grammar(self._grammar, self._tokenizer)
     if error:
-      raise ValueError(f'GenerateText: response_schema cannot be used for '
+      raise ValueError(f'response_schema cannot be used for '
                        f'constrained decoding: {error}')
     self._executor = llguidance.LLExecutor()
     self.vocab_size = vocab_size

@@ -109,7 +109,7 @@ class KerasHubHandler(LocalModelHandler):
     loaded = _loaded_keras_backend()
     if loaded and self._keras_backend not in ('auto', loaded):
       raise RuntimeError(
-          f'{_OWNER}: keras_backend is {self._keras_backend!r}, but Keras is '
+          f'{self.owner}: keras_backend is {self._keras_backend!r}, but Keras is '
           f'already loaded in this process with the {loaded!r} backend '
           '(TensorFlow, which Beam YAML imports at start-up, loads Keras). '
           'Keras cannot switch backends: set the environment variable '
@@ -118,15 +118,15 @@ class KerasHubHandler(LocalModelHandler):
     why = presets.why_unavailable(self._preset)
     if why:
       raise presets.PresetUnavailable(
-          f'{_OWNER}: KerasHub preset {self._preset!r} is not available: '
+          f'{self.owner}: KerasHub preset {self._preset!r} is not available: '
           f'{why}.\n' + presets.HOW_TO_FIX)
 
   def _load(self) -> 'KerasModel':
-    _choose_keras_backend(self._keras_backend, self._device)
+    _choose_keras_backend(self.owner, self._keras_backend, self._device)
     import keras_hub
     cls = getattr(keras_hub.models, self._model_class, None)
     if cls is None:
-      raise ValueError(f'{_OWNER}: keras_hub.models has no {self._model_class}')
+      raise ValueError(f'{self.owner}: keras_hub.models has no {self._model_class}')
     kwargs = {'dtype': self._dtype} if self._dtype else {}
     lm = cls.from_preset(staging.local_copy(self._preset), **kwargs)
     lm.compile(sampler=self._make_sampler(keras_hub))
@@ -163,14 +163,14 @@ def _loaded_keras_backend() -> Optional[str]:
   return config.backend() if config is not None else None
 
 
-def _choose_keras_backend(backend: str, device: str) -> None:
+def _choose_keras_backend(owner: str, backend: str, device: str) -> None:
   loaded = _loaded_keras_backend()
   if backend == 'auto':
     backend = loaded or os.environ.get('KERAS_BACKEND') or 'torch'
   if loaded:
     if loaded != backend:
       raise RuntimeError(
-          f'{_OWNER}: keras is already loaded with the {loaded!r} backend in '
+          f'{owner}: keras is already loaded with the {loaded!r} backend in '
           f'this worker (asked for {backend!r}); set KERAS_BACKEND={backend} '
           'in the worker environment, or use keras_backend: auto')
     return
@@ -182,7 +182,7 @@ def _choose_keras_backend(backend: str, device: str) -> None:
       os.environ['JAX_PLATFORMS'] = 'cpu' if device == 'cpu' else 'cuda'
     else:
       raise ValueError(
-          f'{_OWNER}: device {device!r} is only supported on the torch and jax '
+          f'{owner}: device {device!r} is only supported on the torch and jax '
           'Keras backends; leave it at auto for tensorflow')
 
 

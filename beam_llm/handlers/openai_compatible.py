@@ -92,12 +92,12 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
 
   def connect(self, redactor):
     key = clients.api_key(
-        self._api_key_env, f'{_OWNER} [{self.describe()}]', redactor,
+        self._api_key_env, self.message_prefix(), redactor,
         'leave api_key_env out for a server that needs no key')
     return _Client(
         clients.openai_client(self._base_url, key, self.policy.timeout_secs,
                               self.policy.max_concurrency),
-        structured_forms.FormChoice(self._structured, self.describe(), redactor))
+        structured_forms.FormChoice(self._structured, self.message_prefix(), redactor))
 
   def build_request(self, prompt) -> dict:
     g = self._generation

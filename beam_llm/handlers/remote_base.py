@@ -142,7 +142,7 @@ class RemoteHandler(TextGenerationHandler):
   # -- shared -------------------------------------------------------------
   def load_model(self) -> _Remote:
     redactor = Redactor()
-    client = clients.connect(f'{_OWNER} [{self.describe()}]', self.connect,
+    client = clients.connect(self.message_prefix(), self.connect,
                              redactor)
     caller = remote.RemoteCaller(self.policy, usage=_tokens_used)
     return _Remote(client, caller,
@@ -194,7 +194,7 @@ class RemoteHandler(TextGenerationHandler):
           lambda exn: self._classify_redacted(loaded.redactor, exn))
       if loaded.caller.is_outage(outcome):
         raise RemoteUnavailable(
-            f'{_OWNER} [{self.describe()}]: the service kept failing until '
+            self.message_prefix() + f': the service kept failing until '
             f'the retries ran out: {outcome.failure.msg}')
       response = _response(outcome)
       return response, isinstance(response, Generation), outcome
@@ -208,7 +208,7 @@ class RemoteHandler(TextGenerationHandler):
     if response is None:  # The identical request it waited for raised:
       # an outage (or a bug), which fails this row's bundle too.
       raise RemoteUnavailable(
-          f'{_OWNER} [{self.describe()}]: an identical request in flight '
+          self.message_prefix() + ': an identical request in flight '
           'failed (the error of the row that sent it says why)')
     return response, outcome
 

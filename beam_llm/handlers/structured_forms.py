@@ -114,7 +114,7 @@ class FormChoice:
       self._form = FORMS[FORMS.index(form) + 1]
       self._settled = self._form == 'none'
       _LOG.warning(
-          'GenerateText [%s]: the server refused structured output as %s '
+          '%s: the server refused structured output as %s '
           '(%s); using %s from now on (set structured_output to choose)',
           self._describe, form, self._redactor.redact(msg)[:300], self._form)
     return self._form

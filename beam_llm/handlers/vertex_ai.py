@@ -242,23 +242,23 @@ class VertexAIHandler(remote_base.RemoteHandler):
         deployed = endpoint.list_models()
       except exceptions.NotFound:
         raise remote.RemoteUnavailable(
-            f'{_OWNER} [VertexAI]: {where} does not exist (GetEndpoint '
+            f'{self.owner} [VertexAI]: {where} does not exist (GetEndpoint '
             'answered 404 Not Found); check endpoint, project and location')
       except exceptions.GoogleAPICallError as exn:
         raise remote.RemoteUnavailable(
-            f'{_OWNER} [VertexAI]: cannot look up {where}: {exn}')
+            f'{self.owner} [VertexAI]: cannot look up {where}: {exn}')
       except ValueError as exn:  # PrivateEndpoint on a public endpoint.
         key = 'psc_address' if self._psc_address else 'private: true'
         raise remote.RemoteUnavailable(
-            f'{_OWNER} [VertexAI]: {where}: {exn} ({key} needs a '
+            f'{self.owner} [VertexAI]: {where}: {exn} ({key} needs a '
             'private endpoint)')
       except Exception as exn:  # pylint: disable=broad-except
         raise remote.RemoteUnavailable(
-            f'{_OWNER} [VertexAI]: cannot reach Vertex AI to look up {where}: '
+            f'{self.owner} [VertexAI]: cannot reach Vertex AI to look up {where}: '
             f'{type(exn).__name__}: {exn}')
     if not deployed:
       raise remote.RemoteUnavailable(
-          f'{_OWNER} [VertexAI]: {where} has no deployed model, so nothing '
+          f'{self.owner} [VertexAI]: {where} has no deployed model, so nothing '
           'can answer predictions; deploy a model to it first')
     self._check_kind(endpoint, where)
     self._tune_transport(endpoint)
@@ -267,7 +267,7 @@ class VertexAIHandler(remote_base.RemoteHandler):
   def _check_kind(self, endpoint, where: str) -> None:
     """The endpoint is of the kind the options say; notes its address."""
     def fail(problem):
-      raise remote.RemoteUnavailable(f'{_OWNER} [VertexAI]: {where} {problem}')
+      raise remote.RemoteUnavailable(f'{self.owner} [VertexAI]: {where} {problem}')
     psc = bool(endpoint.private_service_connect_config)
     if self._psc_address and not psc:
       fail('is not a Private Service Connect endpoint, so psc_address cannot '
@@ -378,7 +378,7 @@ class VertexAIHandler(remote_base.RemoteHandler):
         if vertex_transport.is_certificate_error(exn):
           # Not a fault of the service: every row would fail the same way.
           raise remote.RemoteUnavailable(
-              f'{_OWNER} [VertexAI]: the TLS certificate of endpoint '
+              f'{self.owner} [VertexAI]: the TLS certificate of endpoint '
               f'{self._endpoint!r} is not trusted ({exn}); set ca_cert to '
               'the certificate authorities that issued it') from exn
       raise

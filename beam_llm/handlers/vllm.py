@@ -194,7 +194,7 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
       self._base_url = self._server.ensure_running().rstrip('/')
     except vllm_server.ServerUnavailable as exn:
       raise remote.RemoteUnavailable(
-          f'{_OWNER} [{self.describe()}]: {exn}') from None
+          self.message_prefix() + f': {exn}') from None
     return super().connect(redactor)
 
   def disconnect(self, client) -> None:

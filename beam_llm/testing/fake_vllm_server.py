@@ -26,7 +26,6 @@ and the VLLM_CPU_KVCACHE_SPACE it got (`kv_cache`).
 import argparse
 import json
 import os
-import subprocess
 import sys
 import textwrap
 import threading

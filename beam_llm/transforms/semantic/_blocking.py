@@ -42,11 +42,13 @@ def check_options(owner: str, block_by, embedding_model_handler, texts: Mapping,
     _config.fail(owner, 'block_top_k', f'must be at least 1, got {block_top_k}')
 
 
-def embedder(model_handler, text: str, error_handling=None):
-  """EmbedText adding each row's vector in VECTOR (dropped from pairs)."""
+def embedder(owner: str, model_handler, text: str, error_handling=None):
+  """EmbedText adding each row's vector in VECTOR (dropped from pairs);
+  its errors, at build and run time, name `owner`."""
   from beam_llm.transforms.embed_text import EmbedText
-  return EmbedText(model_handler=model_handler, text=text, output=VECTOR,
-                   error_handling=error_handling)
+  with _config.reported_as(owner):
+    return EmbedText(model_handler=model_handler, text=text, output=VECTOR,
+                     error_handling=error_handling)
 
 
 def pair(left, right, prefix: Mapping[str, str]) -> beam.Row:

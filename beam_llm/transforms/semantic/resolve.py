@@ -111,7 +111,7 @@ class Resolve(beam.PTransform):
     self._shown = fields
     self._block_by = block_by
     self._embed = (None if embedding_model_handler is None else
-                   _blocking.embedder(embedding_model_handler, text))
+                   _blocking.embedder(_OWNER, embedding_model_handler, text))
     self._top_k = block_top_k
     self._max_calls = max_model_calls
     self._output = output

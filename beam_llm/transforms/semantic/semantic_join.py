@@ -96,7 +96,7 @@ class SemanticJoin(beam.PTransform):
     self._block_by = block_by
     self._embed = None
     if embedding_model_handler is not None:
-      self._embed = {side: _blocking.embedder(embedding_model_handler, field)
+      self._embed = {side: _blocking.embedder(_OWNER, embedding_model_handler, field)
                      for side, field in (('left', left_text),
                                          ('right', right_text))}
     self._top_k = block_top_k

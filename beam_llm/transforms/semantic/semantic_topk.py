@@ -108,10 +108,10 @@ class SemanticTopK(beam.PTransform):
                                               template_file),
         output=_TEXT, error_handling={'output': _rows.INNER_ERRORS})
     self._embed = (None if embedding_model_handler is None else
-                   _blocking.embedder(embedding_model_handler, _TEXT,
+                   _blocking.embedder(_OWNER, embedding_model_handler, _TEXT,
                                       {'output': _rows.INNER_ERRORS}))
     self._embed_criterion = (None if embedding_model_handler is None else
-                             _blocking.embedder(embedding_model_handler, 'text'))
+                             _blocking.embedder(_OWNER, embedding_model_handler, 'text'))
     schema = _answers.answer_schema(
         {'better': {'type': 'string', 'enum': ['first', 'second']}},
         reason_output, _OWNER)
