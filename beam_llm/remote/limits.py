@@ -6,7 +6,7 @@ loop and are only touched from it, so none of them needs a lock:
 
 - `AdaptiveLimit`: how many requests may be in flight, found at run time
   from what the answers say (TCP Vegas-like: the queue the service holds
-  for us, from the median latency of each round trip, and only
+  for us, from the typical latency of each round trip, and only
   real overload signals cut it; see the class). Never above
   `max_concurrency`. A user does not need to know the slot count of their
   server, and a rate-limited API is not hammered.
@@ -20,7 +20,6 @@ import asyncio
 import collections
 import math
 import random
-import statistics
 import time
 from typing import Optional
 
@@ -55,22 +54,32 @@ _PROBE_SHARE = 0.25
 # ones of slots once the limit is near its true size.
 _STALL_FACTOR = 4.0
 _STALL_MIN_SECS = 1.0
+# A round trip is the answers to this share of the limit's requests.
+_ROUND_SHARE = 0.5
 
 
 class AdaptiveLimit:
   """A concurrency limit that adapts to the service, TCP Vegas-like.
 
-  Answers are judged a round trip at a time (about `limit` answers):
-  - the round trip's latency is the median of its answers, so a few
-    stalls do not look like queueing; against the best such figure of the
-    last minute it gives the queue the service holds for us,
-    limit x (1 - best / now). The limit grows while that queue is short
-    (doubling per round trip until the first sign of a queue, then by
-    about sqrt(limit)) and shrinks when it is long;
+  Answers are judged a round trip at a time: a round is the answers to
+  half a limit's worth of requests sent one after the other, judged when
+  the last of them is back (or stalled), so the fastest answers of a
+  burst are not a round of their own and a round judges the limit its
+  requests were sent under:
+  - the round trip's latency is the mean of its answers less the slowest
+    5 % (a mean moves with the whole queue, where a median misses a queue
+    of less than half the requests; the trim keeps a few stalls from
+    looking like one); against the best such figure of the last minute it
+    gives the queue the service holds for us, limit x (1 - best / now).
+    The limit grows while that queue is short (doubling per round trip
+    until the first sign of a queue, then by about sqrt(limit)); when it
+    is long, the limit goes straight to what the service serves at once
+    (limit x best / now: its throughput times the unqueued latency) plus
+    the queue aimed at;
   - every 10 s (or 50 round trips if longer), and at once if a queue
     showed in the first round trips, the limit drops to a quarter for one
     round trip, whose
-    median latency is a base sample at a short queue (BBR's ProbeRTT): a
+    latency is a base sample at a short queue (BBR's ProbeRTT): a
     limit that started above a small server's slots would otherwise never
     see its unqueued latency;
   - overload cuts the limit by a fifth, at most once per round trip: a 429
@@ -87,11 +96,11 @@ class AdaptiveLimit:
     self.in_flight = 0
     self.max_in_flight = 0
     self._waiters = collections.deque()  # Futures of coroutines waiting.
-    # Requests in flight by token, in the order sent: (sent at, epoch) of
-    # the live ones; the epoch of the stalled ones (see _STALL_FACTOR).
+    # Requests in flight by token, in the order sent: the time each live
+    # one was sent; the tokens of the stalled ones (see _STALL_FACTOR).
     self._tokens = 0
     self._live = collections.OrderedDict()
-    self._stalled = {}
+    self._stalled = set()
     self._slow_start = True
     self._bases = collections.deque()  # (time, a round trip's latency)
     self._base = None  # The best of them: set by _add_base.
@@ -100,10 +109,16 @@ class AdaptiveLimit:
     # The limit at which the service last turned requests away: near it,
     # grow slowly (probe), so as not to send a 429 every few round trips.
     self._ceiling = None
-    # Base-latency probes (see the class): the number of the current one
-    # (requests carry the number they were sent under), None between them.
-    self.epoch = 0
-    self._probe = None
+    # The round trip being measured: the answers of the requests sent
+    # from token `_round_first` on, `limit` of them (`_round_last`, set
+    # once sent). Judged when the last of them is back (or stalled), so a
+    # round is a cohort by sending time: the fastest answers of a burst
+    # are not a round of their own, and answers to requests sent before
+    # a change of the limit do not judge the new one.
+    self._round_first = 1
+    self._round_last = None
+    # A base-latency probe in progress (see the class).
+    self._probe = False
     self._probe_saved = 0.0
     self._next_probe = None
 
@@ -136,7 +151,10 @@ class AdaptiveLimit:
     if self._holding() >= int(self.limit):
       self._window.saturated = True
     self._tokens += 1
-    self._live[self._tokens] = (time.monotonic(), self.epoch)
+    self._live[self._tokens] = time.monotonic()
+    if (self._round_last is None and
+        self._tokens - self._round_first + 1 >= max(4, _ROUND_SHARE * self.limit)):
+      self._round_last = self._tokens
     return self._tokens
 
   def _mark_stalled(self, now: float) -> int:
@@ -147,11 +165,11 @@ class AdaptiveLimit:
     oldest = now - max(_STALL_MIN_SECS, _STALL_FACTOR * self._base)
     moved = 0
     while self._live:
-      token, (sent, epoch) = next(iter(self._live.items()))
+      token, sent = next(iter(self._live.items()))
       if sent > oldest:
         break
       del self._live[token]
-      self._stalled[token] = epoch
+      self._stalled.add(token)
       moved += 1
     return moved
 
@@ -169,51 +187,57 @@ class AdaptiveLimit:
     self.in_flight -= 1
     self._wake(1)
 
-  def _forget(self, token: Optional[int]) -> Optional[int]:
-    """Drops a finished request; returns the epoch it was sent in."""
-    if token in self._live:
-      return self._live.pop(token)[1]
-    return self._stalled.pop(token, None)
+  def _forget(self, token: Optional[int]) -> None:
+    """Drops a finished request."""
+    if self._live.pop(token, None) is None:
+      self._stalled.discard(token)
 
   def release(self, latency: float, signal: str = OK,
               token: Optional[int] = None) -> None:
     """Gives a slot back with what its answer said (OK, OVERLOAD, ...);
     `token`: what `acquire` returned."""
-    epoch = self._forget(token)
+    self._forget(token)
     self.in_flight -= 1
     before = int(self.limit)
     now = time.monotonic()
-    sent_before_probe = epoch is not None and epoch != self.epoch
-    if not (self._probe is not None and sent_before_probe):
-      # (During a probe, answers of requests sent before it say nothing.)
-      self._learn(latency, signal, now)
-    self.limit = min(float(self.cap), max(1.0, self.limit))
     freed = self._mark_stalled(now)
+    self._learn(latency, signal, now, token)
+    self.limit = min(float(self.cap), max(1.0, self.limit))
     free = int(self.limit) - self._holding()
     if free > 0:
       self._wake(free if int(self.limit) > before or freed else 1)
 
-  def _learn(self, latency: float, signal: str, now: float) -> None:
-    w = self._window
-    w.add(latency, signal)
+  def _learn(self, latency: float, signal: str, now: float,
+             token: Optional[int]) -> None:
     if signal == OVERLOAD:
       # At once, not at the end of the round trip: a service that turns
       # requests away answers fast, and each freed slot would be sent
       # straight into the next refusal. Once per round trip.
       if now - self._last_cut >= self._round_trip():
         self._overloaded(now)
-        self._window = _Window()
-    elif w.answers >= max(int(self.limit), 4):
-      self._judge(w, now)
-      self._window = _Window()
+        self._next_round()
+        return
+    if token is not None and token >= self._round_first and (
+        self._round_last is None or token <= self._round_last):
+      self._window.add(latency, signal)
+    if self._round_last is not None and (
+        not self._live or next(iter(self._live)) > self._round_last):
+      self._judge(self._window, now)
+      self._next_round()
+
+  def _next_round(self) -> None:
+    """The next round trip: the requests sent from now on."""
+    self._window = _Window()
+    self._round_first = self._tokens + 1
+    self._round_last = None
 
   def _end_probe(self, w: '_Window', now: float) -> None:
-    """The probe's round trip: its median is a base sample; the limit is
+    """The probe's round trip: its latency is a base sample; the limit is
     back to where it was (Vegas then judges it against the new base)."""
     if len(w.latencies) >= 2:
-      self._add_base(now, statistics.median(w.latencies))
+      self._add_base(now, self._typical(w.latencies))
     self.limit = self._probe_saved
-    self._probe = None
+    self._probe = False
     self._next_probe = now + max(_PROBE_EVERY_SECS,
                                  _PROBE_ROUND_TRIPS * self._round_trip())
 
@@ -224,6 +248,14 @@ class AdaptiveLimit:
     while self._bases and now - self._bases[0][0] > 2 * _BASE_WINDOW_SECS:
       self._bases.popleft()
     self._base = min(b for _, b in self._bases)
+
+  def _typical(self, latencies) -> float:
+    """A round trip's latency: the mean (it moves with the whole queue,
+    where a median ignores a queue of less than half the requests) of its
+    answers less the slowest 5 % (a few stalls)."""
+    kept = sorted(latencies)
+    kept = kept[:len(kept) - int(0.05 * len(kept))]
+    return sum(kept) / len(kept)
 
   def _round_trip(self) -> float:
     return self._bases[-1][1] if self._bases else 0.0
@@ -236,7 +268,7 @@ class AdaptiveLimit:
 
   def _judge(self, w: '_Window', now: float) -> None:
     """One round trip's verdict on the limit."""
-    if self._probe is not None:
+    if self._probe:
       self._end_probe(w, now)
       return
     if self._next_probe is None and not self._slow_start:
@@ -249,8 +281,7 @@ class AdaptiveLimit:
         and not self._slow_start and self.limit > 4):
       self._probe_saved = self.limit
       self.limit = max(2.0, self.limit * _PROBE_SHARE)
-      self.epoch += 1
-      self._probe = self.epoch
+      self._probe = True
       return
     if (w.signals[BUSY] >= _BUSY_SHARE * w.answers or
         w.signals[TIMEOUT] >= _TIMEOUT_SHARE * w.answers):
@@ -259,14 +290,17 @@ class AdaptiveLimit:
       return
     if len(w.latencies) < 2:
       return  # Mostly faults: nothing learned about load.
-    latency = statistics.median(w.latencies)
+    latency = self._typical(w.latencies)
     self._add_base(now, latency)
     queue = self.limit * (1.0 - self._base / latency) if latency > 0 else 0.0
     alpha = max(_ALPHA[0], _ALPHA[1] * self.limit)
     beta = max(_BETA[0], _BETA[1] * self.limit)
     if queue > beta:
+      # Straight to what the service serves at once (its throughput x the
+      # base latency) plus the queue aimed at.
       self._slow_start = False
-      self.limit -= max(1.0, (queue - beta) / 2)
+      serves = self.limit * self._base / latency
+      self.limit = max(1.0, min(self.limit - 1, serves + (alpha + beta) / 2))
     elif queue < alpha and w.saturated:  # Only grow a limit in use.
       if self._slow_start:
         self.limit *= 2
