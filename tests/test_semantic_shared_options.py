@@ -25,6 +25,34 @@ def test_every_operator_declares_and_documents_the_shared_options(name):
     assert f'    {option}: ' in cls.__doc__, (name, option)
 
 
+@pytest.mark.parametrize('name', OPERATORS)
+def test_opted_in_options_come_from_their_one_declaration(name):
+  """`field`, `template`, `keep_fields`, ... are declared once: the same
+  type, default and text in every operator that takes them."""
+  import inspect
+  cls = getattr(beam_llm, name)
+  params = inspect.signature(cls.__init__).parameters
+  for option in getattr(cls, 'opt_in', ()):
+    declared = _options.OPT_IN[option]
+    assert params[option].default == declared.default, (name, option)
+    assert ' '.join(declared.doc.split()) in ' '.join(cls.__doc__.split()), (
+        name, option)
+
+
+def test_an_operator_cannot_declare_a_shared_option_again():
+  from beam_llm.transforms.semantic import _base
+
+  class Twice(_base.SemanticOperator):
+    """Args:
+      chat: mine.
+    """
+    def __init__(self, chat: bool = False, **generate_options):
+      super().__init__()
+
+  with pytest.raises(TypeError, match=r"declares \['chat'\] itself"):
+    _options.inherits_generate_options(Twice)
+
+
 def reasoned(answer):
   """A fake model that gives `answer` (a dict) with a reason when asked."""
   def reply(prompt):

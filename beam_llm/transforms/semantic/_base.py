@@ -58,12 +58,11 @@ def literal(text: str) -> str:
   return str(text).replace('{', "{{ '{' }}")
 
 
-def content_source(
-    owner: str,
-    field: Optional[str],
-    template: Optional[str],
-    template_file: Optional[str]) -> str:
-  """The Jinja source of the text the operator works on."""
+def content_source(owner: str, options: Mapping[str, Any]) -> str:
+  """The Jinja source of the text the operator works on, from its
+  `field`, `template` or `template_file` option (_options.OPT_IN)."""
+  field, template, template_file = (
+      options.get('field'), options.get('template'), options.get('template_file'))
   given = _config.exactly_one(
       owner, field=field, template=template, template_file=template_file)
   if given == 'field':

@@ -5,8 +5,11 @@ docstring, and inherited here: an operator's config schema (its signature,
 which Beam YAML, the build-time checks and docgen read) and its `Args:`
 documentation gain GenerateText's options, so a generation option added
 there is an option of every operator, checked and documented the same way,
-with no second list. The operators' own shared options (`reason_output`,
-`examples`) are declared once below, the same way.
+with no second list. The options operators share among themselves are
+declared once below, the same way: those of every operator (`SHARED`) and
+those an operator takes by naming them in `opt_in` (`OPT_IN`). An operator's
+`__init__` gets them, with their declared defaults filled in, among its
+`**generate_options`.
 """
 import functools
 import inspect
@@ -16,15 +19,27 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 from beam_llm import _config
 
-# Options of every operator (name -> type, doc); each operator reads them
-# with `shared(options)`, and _base / the operators map them.
+class Option(NamedTuple):
+  hint: Any
+  doc: str
+  default: Any = None
+
+
+# Options of every operator; each operator reads them with
+# `shared(options)` (and `chat` from its options), and _base / the
+# operators map them.
 SHARED = {
-    'reason_output': (
+    'reason_output': Option(
         Optional[str],
         'If set, the model first gives a short reason (at most 200 '
         'characters) for its answer, kept in a field of that name. Costs '
         'tokens; often makes the answer better.'),
-    'examples': (
+    'chat': Option(
+        bool,
+        'Send prompts as system + user chat messages (instruct models, chat '
+        'APIs); false sends one plain text prompt (base models, T5). '
+        'Defaults to true.', True),
+    'examples': Option(
         Optional[Sequence[Mapping[str, Any]]],
         'Few-shot examples shown to the model before its task: a list of '
         '`{input: ..., output: ..., reason: ...}`, `input` as the model would '
@@ -37,7 +52,25 @@ SHARED = {
 
 # Options some operators take (`cls.opt_in` names them), declared once too.
 OPT_IN = {
-    'cascade': (
+    'field': Option(
+        Optional[str],
+        'The input field holding the text the model reads. Give exactly one '
+        'of `field`, `template` and `template_file`.'),
+    'template': Option(
+        Optional[str],
+        "A Jinja template (RenderPrompt's sandbox; input fields are its "
+        'variables) for that text, when it is made of several fields. Wrap it '
+        'in `{% raw %}...{% endraw %}` inside a pipeline file.'),
+    'template_file': Option(Optional[str], 'Path of a file holding that template.'),
+    'keep_fields': Option(
+        Optional[Sequence[str]],
+        'Input fields to keep in the output, e.g. `[chat_id]`. Defaults to '
+        'all of them. Error rows always carry the whole input row.'),
+    'prompt_output': Option(
+        Optional[str],
+        'If set, the rendered prompt is kept in a field of that name, to see '
+        'exactly what the model was asked.'),
+    'cascade': Option(
         Optional[Mapping[str, Any]],
         'A cheaper model that answers first, `{model_handler: {type, '
         'config}, target_agreement: 0.95, sample: 200, seed: 0}`: it answers '
@@ -87,11 +120,13 @@ def inherits_generate_options(cls):
   gets a signature, type hints and docs that list GenerateText's options,
   and every option is checked against them (naming `cls`) before it runs."""
   original = cls.__init__
+  declared = {**{n: OPT_IN[n] for n in getattr(cls, 'opt_in', ())}, **SHARED}
 
   @functools.wraps(original)
   def init(self, **options):
     _config.check_call_options(cls.__name__, init, options)
-    original(self, **options)
+    defaults = {n: o.default for n, o in declared.items() if n not in options}
+    original(self, **defaults, **options)
 
   cls.__init__ = init
   own = [
@@ -100,11 +135,14 @@ def inherits_generate_options(cls):
       if name != 'self' and p.kind != p.VAR_KEYWORD
   ]
   own_names = {p.name for p in own}
-  declared = {**SHARED, **{n: OPT_IN[n] for n in getattr(cls, 'opt_in', ())}}
+  clash = own_names & set(declared)
+  if clash:
+    raise TypeError(f'{cls.__name__} declares {sorted(clash)} itself: they '
+                    'are declared once, in _options')
   shared_params = [
-      inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                        annotation=hint)
-      for name, (hint, _) in declared.items() if name not in own_names]
+      inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                        default=option.default, annotation=option.hint)
+      for name, option in declared.items()]
   own_names |= set(declared)
   gt = _generate_text()
   gt_params = inspect.signature(gt.__init__).parameters
@@ -123,7 +161,7 @@ def inherits_generate_options(cls):
   }
   init.__annotations__.pop('generate_options', None)
   cls.__doc__ = cls.__doc__.rstrip() + '\n' + _docs(
-      [(p.name, declared[p.name][1]) for p in shared_params]) + '\n' + \
+      [(p.name, declared[p.name].doc) for p in shared_params]) + '\n' + \
       _inherited_docs(gt, [p.name for p in inherited]) + '\n'
   return cls
 

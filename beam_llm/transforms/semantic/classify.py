@@ -34,45 +34,27 @@ class Classify(_base.SemanticOperator):
       mapping from label to a description the model reads
       (`{-1: unhappy customer, 0: neutral, 1: happy customer}`). All strings
       or all integers.
-    field: The input field holding the text to classify. Give exactly one of
-      `field`, `template` and `template_file`.
-    template: A Jinja template (RenderPrompt's sandbox; input fields are its
-      variables) for the text to classify, when it is made of several
-      fields. Wrap it in `{% raw %}...{% endraw %}` inside a pipeline file.
-    template_file: Path of a file holding that template.
     instruction: What to judge, in plain words, e.g. `The customer's tone at
       the end of the chat.` Defaults to a generic classification request.
     multi_label: Choose every label that applies (a list, possibly empty)
       instead of exactly one. Defaults to false.
     output: Name of the field that receives the label(s). Defaults to
       `label`.
-    chat: Send the prompt as system + user chat messages (instruct models,
-      chat APIs); false sends one plain text prompt (base models, T5).
-      Defaults to true.
-    keep_fields: Input fields to keep in the output, e.g. `[chat_id]`.
-      Defaults to all of them. Error rows always carry the whole input row.
-    prompt_output: If set, the rendered prompt is kept in a field of that
-      name, to see exactly what the model was asked.
     error_handling: `{output: <name>}` sends rows that fail to that output
       as error rows (`element` is the input row; `error_type` is the failing
       step's: `render`, a GenerateText type such as `prompt_too_long` or
       `rate_limited`, or a ParseJSON type such as `schema` for an answer
       that is not a label, `truncated`, `empty`, `invalid_json`).
   """
-  opt_in = ('cascade',)  # _options.OPT_IN
+  opt_in = ('field', 'template', 'template_file', 'keep_fields',
+            'prompt_output', 'cascade')  # _options.OPT_IN
 
   def __init__(
       self,
       labels: Union[Sequence[Any], Mapping[Any, str]],
-      field: Optional[str] = None,
-      template: Optional[str] = None,
-      template_file: Optional[str] = None,
       instruction: Optional[str] = None,
       multi_label: bool = False,
       output: str = 'label',
-      chat: bool = True,
-      keep_fields: Optional[Sequence[str]] = None,
-      prompt_output: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
     super().__init__()
@@ -85,7 +67,7 @@ class Classify(_base.SemanticOperator):
     key = 'labels' if multi_label else 'label'
     prop = ({'type': 'array', 'items': enum, 'maxItems': len(names)}
             if multi_label else enum)
-    source = _base.content_source(_OWNER, field, template, template_file)
+    source = _base.content_source(_OWNER, generate_options)
     self._build(
         _OWNER, {**options, **generate_options},
         'You are a careful classifier. You answer with JSON only.',

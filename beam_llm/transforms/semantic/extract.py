@@ -1,5 +1,5 @@
 """Extract: a field -> the typed fields of a JSON Schema, in one step."""
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 from beam_llm import _config
 from beam_llm import json_schema_types
@@ -28,38 +28,22 @@ class Extract(_base.SemanticOperator):
       must be an object with `properties`. Give exactly one of `schema` and
       `schema_file`.
     schema_file: Path of a JSON file holding the schema.
-    field: The input field holding the text to extract from. Give exactly
-      one of `field`, `template` and `template_file`.
-    template: A Jinja template (RenderPrompt's sandbox; input fields are its
-      variables) for the text, when it is made of several fields. Wrap it in
-      `{% raw %}...{% endraw %}` inside a pipeline file.
-    template_file: Path of a file holding that template.
     instruction: What to extract, in plain words, e.g. `Judge the
       customer's tone and summarize the chat.` Defaults to a generic request
       to fill in the schema.
-    chat: Send the prompt as system + user chat messages (instruct models,
-      chat APIs); false sends one plain text prompt (base models, T5).
-      Defaults to true.
-    keep_fields: Input fields to keep in the output, e.g. `[chat_id]`.
-      Defaults to all of them. Error rows always carry the whole input row.
-    prompt_output: If set, the rendered prompt is kept in a field of that
-      name, to see exactly what the model was asked.
     error_handling: `{output: <name>}` sends rows that fail to that output
       as error rows (`element` is the input row; `error_type` is the failing
       step's: `render`, a GenerateText type such as `prompt_too_long`, or a
       ParseJSON type: `truncated`, `empty`, `invalid_json`, `schema`).
   """
+  opt_in = ('field', 'template', 'template_file', 'keep_fields',
+            'prompt_output')  # _options.OPT_IN
+
   def __init__(
       self,
       schema: Optional[Mapping[str, Any]] = None,
       schema_file: Optional[str] = None,
-      field: Optional[str] = None,
-      template: Optional[str] = None,
-      template_file: Optional[str] = None,
       instruction: Optional[str] = None,
-      chat: bool = True,
-      keep_fields: Optional[Sequence[str]] = None,
-      prompt_output: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
     super().__init__()
@@ -70,7 +54,7 @@ class Extract(_base.SemanticOperator):
       _config.fail(
           _OWNER, 'schema', 'must describe an object with properties '
           '(its properties become the output fields)')
-    source = _base.content_source(_OWNER, field, template, template_file)
+    source = _base.content_source(_OWNER, generate_options)
     self._build(
         _OWNER, {**options, **generate_options},
         'You extract information from text. You answer with JSON only.',

@@ -71,7 +71,6 @@ class Resolve(beam.PTransform):
     output: Name of the field that receives the entity id. Defaults to
       `entity_id`.
     merge_fields: If set, one row per entity with these fields merged.
-    chat: Send the prompt as system + user chat messages. Defaults to true.
     error_handling: `{output: <name>}` sends pairs the model could not
       judge to that output as error rows (`element` is the pair, fields
       prefixed `first_` and `second_`); such a pair counts as not the same
@@ -89,7 +88,6 @@ class Resolve(beam.PTransform):
       max_model_calls: Optional[int] = None,
       output: str = 'entity_id',
       merge_fields: Optional[Sequence[str]] = None,
-      chat: bool = True,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
     super().__init__()
@@ -116,7 +114,7 @@ class Resolve(beam.PTransform):
     self._max_calls = max_model_calls
     self._output = output
     self._merge = None if merge_fields is None else list(merge_fields)
-    self._judge_options = dict(chat=chat, **generate_options)
+    self._judge_options = dict(generate_options)
     self._error_output = _config.error_output_name(_OWNER, error_handling)
     self._error_handling = error_handling
     # Checked now, with a stand-in text: a misspelt option fails at build.

@@ -1,5 +1,5 @@
 """SemanticFilter: keeps the rows for which a plain-language condition holds."""
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 from beam_llm import _config
 from beam_llm.transforms.semantic import _answers
@@ -26,19 +26,6 @@ class SemanticFilter(_base.SemanticOperator):
 
   Args:
     condition: The condition, in plain language, that a kept row satisfies.
-    field: The input field holding the text to judge. Give exactly one of
-      `field`, `template` and `template_file`.
-    template: A Jinja template (RenderPrompt's sandbox; input fields are its
-      variables) for the text, when it is made of several fields. Wrap it in
-      `{% raw %}...{% endraw %}` inside a pipeline file.
-    template_file: Path of a file holding that template.
-    chat: Send the prompt as system + user chat messages (instruct models,
-      chat APIs); false sends one plain text prompt (base models, T5).
-      Defaults to true.
-    keep_fields: Input fields to keep in the output, e.g. `[chat_id]`.
-      Defaults to all of them. Error rows always carry the whole input row.
-    prompt_output: If set, the rendered prompt is kept in a field of that
-      name, to see exactly what the model was asked.
     error_handling: `{output: <name>}` sends rows that fail to that output
       as error rows (`element` is the input row; `error_type` is the failing
       step's: `render`, a GenerateText type such as `prompt_too_long`, or a
@@ -46,17 +33,12 @@ class SemanticFilter(_base.SemanticOperator):
       is not a decision, `truncated`, `empty`).
   """
   owner = _OWNER  # Who messages and metrics name (SemanticJoin reuses it).
-  opt_in = ('cascade',)  # _options.OPT_IN
+  opt_in = ('field', 'template', 'template_file', 'keep_fields',
+            'prompt_output', 'cascade')  # _options.OPT_IN
 
   def __init__(
       self,
       condition: str,
-      field: Optional[str] = None,
-      template: Optional[str] = None,
-      template_file: Optional[str] = None,
-      chat: bool = True,
-      keep_fields: Optional[Sequence[str]] = None,
-      prompt_output: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
     super().__init__()
@@ -64,7 +46,7 @@ class SemanticFilter(_base.SemanticOperator):
                if k not in ('self', '__class__', 'generate_options')}
     if not condition.strip():
       _config.fail(self.owner, 'condition', 'is empty')
-    source = _base.content_source(self.owner, field, template, template_file)
+    source = _base.content_source(self.owner, generate_options)
     task = _base.literal(
         'Decide whether this condition holds for the text below.\n\n'
         f'Condition: {condition.strip()}\n\n') + source

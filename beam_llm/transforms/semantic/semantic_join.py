@@ -56,12 +56,11 @@ class SemanticJoin(beam.PTransform):
       `left_`.
     right_prefix: Prefix of the right fields in the output. Defaults to
       `right_`.
-    chat: Send the prompt as system + user chat messages. Defaults to true.
-    prompt_output: If set, the rendered prompt is kept in a field of that
-      name.
     error_handling: `{output: <name>}` sends pairs the model could not
       decide to that output as error rows (`element` is the pair).
   """
+  opt_in = ('prompt_output',)  # _options.OPT_IN
+
   def __init__(
       self,
       condition: str,
@@ -75,8 +74,6 @@ class SemanticJoin(beam.PTransform):
       max_model_calls: Optional[int] = None,
       left_prefix: str = 'left_',
       right_prefix: str = 'right_',
-      chat: bool = True,
-      prompt_output: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
     super().__init__()
@@ -102,9 +99,8 @@ class SemanticJoin(beam.PTransform):
     self._top_k = block_top_k
     self._max_calls = max_model_calls
     self._prefix = {'left': left_prefix, 'right': right_prefix}
-    self._filter_options = dict(
-        chat=chat, prompt_output=prompt_output,
-        error_handling=error_handling, **generate_options)
+    self._filter_options = dict(error_handling=error_handling,
+                                **generate_options)
     # Checked now, with a stand-in text: a misspelt option fails at build.
     _PairJudge(condition=self._condition, template='{{ x }}',
                **self._filter_options)

@@ -1,5 +1,5 @@
 """SemanticMap: a plain-language instruction applied to each row's text."""
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 from beam_llm import _config
 from beam_llm.transforms.semantic import _answers
@@ -23,39 +23,23 @@ class SemanticMap(_base.SemanticOperator):
 
   Args:
     instruction: What to do with the text, in plain language.
-    field: The input field holding the text. Give exactly one of `field`,
-      `template` and `template_file`.
-    template: A Jinja template (RenderPrompt's sandbox; input fields are its
-      variables) for the text, when it is made of several fields. Wrap it in
-      `{% raw %}...{% endraw %}` inside a pipeline file.
-    template_file: Path of a file holding that template.
     output: Name of the field that receives the answer. Defaults to
       `result`.
     max_output_chars: Longest answer accepted; longer ones go to the error
       output (`too_long`). Defaults to none.
-    chat: Send the prompt as system + user chat messages (instruct models,
-      chat APIs); false sends one plain text prompt (base models, T5).
-      Defaults to true.
-    keep_fields: Input fields to keep in the output, e.g. `[chat_id]`.
-      Defaults to all of them. Error rows always carry the whole input row.
-    prompt_output: If set, the rendered prompt is kept in a field of that
-      name, to see exactly what the model was asked.
     error_handling: `{output: <name>}` sends rows that fail to that output
       as error rows (`element` is the input row; `error_type` is the failing
       step's: `render`, a GenerateText type such as `prompt_too_long`, a
       ParseJSON type such as `truncated`, or `too_long`).
   """
+  opt_in = ('field', 'template', 'template_file', 'keep_fields',
+            'prompt_output')  # _options.OPT_IN
+
   def __init__(
       self,
       instruction: str,
-      field: Optional[str] = None,
-      template: Optional[str] = None,
-      template_file: Optional[str] = None,
       output: str = 'result',
       max_output_chars: Optional[int] = None,
-      chat: bool = True,
-      keep_fields: Optional[Sequence[str]] = None,
-      prompt_output: Optional[str] = None,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
     super().__init__()
@@ -68,7 +52,7 @@ class SemanticMap(_base.SemanticOperator):
     if max_output_chars is not None and max_output_chars < 1:
       _config.fail(_OWNER, 'max_output_chars',
                    f'must be at least 1, got {max_output_chars}')
-    source = _base.content_source(_OWNER, field, template, template_file)
+    source = _base.content_source(_OWNER, generate_options)
     self._build(
         _OWNER, {**options, **generate_options},
         'You follow instructions exactly. You answer with JSON only.',

@@ -56,12 +56,6 @@ class SemanticTopK(beam.PTransform):
     criterion: What makes a row better, in plain language, e.g. `The more
       urgent customer complaint.`
     k: How many rows to keep per group.
-    field: The input field holding the text the model compares. Give
-      exactly one of `field`, `template` and `template_file`.
-    template: A Jinja template (RenderPrompt's sandbox; input fields are its
-      variables) for that text, when it is made of several fields. Wrap it
-      in `{% raw %}...{% endraw %}` inside a pipeline file.
-    template_file: Path of a file holding that template.
     group_by: The field, or list of fields, whose values form the groups
       ranked separately. Defaults to none: one ranking of the whole input.
     embedding_model_handler: An EmbedText backend (`{type, config}`) to cut
@@ -70,23 +64,19 @@ class SemanticTopK(beam.PTransform):
     shortlist: Rows per group kept by the embedding cut. Defaults to 10 x k.
     output: Name of the field that receives the row's place. Defaults to
       `rank`.
-    chat: Send prompts as system + user chat messages; false sends one text
-      prompt. Defaults to true.
     error_handling: `{output: <name>}` sends rows that fail to that output
       as error rows (`element` is the input row).
   """
+  opt_in = ('field', 'template', 'template_file')  # _options.OPT_IN
+
   def __init__(
       self,
       criterion: str,
       k: int,
-      field: Optional[str] = None,
-      template: Optional[str] = None,
-      template_file: Optional[str] = None,
       group_by: Optional[Union[str, Sequence[str]]] = None,
       embedding_model_handler: Optional[Mapping[str, Any]] = None,
       shortlist: Optional[int] = None,
       output: str = 'rank',
-      chat: bool = True,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
     super().__init__()
@@ -104,8 +94,7 @@ class SemanticTopK(beam.PTransform):
     reason_output, examples = _options.shared(_OWNER, generate_options)
     self._keys = _base.group_fields(_OWNER, group_by)
     self._render = _base.render_prompt(
-        _OWNER, template=_base.content_source(_OWNER, field, template,
-                                              template_file),
+        _OWNER, template=_base.content_source(_OWNER, generate_options),
         output=_TEXT, error_handling={'output': _rows.INNER_ERRORS})
     self._embed = (None if embedding_model_handler is None else
                    _blocking.embedder(_OWNER, embedding_model_handler, _TEXT,
@@ -122,7 +111,7 @@ class SemanticTopK(beam.PTransform):
         _RankDoFn,
         _asking.Asker(_OWNER, _options.handler_of(self._generate), schema,
                       generate_options.get('max_batch_size') or 8),
-        _Comparisons(criterion.strip(), schema, chat,
+        _Comparisons(criterion.strip(), schema, generate_options['chat'],
                      _answers.examples_text(_OWNER, examples, schema, _shown_pair)),
         k, shortlist if embedding_model_handler else None, output, reason_output)
     self._criterion = criterion.strip()

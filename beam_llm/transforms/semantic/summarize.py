@@ -157,8 +157,6 @@ class SemanticReduce(_LLMReduce):
       tokens with. Defaults to the model's for the HuggingFace backend.
     chars_per_token: Characters per token for estimating prompt sizes when
       no tokenizer is used. Defaults to 3 (conservative for English).
-    chat: Send prompts as system + user chat messages; false sends one text
-      prompt. Defaults to true.
     error_handling: `{output: <name>}` sends groups that fail to that output
       as error rows instead of failing the pipeline.
   """
@@ -174,7 +172,6 @@ class SemanticReduce(_LLMReduce):
       max_input_tokens: int = 2048,
       tokenizer: Optional[str] = None,
       chars_per_token: float = 3.0,
-      chat: bool = True,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
     super().__init__()
@@ -182,7 +179,7 @@ class SemanticReduce(_LLMReduce):
       schema = _config.load_json_schema('SemanticReduce', schema, schema_file)
     self._setup('SemanticReduce', group_by, field, instruction, schema, output,
                 count_output, max_input_tokens, tokenizer, chars_per_token,
-                chat, error_handling, generate_options)
+                generate_options['chat'], error_handling, generate_options)
 
 
 @_options.inherits_generate_options
@@ -213,8 +210,6 @@ class SummarizePerKey(_LLMReduce):
       tokens with. Defaults to the model's for the HuggingFace backend.
     chars_per_token: Characters per token for estimating prompt sizes when
       no tokenizer is used. Defaults to 3 (conservative for English).
-    chat: Send prompts as system + user chat messages; false sends one text
-      prompt. Defaults to true.
     error_handling: `{output: <name>}` sends groups whose summary fails to
       that output as error rows instead of failing the pipeline.
   """
@@ -228,13 +223,12 @@ class SummarizePerKey(_LLMReduce):
       max_input_tokens: int = 2048,
       tokenizer: Optional[str] = None,
       chars_per_token: float = 3.0,
-      chat: bool = True,
       error_handling: Optional[Mapping[str, Any]] = None,
       **generate_options):
     super().__init__()
     self._setup('SummarizePerKey', group_by, field, instruction, None, output,
                 count_output, max_input_tokens, tokenizer, chars_per_token,
-                chat, error_handling, generate_options)
+                generate_options['chat'], error_handling, generate_options)
 
 
 def _text(value) -> str:
