@@ -94,8 +94,8 @@ def read_results(texts, parse) -> Dict[str, Verdict]:
 class GeminiBatchClient(BatchClient):
   """Gemini's files and batches, through the process's `genai.Client`."""
   limits = {
-      'batch_max_requests': (50_000, 'rows held per file on a worker; Gemini '
-                             'sets no count, only the file size'),
+      'batch_max_requests': (50_000, "beam-llm's choice, as for OpenAI: it "
+                             'bounds the rows a worker holds per file'),
       'batch_max_bytes': (2_000_000_000, "Gemini's limit for an input "
                           'file, 2 GB')}
   missing_hint = ('; the server may not offer the Batch API (files, '
