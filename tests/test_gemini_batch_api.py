@@ -13,6 +13,7 @@ import pytest
 
 from beam_llm import GenerateText
 from beam_llm._config import ConfigError
+from beam_llm.handlers.base import Generation
 from beam_llm.remote import RemoteUnavailable
 from beam_llm.testing.fake_batch_api import BatchFaults
 from tests.beam_helpers import run_transform
@@ -54,6 +55,38 @@ def sent_lines(server):
 
 def synchronous(server):
   return [r for r in server.log if r.path.endswith(':generateContent')]
+
+
+def test_result_lines_are_judged_as_synchronous_answers_are():
+  from beam_llm.batch_api import gemini_batches
+  from beam_llm.handlers.gemini import GeminiHandler
+  handler = GeminiHandler(model='g', generation={}, batching={})
+  ok = {'candidates': [{'content': {'role': 'model', 'parts': [
+      {'text': 'thinking...', 'thought': True}, {'text': ' hi '}]},
+      'finishReason': 'STOP'}],
+        'usageMetadata': {'promptTokenCount': 3, 'candidatesTokenCount': 1}}
+  text = '\n'.join(json.dumps(l) for l in [
+      {'key': 'a', 'response': ok},
+      {'key': 'b', 'error': {'code': 13, 'message': 'Internal error.'}},
+      {'key': 'c', 'error': {'code': 3, 'message': 'bad field'}},
+      {'key': 'd', 'error': {'code': 8, 'message': 'quota'}},
+      {'key': 'e', 'response': {'promptFeedback': {'blockReason': 'SAFETY'}}},
+      {'key': 'f', 'error': {'code': 503, 'message': 'unavailable'}},
+      {'key': 'g', 'response': {'candidates': [{'content': {'parts': []},
+                                                'finishReason': 'MAX_TOKENS'}]}},
+      {'response': ok},  # No key: skipped.
+  ]) + '\nnot json\n'
+  v = gemini_batches.read_results([text], handler.read_rest_answer)
+  # The same answer the synchronous parser gives: thoughts left out, usage.
+  assert v['a'].value == Generation('hi', 3, 1) and not v['a'].retry
+  assert v['b'].retry and v['b'].failure.error_type == 'server_error'
+  assert not v['c'].retry and v['c'].failure.error_type == 'client_error'
+  assert 'bad field' in v['c'].failure.msg
+  assert v['d'].retry and v['d'].failure.error_type == 'rate_limited'
+  assert v['e'].retry and 'SAFETY' in v['e'].failure.msg
+  assert v['f'].retry and v['f'].failure.status == 503
+  assert v['g'].retry and 'MAX_TOKENS' in v['g'].failure.msg
+  assert set(v) == set('abcdefg')  # A line missing here counts as unrun.
 
 
 def test_the_same_rows_as_synchronous_mode_and_the_same_requests(llm_server):

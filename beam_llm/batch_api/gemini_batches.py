@@ -111,7 +111,9 @@ class GeminiBatchClient(BatchClient):
 
   def _sync(self, what: str, method, gone_ok: bool = False,
             min_secs: float = 0.0, **kwargs):
-    """`method(**kwargs, config={http_options: timeout})` on a thread."""
+    """`method(**kwargs, config={**config, http_options: {timeout}})` on a
+    thread, under the policy. A callable keyword value is called for each
+    attempt (an upload's stream, fresh every time)."""
     config = kwargs.pop('config', {})
 
     def send(timeout):
