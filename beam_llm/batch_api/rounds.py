@@ -181,11 +181,11 @@ class Batches:
                          for e in (batch.get('errors') or [])[:5]]}
     self.store.save(record)
     if batch['status'] != 'completed':
-      done = batch.get('done')
-      _LOG.warning('GenerateText [%s]: batch %s %s (%s of %d lines done)%s; '
-                   'its other lines go in a follow-up batch',
+      done = batch.get('done')  # None: the provider does not say.
+      _LOG.warning('GenerateText [%s]: batch %s %s (%s%d lines)%s; '
+                   'its lines without a result go in a follow-up batch',
                    self._handler.describe(), record['batch_id'],
-                   batch['status'], '?' if done is None else done,
+                   batch['status'], '' if done is None else f'{done} done of ',
                    len(record['custom_ids']),
                    f': {record["errors"][0]}' if record['errors'] else '')
     return record

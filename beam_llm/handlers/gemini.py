@@ -1,4 +1,5 @@
-"""Gemini on `google-genai`: one generateContent request per row, always.
+"""Gemini on `google-genai`: one generateContent request per row, always
+(with `batch_api`, one line per row in a Batch Mode file: batch_api/).
 
 Beam's own Gemini handler sends a whole batch as one request and pairs the
 N rows with the one answer, so rows are dropped or get another row's answer.
