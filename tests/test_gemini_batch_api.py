@@ -119,6 +119,36 @@ def test_the_same_rows_as_synchronous_mode_and_the_same_requests(llm_server):
   assert metrics['input_tokens'] == 40
 
 
+def test_a_chat_line_carries_what_the_synchronous_request_sends(llm_server):
+  # System instruction, model turns, sampling and GenerateContentConfig
+  # fields from generation_config: the line's request is the body the
+  # synchronous call posts (google-genai's conversion, not ours).
+  from beam_llm.handlers.gemini import GeminiHandler
+  server = llm_server()
+  handler = GeminiHandler(
+      model='gemini-test', base_url=server.url, api_version='v1beta',
+      api_key_env='GEMINI_BATCH_TEST_KEY', batch_api=True, batching={},
+      generation={'max_new_tokens': 32, 'temperature': 0.7, 'top_k': 5,
+                  'generation_config': {
+                      'seed': 11, 'stop_sequences': ['END'],
+                      'thinking_config': {'thinking_budget': 0}}})
+  chat = [{'role': 'system', 'content': 'Be brief.'},
+          {'role': 'user', 'content': 'Hi'},
+          {'role': 'assistant', 'content': 'Hello!'},
+          {'role': 'user', 'content': 'Bye'}]
+  [result] = handler.run_inference([chat], handler.load_model())
+  assert result.inference.text.startswith('echo:')
+  model, body = handler.batch_line(handler.build_request(chat))
+  assert model == 'models/gemini-test'
+  assert body == server.log[0].body
+  assert body['systemInstruction']['parts'] == [{'text': 'Be brief.'}]
+  config = body['generationConfig']
+  assert config['seed'] == 11 and config['stopSequences'] == ['END']
+  assert config['topK'] == 5 and config['thinkingConfig']
+  assert json.loads(handler.batch_provider.encode('k', model, body)) == {
+      'key': 'k', 'request': body}
+
+
 def test_a_line_refused_as_invalid_is_an_error_row_not_retried(llm_server):
   server = llm_server(batch_faults=BatchFaults(invalid_for='refuse me'))
   good, bad, _ = run(server, ['fine 1', 'refuse me', 'fine 2'])
