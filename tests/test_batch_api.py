@@ -15,6 +15,7 @@ from beam_llm import GenerateText
 from beam_llm import remote
 from beam_llm._config import ConfigError
 from beam_llm.batch_api import lines
+from beam_llm.batch_api import openai_batches
 from beam_llm.handlers.base import Generation
 from beam_llm.testing.fake_batch_api import BatchFaults
 from tests.beam_helpers import run_transform
@@ -78,7 +79,7 @@ def test_result_lines_are_judged_as_synchronous_answers_are():
     return Generation(body['choices'][0]['message']['content'],
                       body['usage']['prompt_tokens'],
                       body['usage']['completion_tokens'])
-  v = lines.read_results([text], parse)
+  v = openai_batches.read_results([text], parse)
   assert v['a'].value == Generation('hi', 3, 1) and not v['a'].retry
   assert v['b'].retry and v['b'].failure.error_type == 'server_error'
   assert not v['c'].retry and v['c'].failure.error_type == 'client_error'
@@ -175,7 +176,7 @@ def test_files_are_cut_at_batch_max_bytes_and_a_failed_file_is_retried(
   # (status failed), its rows go in a follow-up, then synchronously.
   server = llm_server(batch_faults=BatchFaults(max_lines_per_file=4))
   prompts = [f'prompt number {i}' for i in range(8)]
-  size = len(lines.encode('x' * 64, '/v1/chat/completions', {
+  size = len(openai_batches.encode('x' * 64, '/v1/chat/completions', {
       'model': 'm', 'messages': [{'role': 'user', 'content': prompts[0]}],
       'max_tokens': 256, 'temperature': 0.0}))
   good, bad, _ = run(server.url + '/v1', prompts,
@@ -287,7 +288,6 @@ def test_an_outage_fails_the_run_never_error_rows(llm_server):
 
 
 @pytest.mark.parametrize('backend, config', [
-    ('Gemini', {'model': 'gemini-2.0-flash'}),
     ('VertexAI', {'project': 'p', 'location': 'l', 'endpoint': '1'}),
     ('VLLM', {'model': 'm'}),  # Its server has no Batch API.
     ('HuggingFace', {'model': 'm'}),
@@ -295,8 +295,8 @@ def test_an_outage_fails_the_run_never_error_rows(llm_server):
 def test_batch_api_on_another_backend_fails_at_build(backend, config):
   with pytest.raises(ConfigError, match=(
       r"option 'model_handler.config.batch_api' is not supported by the "
-      rf"{backend} backend: batch_api is supported only by the "
-      r'OpenAICompatible backend for now')):
+      rf"{backend} backend: batch_api is supported by the "
+      r'OpenAICompatible and Gemini backends')):
     GenerateText(model_handler={'type': backend,
                                 'config': {**config, 'batch_api': True}})
 
@@ -346,14 +346,14 @@ def test_a_call_looks_once_and_checkpoints_while_its_batch_runs(llm_server):
 
 
 def test_a_batch_is_found_by_its_tag_across_pages_of_the_list(llm_server):
-  from beam_llm.batch_api.client import BatchClient
+  from beam_llm.batch_api.openai_batches import OpenAIBatchClient
   from beam_llm.handlers.openai_compatible import OpenAICompatibleHandler
   server = llm_server()
   handler = OpenAICompatibleHandler(
       model='m', base_url=server.url + '/v1', batch_api=True, generation={},
       batching={})
-  client = BatchClient(handler, handler.load_model())
-  line = lines.encode('c', '/v1/chat/completions', {'model': 'm', 'messages': []})
+  client = OpenAIBatchClient(handler, handler.load_model())
+  line = openai_batches.encode('c', '/v1/chat/completions', {'model': 'm', 'messages': []})
   ids = [client.submit(line, '/v1/chat/completions', f'tag-{n}')['id']
          for n in range(130)]
   assert client.find('tag-0', since=0)['id'] == ids[0]  # On the 2nd page.

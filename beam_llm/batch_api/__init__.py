@@ -1,14 +1,18 @@
 """Provider Batch APIs (`batch_api: true`): the same rows for half the price.
 
 The options are declared here once (`BatchOptions`); a backend that supports
-a Batch API gets them with `@with_options` and takes them out of its keyword
-options with `BatchOptions.take`. GenerateText then runs it with
-`BatchGenerate` (beam_llm/batch_api/transform.py) instead of one request
-per row. Modules:
+a Batch API gets them with `@with_options(ItsBatchClient)` and takes them out
+of its keyword options with `BatchOptions.take`. GenerateText then runs it
+with `BatchGenerate` (beam_llm/batch_api/transform.py) instead of one request
+per row. The backend gives `batch_line(request)` (a built request as the
+provider's file line wants it); everything else provider-specific is its
+client's (`client.BatchClient`: line format, files, batches, statuses).
+Modules:
 
-- `lines`: request lines in, verdicts per `custom_id` out (no I/O);
-- `client`: the provider's files and batches, every call through the
-  remote-call policy (beam_llm.remote);
+- `lines`: packing lines into files, verdicts per `custom_id` (no I/O);
+- `client`: the provider interface, every call through the remote-call
+  policy (beam_llm.remote); `openai_batches` (OpenAI's Batch API) and
+  `gemini_batches` (the Gemini Developer API's Batch Mode) implement it;
 - `store`: which batches hold which rows, persisted in `cache_dir` before
   any wait, so a rerun resumes them;
 - `transform`: the Beam side (files filled by GroupIntoBatches, a splittable
@@ -36,10 +40,9 @@ class BatchOptions:
       'results within 24 h, about half the price) instead of one request per '
       'row; the same rows and error rows come out (docs/remote.md, "Batch '
       'mode"). Defaults to false.')
-  batch_max_requests: int = _option(
-      50_000, "Most requests per batch file (OpenAI's limit).")
-  batch_max_bytes: int = _option(
-      200_000_000, "Most bytes per batch file (OpenAI's limit, 200 MB).")
+  # These two default to the provider's (its client's `limits`).
+  batch_max_requests: int = _option(None, 'Most requests per batch file.')
+  batch_max_bytes: int = _option(None, 'Most bytes per batch file.')
   batch_poll_secs: float = _option(
       30.0, 'Wait before the first look at a submitted batch; it doubles '
       'with each look, up to 10 times this.')
@@ -52,10 +55,13 @@ class BatchOptions:
       'was submitted; its line is sent as a synchronous request instead.')
 
   @classmethod
-  def take(cls, options: dict) -> 'BatchOptions':
-    """Pops the batch options out of a backend's keyword options."""
+  def take(cls, options: dict, provider) -> 'BatchOptions':
+    """Pops the batch options out of a backend's keyword options; the file
+    limits not given are the provider's (`provider.limits`)."""
     names = [f.name for f in dataclasses.fields(cls)]
-    found = cls(**{n: options.pop(n) for n in names if n in options})
+    given = {n: options.pop(n) for n in names if n in options}
+    found = cls(**{**{n: v for n, (v, _) in provider.limits.items()},
+                   **{n: v for n, v in given.items() if v is not None}})
     for key, value in (('batch_max_requests', found.batch_max_requests),
                        ('batch_max_bytes', found.batch_max_bytes),
                        ('batch_rounds', found.batch_rounds),
@@ -67,9 +73,18 @@ class BatchOptions:
     return found
 
 
-def with_options(cls):
-  """Class decorator: the BatchOptions in a backend's `__init__` signature
-  (which takes them in `**policy`) and in its docstring's `Args:`."""
+def with_options(provider):
+  """Class decorator for a backend whose Batch API `provider` (a
+  client.BatchClient subclass) implements: the BatchOptions in its
+  `__init__` signature (which takes them in `**policy`), with the
+  provider's file limits as defaults, and in its docstring's `Args:`."""
+  def decorate(cls):
+    cls.batch_provider = provider
+    return _add_options(cls, provider)
+  return decorate
+
+
+def _add_options(cls, provider):
   init = cls.__init__
   sig = inspect.signature(init)
   params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
@@ -78,13 +93,14 @@ def with_options(cls):
   hints = dict(getattr(init, '__annotations__', {}))
   lines = []
   for f in dataclasses.fields(BatchOptions):
+    default, why = provider.limits.get(f.name, (f.default, ''))
     params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                    default=f.default, annotation=f.type))
+                                    default=default, annotation=f.type))
     hints[f.name] = f.type
     text = f.metadata['doc']
     if 'Defaults to' not in text:
-      value = int(f.default) if f.default == int(f.default) else f.default
-      text += f' Defaults to {value:,}.'
+      value = int(default) if default == int(default) else default
+      text += f' Defaults to {value:,}' + (f' ({why}).' if why else '.')
     lines.append(textwrap.fill(text, 78, initial_indent=f'    {f.name}: ',
                                subsequent_indent='      '))
   var = [p for p in sig.parameters.values() if p.kind == p.VAR_KEYWORD]
@@ -104,4 +120,4 @@ def check_backend(owner: str, backend: str, cls, config: Mapping[str, Any]
     _config.fail(
         owner, 'model_handler.config.batch_api',
         f'is not supported by the {backend} backend: batch_api is supported '
-        'only by the OpenAICompatible backend for now')
+        'by the OpenAICompatible and Gemini backends')

@@ -1,17 +1,16 @@
-"""Batch API files: request lines in, a verdict per `custom_id` out (no I/O).
+"""Batch API files, whatever the provider: lines packed into files, and a
+verdict per `custom_id` (no I/O).
 
-A request line is `{"custom_id", "method": "POST", "url", "body"}`, the body
-being exactly what the synchronous request would send. Output and error
-files hold one line per request with the same `custom_id`: a `response`
-(status code and body, as the synchronous API would answer) or, for lines
-never run (the batch expired or was cancelled), only an `error`. Each is
-judged by the policy that judges synchronous answers (remote.classify_status,
+A provider's client (client.BatchClient) writes each request as a line of
+its own format and reads its result lines back; every result line is judged
+here by the policy that judges synchronous answers (remote.classify_status,
 the backend's own answer parser), so a 5xx line is retried, a 4xx line is
-an error row, exactly as in synchronous mode.
+an error row, exactly as in synchronous mode, and a line never run (its
+batch expired, was cancelled or failed) goes into a follow-up batch.
 """
 import dataclasses
 import json
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from beam_llm import remote
 
@@ -25,11 +24,6 @@ class Verdict:
   @property
   def retry(self) -> bool:
     return self.failure is not None and self.failure.retryable
-
-
-def encode(custom_id: str, url: str, body: dict) -> bytes:
-  return json.dumps({'custom_id': custom_id, 'method': 'POST', 'url': url,
-                     'body': body}, ensure_ascii=False).encode('utf-8') + b'\n'
 
 
 def into_files(lines: Iterable[Tuple[str, bytes]], max_requests: int,
@@ -52,46 +46,36 @@ def into_files(lines: Iterable[Tuple[str, bytes]], max_requests: int,
   return files, too_big
 
 
-def read_results(texts: Iterable[str], parse: Callable[[dict], Any]
-                 ) -> Dict[str, Verdict]:
-  """Verdicts of the lines of output and error files (`texts`).
-
-  `parse(body)` turns a 200's body into an answer, or raises
-  remote.BadResponse (retried unless it says otherwise). A line that is not
-  JSON or has no custom_id is skipped: its request counts as missing.
-  """
-  verdicts = {}
+def json_lines(texts: Iterable[str]) -> Iterable[dict]:
+  """The JSON objects of result files' lines; a line that is not one is
+  skipped (its request counts as missing: run again)."""
   for text in texts:
     for raw in text.splitlines():
       try:
         line = json.loads(raw)
       except ValueError:
         continue
-      if not isinstance(line, dict) or not isinstance(line.get('custom_id'), str):
-        continue
-      verdicts[line['custom_id']] = _verdict(line, parse)
-  return verdicts
+      if isinstance(line, dict):
+        yield line
 
 
-def _verdict(line: dict, parse) -> Verdict:
-  response = line.get('response')
-  if isinstance(response, dict) and isinstance(response.get('status_code'), int):
-    status, body = response['status_code'], response.get('body')
-    if status == 200:
-      try:
-        return Verdict(value=parse(body if isinstance(body, dict) else {}))
-      except remote.BadResponse as exn:
-        return Verdict(failure=remote.generic_failure(exn))
-    return Verdict(failure=remote.classify_status(
-        status, f'Batch API line: HTTP {status}: {_message(body)}'))
-  # Never run: the batch expired, was cancelled or failed before this line.
-  error = line.get('error') if isinstance(line.get('error'), dict) else {}
+def answered(body: Any, parse: Callable[[Any], Any]) -> Verdict:
+  """A line the service answered: `parse(body)` gives its answer, or raises
+  remote.BadResponse (retried unless it says otherwise)."""
+  try:
+    return Verdict(value=parse(body))
+  except remote.BadResponse as exn:
+    return Verdict(failure=remote.generic_failure(exn))
+
+
+def failed(status: int, message: str) -> Verdict:
+  """A line that got an error status (HTTP): judged as a synchronous one."""
+  return Verdict(failure=remote.classify_status(
+      status, f'Batch API line: HTTP {status}: {message}'))
+
+
+def not_run(code: Any, message: Any) -> Verdict:
+  """A line never run (the batch expired, was cancelled or failed)."""
   return Verdict(failure=remote.Failure(
-      remote.SERVER_ERROR, f'Batch API line not run: {error.get("code")}: '
-      f'{error.get("message")}', retryable=True))
-
-
-def _message(body: Any) -> str:
-  if isinstance(body, dict) and isinstance(body.get('error'), dict):
-    return str(body['error'].get('message'))
-  return json.dumps(body)[:500]
+      remote.SERVER_ERROR, f'Batch API line not run: {code}: {message}',
+      retryable=True))

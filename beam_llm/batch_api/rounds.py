@@ -22,7 +22,6 @@ from typing import Dict, Iterable, List, Mapping, Tuple
 
 from beam_llm import remote
 from beam_llm.batch_api import lines
-from beam_llm.batch_api.client import BatchClient
 from beam_llm.batch_api.store import FINAL
 from beam_llm.batch_api.store import PENDING
 from beam_llm.batch_api.store import store_for
@@ -35,22 +34,13 @@ _LOG = logging.getLogger('beam_llm.GenerateText')
 _MAX_ANSWERS = 200_000
 
 
-class _Body:
-  """A parsed body where the backend's answer parser expects a response."""
-  def __init__(self, body: dict):
-    self._body = body
-
-  def json(self):
-    return self._body
-
-
 class Batches:
   """The Batch API side of one backend in one worker process."""
   def __init__(self, handler, loaded):
     self._handler = handler
     self._loaded = loaded
     self.options = handler.batch
-    self.client = BatchClient(handler, loaded)
+    self.client = handler.batch_provider(handler, loaded)
     self.store = store_for(handler.policy.cache_dir, handler.target())
     self._answers: Dict[str, object] = {}
     self._refused: Dict[str, GenerationFailure] = {}
@@ -147,7 +137,7 @@ class Batches:
     by_url = collections.defaultdict(list)
     for custom_id, request in requests.items():
       url, body = self._handler.batch_line(request)
-      by_url[url].append((custom_id, lines.encode(custom_id, url, body)))
+      by_url[url].append((custom_id, self.client.encode(custom_id, url, body)))
     too_big = []
     for url, encoded in by_url.items():
       files, big = lines.into_files(encoded, self.options.batch_max_requests,
@@ -185,30 +175,25 @@ class Batches:
     return None
 
   def _ended(self, record: dict, batch: dict) -> dict:
-    errors = (batch.get('errors') or {}).get('data') or []
     record = {**record, 'status': batch['status'],
-              'output_file_id': batch.get('output_file_id'),
-              'error_file_id': batch.get('error_file_id'),
-              'errors': [self._loaded.redactor.redact(str(e.get('message')))
-                         for e in errors[:5]]}
+              'result_files': list(batch.get('result_files') or []),
+              'errors': [self._loaded.redactor.redact(str(e))
+                         for e in (batch.get('errors') or [])[:5]]}
     self.store.save(record)
     if batch['status'] != 'completed':
-      _LOG.warning('GenerateText [%s]: batch %s %s (%d of %d lines done)%s; '
-                   'its other lines go in a follow-up batch',
+      done = batch.get('done')  # None: the provider does not say.
+      _LOG.warning('GenerateText [%s]: batch %s %s (%s%d lines)%s; '
+                   'its lines without a result go in a follow-up batch',
                    self._handler.describe(), record['batch_id'],
-                   batch['status'],
-                   (batch.get('request_counts') or {}).get('completed', 0),
+                   batch['status'], '' if done is None else f'{done} done of ',
                    len(record['custom_ids']),
                    f': {record["errors"][0]}' if record['errors'] else '')
     return record
 
   def _read_results(self, record: dict, paid: bool) -> None:
-    """Reads an ended batch's output and error files into the answers."""
-    texts = [self.client.content(record[key])
-             for key in ('output_file_id', 'error_file_id') if record.get(key)]
-    chat = record['endpoint'].endswith('/chat/completions')
-    verdicts = lines.read_results(
-        texts, lambda body: self._handler.read_answer(_Body(body), chat))
+    """Reads an ended batch's result files into the answers."""
+    texts = [self.client.content(f) for f in record.get('result_files') or []]
+    verdicts = self.client.read_results(texts, record['endpoint'])
     if len(self._answers) > _MAX_ANSWERS:
       self._answers.clear()
       self._read.clear()

@@ -9,7 +9,7 @@ leaves the tag, by which a rerun finds the batch among the provider's. A
 record holds the batch id, its endpoint, when it was submitted, the
 `custom_id`s of its lines (a hash of each request: the response cache's
 key, the same in every run), and once the batch has ended its status and
-result file ids. Rows are found by custom_id, not by the file they were
+result file ids. Statuses are client.py's, whatever the provider. Rows are found by custom_id, not by the file they were
 sent in, so a rerun that groups rows differently (or another worker)
 still finds the open batches that hold them and waits for those instead of
 submitting again; finished ones have their result files read again.
@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import threading
+import urllib.parse
 from typing import Dict, Iterable, List, Optional
 
 from beam_llm.remote import cache
@@ -29,7 +30,8 @@ _FOLDER = 'batch_api'
 # `gone`: the provider no longer knows the batch (deleted, or past retention).
 FINAL = ('completed', 'failed', 'expired', 'cancelled', 'gone')
 # A file about to be submitted, kept before the upload with the tag its
-# batch will carry in its metadata (rounds.Batches._submit / _resolve).
+# batch will carry (OpenAI: its metadata; Gemini: its display name), by
+# which a rerun finds it (rounds.Batches._submit / _resolve).
 PENDING = 'pending'
 
 # One store per cache_dir (None: memory only) and service per worker process.
@@ -65,7 +67,7 @@ class BatchStore:
     except Exception:  # pylint: disable=broad-except
       return  # No folder yet.
     for path in paths:
-      batch_id = os.path.basename(path)[:-len('.json')]
+      batch_id = urllib.parse.unquote(os.path.basename(path)[:-len('.json')])
       with self._lock:
         known = self._records.get(batch_id)
       if known is not None and known.get('status') in FINAL:
@@ -115,7 +117,9 @@ class BatchStore:
 
   def _path(self, batch_id: str) -> str:
     from apache_beam.io.filesystems import FileSystems
-    return FileSystems.join(self._dir, _FOLDER, self._folder, batch_id + '.json')
+    # Quoted: a Gemini batch id is `batches/ID`.
+    return FileSystems.join(self._dir, _FOLDER, self._folder,
+                            urllib.parse.quote(batch_id, safe='') + '.json')
 
   def save(self, record: dict) -> None:
     """Remembers a record and keeps it in cache_dir (if set)."""

@@ -97,7 +97,7 @@ class _Requests(beam.DoFn):
       # synchronous mode, so its line is its own (not resumed by a rerun).
       parts.append(uuid.uuid4().hex)
     custom_id = cache_key(*parts)
-    size = len(lines.encode(custom_id, *h.batch_line(request)))
+    size = len(h.batch_provider.encode(custom_id, *h.batch_line(request)))
     # One key: a file may take rows from anywhere in the input.
     yield 0, (custom_id, request, size, row, prompt)
 

@@ -5,6 +5,7 @@ from typing import Literal, Optional
 from beam_llm import _config
 from beam_llm import batch_api
 from beam_llm import remote
+from beam_llm.batch_api.openai_batches import OpenAIBatchClient
 from beam_llm.remote import clients
 from beam_llm.handlers import remote_base
 from beam_llm.handlers import structured_forms
@@ -16,7 +17,7 @@ _OWNER = 'GenerateText'
 
 
 @remote.with_policy
-@batch_api.with_options
+@batch_api.with_options(OpenAIBatchClient)
 class OpenAICompatibleHandler(remote_base.RemoteHandler):
   """`model_handler: {type: OpenAICompatible, config: {...}}`.
 
@@ -68,7 +69,7 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
       generation: Optional[dict] = None,
       batching: Optional[dict] = None,
       **policy):
-    self.batch = batch_api.BatchOptions.take(policy)
+    self.batch = batch_api.BatchOptions.take(policy, OpenAIBatchClient)
     super().__init__(generation or {}, batching or {}, policy)
     if api == 'completions' and self._generation.get('response_schema'):
       _config.fail(_OWNER, 'response_schema',
@@ -127,14 +128,6 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     if extra:
       request['extra_body'] = extra
     return request
-
-  def batch_transform(self):
-    """The Beam transform GenerateText runs instead of one request per
-    row, with `batch_api: true` (beam_llm/batch_api); else None."""
-    if not self.batch.batch_api:
-      return None
-    from beam_llm.batch_api.transform import BatchGenerate
-    return BatchGenerate(self)
 
   def batch_line(self, request: dict) -> tuple:
     """(endpoint path, body) of a built request as a Batch API file line:

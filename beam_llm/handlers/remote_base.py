@@ -117,6 +117,16 @@ class RemoteHandler(TextGenerationHandler):
     sampling without a seed)."""
     return self._cache
 
+  def batch_transform(self):
+    """The Beam transform GenerateText runs instead of one request per
+    row, with `batch_api: true` on a backend that has a Batch API
+    (`self.batch`, beam_llm/batch_api); else None."""
+    batch = getattr(self, 'batch', None)
+    if batch is None or not batch.batch_api:
+      return None
+    from beam_llm.batch_api.transform import BatchGenerate
+    return BatchGenerate(self)
+
   # -- to implement -------------------------------------------------------
   def connect(self, redactor: Redactor) -> Any:
     raise NotImplementedError

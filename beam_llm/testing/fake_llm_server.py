@@ -12,6 +12,8 @@ It speaks just enough of three protocols for the real client libraries:
   those endpoints answer predict only there, and the shared API only for
   the others.
 - Gemini: `POST /v1beta/models/M:generateContent`.
+- Batch APIs: OpenAI's (fake_batch_api.py) and Gemini's
+  (fake_gemini_batch_api.py), with the faults in `batch_faults`.
 
 Faults are drawn per request (every attempt, retries included) from seeded
 probabilities, or taken in order from `script` first. The server can also be
@@ -108,6 +110,9 @@ class FakeLLMServer:
     # The OpenAI Batch API (/v1/files, /v1/batches), its faults in batch_faults.
     from beam_llm.testing.fake_batch_api import FakeBatchAPI
     self.batch_api = FakeBatchAPI(self, batch_faults)
+    # Gemini's Batch Mode (files upload, :batchGenerateContent, batches).
+    from beam_llm.testing.fake_gemini_batch_api import FakeGeminiBatchAPI
+    self.gemini_batch_api = FakeGeminiBatchAPI(self, batch_faults)
     self.latency_secs = latency_secs
     self.reply = reply
     self.endpoints = set(endpoints)
@@ -180,6 +185,10 @@ class FakeLLMServer:
       return status, {'error': {'message': str(message), 'code': status}}
     route = _chat_completion if url.endswith('/chat/completions') else _completion
     return 200, self.answer(route, body, prompt)
+
+  def answer_gemini(self, body: dict, prompt: str) -> dict:
+    """A generateContent answer for one Gemini Batch API line."""
+    return self.answer(_gemini, body, prompt)
 
   @property
   def url(self) -> str:
@@ -289,6 +298,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
   def do_GET(self):
     path = self.path.split('?')[0]
+    if self.fake.gemini_batch_api.owns(path, self.headers):
+      return self.fake.gemini_batch_api.serve(self, 'GET', path)
     if self.fake.batch_api.owns(path):
       return self.fake.batch_api.serve(self, 'GET', path)
     if path == '/health':  # vLLM's readiness check.
@@ -340,6 +351,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     arrived = time.monotonic()
     length = int(self.headers.get('Content-Length') or 0)
     raw = self.rfile.read(length)
+    if fake.gemini_batch_api.owns(self.path.split('?')[0], self.headers):
+      return fake.gemini_batch_api.serve(self, 'POST', self.path.split('?')[0],
+                                         raw)
     if fake.batch_api.owns(self.path.split('?')[0]):
       return fake.batch_api.serve(self, 'POST', self.path.split('?')[0], raw)
     try:

@@ -1,0 +1,180 @@
+"""The Gemini Developer API's Batch Mode (client.BatchClient) on
+`google-genai`: a JSONL file of `{"key": custom_id, "request": <the
+GenerateContentRequest the synchronous call sends, REST form>}` lines,
+uploaded (`files.upload`), one batch per file and model
+(`batches.create(model, src=<file name>, config={display_name: tag})`),
+polled (`batches.get`); a succeeded batch names a result file
+(`dest.file_name`, `files.download`) of `{"key", "response"}` or
+`{"key", "error": <google.rpc.Status>}` lines. The Vertex AI client
+(`vertexai: true`) takes Cloud Storage or BigQuery sources instead: not
+offered (the backend refuses `batch_api` with it at build time).
+
+Like the synchronous backend, the sync client runs on a thread
+(remote.in_thread), each call under the remote-call policy.
+"""
+import datetime
+import io
+import json
+import threading
+from typing import Dict, List, Optional
+
+from beam_llm import remote
+from beam_llm.batch_api import lines
+from beam_llm.batch_api.client import BatchClient
+from beam_llm.batch_api.lines import Verdict
+
+# Gemini's job states -> client.py's statuses.
+_STATES = {
+    'JOB_STATE_PENDING': 'queued', 'JOB_STATE_RUNNING': 'in_progress',
+    'JOB_STATE_SUCCEEDED': 'completed', 'JOB_STATE_FAILED': 'failed',
+    'JOB_STATE_CANCELLED': 'cancelled', 'JOB_STATE_EXPIRED': 'expired'}
+# google.rpc.Code -> its HTTP status (google/rpc/code.proto), to judge an
+# error line as a synchronous error: 5xx-ish retried, 4xx-ish an error row.
+_RPC_HTTP = {1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429,
+             9: 400, 10: 409, 11: 400, 12: 501, 13: 500, 14: 503, 15: 500,
+             16: 401}
+_PAGES = 50  # Pages of 100 batches `find` looks through at most.
+_CONVERTER = []
+_CONVERTER_LOCK = threading.Lock()
+
+
+def rest_request(request: dict) -> tuple:
+  """(`models/M`, the REST GenerateContentRequest) of a built request
+  (GeminiHandler.build_request): what `models.generate_content` sends,
+  converted by google-genai's own code."""
+  from google.genai import _common
+  from google.genai import models
+  from google.genai import types
+  params = types._GenerateContentParameters(  # pylint: disable=protected-access
+      model=request['model'], contents=request['contents'],
+      config=request['config'])
+  body = models._GenerateContentParameters_to_mldev(  # pylint: disable=protected-access
+      _converter(), params, None, params)
+  url = body.pop('_url')
+  for key in ('_query', 'config'):
+    body.pop(key, None)
+  body = _common.encode_unserializable_types(_common.convert_to_dict(body))
+  return url['model'], body
+
+
+def _converter():
+  """A Gemini Developer API client used only for converting requests (it
+  makes no calls; conversion needs one to know the API)."""
+  with _CONVERTER_LOCK:
+    if not _CONVERTER:
+      from google.genai import _api_client
+      _CONVERTER.append(_api_client.BaseApiClient(api_key='unused'))
+    return _CONVERTER[0]
+
+
+def encode(custom_id: str, model: str, body: dict) -> bytes:
+  return json.dumps({'key': custom_id, 'request': body},
+                    ensure_ascii=False).encode('utf-8') + b'\n'
+
+
+def read_results(texts, parse) -> Dict[str, Verdict]:
+  """Verdicts of a result file's lines; `parse` turns a `response` (a
+  GenerateContentResponse, REST form) into an answer."""
+  verdicts = {}
+  for line in lines.json_lines(texts):
+    key = line.get('key')
+    if not isinstance(key, str):
+      continue
+    error = line.get('error') or line.get('status')
+    if isinstance(line.get('response'), dict):
+      verdicts[key] = lines.answered(line['response'], parse)
+    elif isinstance(error, dict):
+      code = error.get('code')
+      status = code if isinstance(code, int) and code >= 100 else (
+          _RPC_HTTP.get(code, 500))
+      verdicts[key] = lines.failed(status, str(error.get('message')))
+  return verdicts
+
+
+class GeminiBatchClient(BatchClient):
+  """Gemini's files and batches, through the process's `genai.Client`."""
+  limits = {
+      'batch_max_requests': (50_000, "beam-llm's choice, as for OpenAI: it "
+                             'bounds the rows a worker holds per file'),
+      'batch_max_bytes': (2_000_000_000, "Gemini's limit for an input "
+                          'file, 2 GB')}
+  missing_hint = ('; the server may not offer the Batch API (files, '
+                  ':batchGenerateContent, batches): leave batch_api out for it')
+  encode = staticmethod(encode)
+
+  def __init__(self, handler, loaded):
+    super().__init__(handler, loaded)
+    self._genai = loaded.client  # The process's `genai.Client`.
+
+  def read_results(self, texts: List[str], endpoint: str) -> Dict[str, Verdict]:
+    return read_results(texts, self._handler.read_rest_answer)
+
+  def _sync(self, what: str, method, gone_ok: bool = False,
+            min_secs: float = 0.0, **kwargs):
+    """`method(**kwargs, config={**config, http_options: {timeout}})` on a
+    thread, under the policy. A callable keyword value is called for each
+    attempt (an upload's stream, fresh every time)."""
+    config = kwargs.pop('config', {})
+
+    def send(timeout):
+      ms = int(max(timeout, min_secs) * 1000)
+      return remote.in_thread(method, **{k: v() if callable(v) else v
+                                         for k, v in kwargs.items()},
+                              config={**config, 'http_options': {'timeout': ms}})
+    return self._call(what, send, gone_ok)
+
+  def submit(self, data: bytes, endpoint: str, tag: str) -> dict:
+    # A big file takes longer than one answer: at least a second per MB. A
+    # fresh stream for every attempt.
+    uploaded = self._sync(
+        'upload', self._genai.files.upload, min_secs=len(data) / 1e6,
+        file=lambda: io.BytesIO(data),
+        config={'mime_type': 'jsonl', 'display_name': tag})
+    batch = self._sync('create', self._genai.batches.create, model=endpoint,
+                       src=uploaded.name, config={'display_name': tag})
+    return _batch(batch)
+
+  def find(self, tag: str, since: float) -> Optional[dict]:
+    """By display name; every page (the list's order is not documented)."""
+    token = None
+    for _ in range(_PAGES):
+      config = {'page_size': 100, **({'page_token': token} if token else {})}
+      pager = self._sync('list', self._genai.batches.list, config=config)
+      for batch in pager.page:
+        if batch.display_name == tag and _created(batch) >= since:
+          return _batch(batch)
+      token = pager.config.get('page_token')
+      if not token or not pager.page:
+        return None
+    return None
+
+  def retrieve(self, batch_id: str) -> dict:
+    batch = self._sync('retrieve', self._genai.batches.get, gone_ok=True,
+                       name=batch_id)
+    return {'id': batch_id, 'status': 'gone'} if batch is None else _batch(batch)
+
+  def content(self, file_id: str) -> str:
+    data = self._sync('download', self._genai.files.download, gone_ok=True,
+                      file=file_id)
+    return '' if data is None else data.decode('utf-8')
+
+  def cancel(self, batch_id: str) -> None:
+    self._sync('cancel', self._genai.batches.cancel, name=batch_id)
+
+
+def _created(batch) -> float:
+  when = batch.create_time
+  if isinstance(when, datetime.datetime):
+    return when.timestamp()
+  return float('inf')  # Not said: it may be the one.
+
+
+def _batch(batch) -> dict:
+  """A google-genai BatchJob in client.py's vocabulary."""
+  state = getattr(batch.state, 'value', batch.state)
+  dest = batch.dest
+  error = getattr(batch, 'error', None)
+  return {'id': batch.name, 'status': _STATES.get(state, str(state).lower()),
+          'result_files': [dest.file_name] if dest and dest.file_name else [],
+          'done': None,
+          'errors': [str(error.message)] if error and error.message else []}
