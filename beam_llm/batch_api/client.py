@@ -21,8 +21,6 @@ from beam_llm import remote
 from beam_llm.batch_api.lines import Verdict
 from beam_llm.remote import RemoteUnavailable
 
-_OWNER = 'GenerateText'
-
 
 class BatchClient:
   """Batch API calls of one backend in one worker process. A provider
@@ -81,7 +79,7 @@ class BatchClient:
       return None  # Deleted, or the provider's retention ran out.
     hint = self.missing_hint if failure.status in (404, 405) else ''
     raise RemoteUnavailable(self._redactor.redact(
-        f'{_OWNER} [{self._handler.describe()}]: Batch API {what} failed '
+        f'{self._handler.message_prefix()}: Batch API {what} failed '
         f'({failure.error_type}): {failure.msg}{hint}'))
 
   def _classify(self, exn):

@@ -182,9 +182,9 @@ class Batches:
     self.store.save(record)
     if batch['status'] != 'completed':
       done = batch.get('done')  # None: the provider does not say.
-      _LOG.warning('GenerateText [%s]: batch %s %s (%s%d lines)%s; '
+      _LOG.warning('%s: batch %s %s (%s%d lines)%s; '
                    'its lines without a result go in a follow-up batch',
-                   self._handler.describe(), record['batch_id'],
+                   self._handler.message_prefix(), record['batch_id'],
                    batch['status'], '' if done is None else f'{done} done of ',
                    len(record['custom_ids']),
                    f': {record["errors"][0]}' if record['errors'] else '')

@@ -115,12 +115,18 @@ class GeminiHandler(remote_base.RemoteHandler):
     from google import genai
     from google.genai import types
     n = self.policy.max_concurrency
+    limits = httpx.Limits(max_connections=max(n, 100),
+                          max_keepalive_connections=n)
     http_options = types.HttpOptions(
         base_url=self._base_url, api_version=self._api_version,
         timeout=int(self.policy.timeout_secs * 1000),
         # retry_options unset: the client does not retry (remote.py does).
-        client_args={'limits': httpx.Limits(
-            max_connections=max(n, 100), max_keepalive_connections=n)})
+        # The sync client serves the Batch API's few calls; rows go through
+        # `client.aio` on an httpx client of ours, made on the process's
+        # remote loop (left to itself it picks aiohttp or httpx by what is
+        # installed, each with its own pool and errors).
+        client_args={'limits': limits},
+        httpx_async_client=clients.async_httpx_client(limits))
     if self._vertexai:
       credentials = None
       if self._base_url and self._base_url.startswith('http://'):
@@ -132,7 +138,7 @@ class GeminiHandler(remote_base.RemoteHandler):
                             location=self._location, credentials=credentials,
                             http_options=http_options)
     else:
-      key = clients.api_key(self._api_key_env, f'{_OWNER} [{self.describe()}]',
+      key = clients.api_key(self._api_key_env, self.message_prefix(),
                             redactor, 'use vertexai: true')
       client = genai.Client(api_key=key, http_options=http_options)
     # Fail at load, not on every row, if generation_config has a typo.
@@ -181,10 +187,7 @@ class GeminiHandler(remote_base.RemoteHandler):
 
   async def send(self, client, request: dict, timeout_secs: float) -> Generation:
     from google.genai import types
-    # The sync client on a thread: its async one picks aiohttp or httpx by
-    # what is installed, each with its own pool settings and errors.
-    answer = await remote.in_thread(
-        client.models.generate_content,
+    answer = await client.aio.models.generate_content(
         model=request['model'], contents=request['contents'],
         config=self._config(types, request['config'], timeout_secs))
     return self.read_answer(answer)

@@ -57,11 +57,25 @@ def openai_client(base_url: str, key: Optional[str], timeout_secs: float,
   return client
 
 
+def async_httpx_client(limits):
+  """An `httpx.AsyncClient` made on the process's remote loop (its
+  connections belong to that loop), closed at exit."""
+  import httpx
+
+  async def make():
+    return httpx.AsyncClient(limits=limits)
+
+  client = run_blocking(make())
+  atexit.register(_close_at_exit, client)
+  return client
+
+
 def _close_at_exit(client) -> None:
   """Closes an async client's connections before the interpreter goes
   (aiohttp logs an error for each session left open)."""
   try:
-    run_on_loop(client.close()).result(timeout=2)
+    close = getattr(client, 'aclose', None) or client.close
+    run_on_loop(close()).result(timeout=2)
   except Exception:  # pylint: disable=broad-except
     pass  # Exiting anyway.
 
