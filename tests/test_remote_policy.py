@@ -12,7 +12,7 @@ import time
 import pytest
 
 from beam_llm import remote
-from beam_llm.remote import limits as remote_limits
+from beam_llm.remote import budgets as remote_budgets
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import GenerationFailure
 from beam_llm.handlers.openai_compatible import OpenAICompatibleHandler
@@ -157,7 +157,7 @@ def test_many_requests_in_flight_but_never_more_than_max_concurrency(llm_server)
 
 
 def test_throttler_follows_the_sre_formula():
-  throttler = remote_limits.Throttler(60, 2.0, __import__('random').Random(0))
+  throttler = remote_budgets.Throttler(60, 2.0, __import__('random').Random(0))
   for _ in range(100):
     throttler.record(accepted=True)
   assert not any(throttler.should_delay() for _ in range(100))
@@ -169,7 +169,7 @@ def test_throttler_follows_the_sre_formula():
 
 
 def test_throttling_ends_when_the_refusals_leave_the_window():
-  throttler = remote_limits.Throttler(0.2, 2.0, __import__('random').Random(0))
+  throttler = remote_budgets.Throttler(0.2, 2.0, __import__('random').Random(0))
   for _ in range(50):
     throttler.record(accepted=False)
   assert sum(throttler.should_delay() for _ in range(20)) > 10

@@ -2,7 +2,8 @@
 
 - policy.py: the options every remote backend takes (`@with_policy`);
 - failures.py: what a failed call means, classified once;
-- limits.py: adaptive concurrency, budgets, throttling;
+- limits.py: adaptive concurrency;
+- budgets.py: requests/tokens per minute, throttling, the Retry-After gate;
 - caller.py: the process's event loop and the retry policy;
 - cache.py: identical requests paid for once;
 - clients.py: what connecting to a service takes (keys, clients).

@@ -36,6 +36,7 @@ import threading
 import time
 from typing import Any, Awaitable, Callable, List, Optional, TypeVar
 
+from beam_llm.remote import budgets
 from beam_llm.remote import limits
 from beam_llm.remote.failures import DEADLINE
 from beam_llm.remote.failures import RATE_LIMITED
@@ -107,7 +108,7 @@ class RemoteCaller:
 
   `usage(value)` may return the tokens an answer used (tokens_per_minute).
   """
-  # The SRE throttler's K and window (see limits.Throttler).
+  # The SRE throttler's K and window (see budgets.Throttler).
   OVERLOAD_RATIO = 2.0
   THROTTLE_WINDOW_SECS = 60.0
 
@@ -115,12 +116,12 @@ class RemoteCaller:
                usage: Optional[Callable[[Any], int]] = None):
     self.policy = policy
     self._random = rng or random.Random()
-    self._gate = limits.Gate()
-    self._throttler = limits.Throttler(
+    self._gate = budgets.Gate()
+    self._throttler = budgets.Throttler(
         self.THROTTLE_WINDOW_SECS, self.OVERLOAD_RATIO, self._random)
     self.limit = limits.AdaptiveLimit(policy.max_concurrency)
-    self._requests = limits.optional_budget(policy.requests_per_minute)
-    self._tokens = limits.optional_budget(policy.tokens_per_minute)
+    self._requests = budgets.optional_budget(policy.requests_per_minute)
+    self._tokens = budgets.optional_budget(policy.tokens_per_minute)
     self._usage = usage
     self._last_answer = -math.inf  # When the service last answered.
 
