@@ -38,9 +38,9 @@ from apache_beam.utils.timestamp import Duration
 from beam_llm import progress
 from beam_llm.batch_api import lines
 from beam_llm.handlers.base import GenerationFailure
+from beam_llm.handlers.base import PromptError
 from beam_llm.handlers.base import RowPrompt
 from beam_llm.handlers.base import prompt_problem
-from beam_llm.handlers.remote_base import PromptError
 from beam_llm.remote.cache import cache_key
 
 # Longest a call sleeps before a look that is not due yet (runners that

@@ -95,6 +95,10 @@ def as_messages(prompt: Sequence) -> list:
   ]
 
 
+class PromptError(ValueError):
+  """A prompt a remote backend cannot send (becomes a `bad_prompt` row)."""
+
+
 class TextGenerationHandler(ModelHandler[Any, Response, Any]):
   """Base ModelHandler for text generation.
 

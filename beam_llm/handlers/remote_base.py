@@ -42,6 +42,7 @@ from beam_llm import remote
 from beam_llm.generation_params import GenerationParams
 from beam_llm.handlers.base import Generation
 from beam_llm.handlers.base import GenerationFailure
+from beam_llm.handlers.base import PromptError  # Raised by backends.
 from beam_llm.handlers.base import RowPrompt
 from beam_llm.handlers.base import TextGenerationHandler
 from beam_llm.handlers.base import prompt_problem
@@ -61,10 +62,6 @@ _FAILURE_LOG_EVERY_SECS = 30.0
 _LOADED = {}
 _HOLDERS = {}
 _LOADED_LOCK = threading.Lock()
-
-
-class PromptError(ValueError):
-  """A prompt this backend cannot send (becomes a `bad_prompt` row)."""
 
 
 @dataclasses.dataclass
