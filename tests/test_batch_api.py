@@ -314,6 +314,7 @@ def test_a_call_looks_once_and_checkpoints_while_its_batch_runs(llm_server):
   # the time of the next look.
   from apache_beam.runners.sdf_utils import RestrictionTrackerView
   from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker
+  from beam_llm.batch_api import awaiting
   from beam_llm.batch_api import transform
   from beam_llm.handlers.openai_compatible import OpenAICompatibleHandler
   server = llm_server(batch_faults=BatchFaults(in_progress_secs=3600))
@@ -322,16 +323,16 @@ def test_a_call_looks_once_and_checkpoints_while_its_batch_runs(llm_server):
       batch_poll_secs=0.2, generation={'max_new_tokens': 8}, batching={})
   items = [keyed[1] for p in ('a', 'b', 'c') for keyed in
            transform._Requests(handler).process((beam.Row(prompt=p), p))]
-  dofn = transform._AwaitBatches(handler)
+  dofn = awaiting.AwaitBatches(handler)
   dofn.setup()
 
   def call(restriction):
-    tracker = ThreadsafeRestrictionTracker(transform._Tracker(restriction))
+    tracker = ThreadsafeRestrictionTracker(awaiting._Tracker(restriction))
     started = time.monotonic()
     out = list(dofn.process(items, tracker=RestrictionTrackerView(tracker)))
     return out, tracker.deferred_status(), time.monotonic() - started
 
-  out, (residual, delay), secs = call(transform._Progress())
+  out, (residual, delay), secs = call(awaiting._Progress())
   assert not out and secs < 2 and residual.looks == 1
   assert 0 < delay.micros / 1e6 <= 0.2 and server.batch_api.lines == 3
   out, (residual, _), secs = call(residual)  # Still in progress.
