@@ -44,7 +44,8 @@ class GeminiHandler(remote_base.RemoteHandler):
   answer's usage metadata. `batch_api: true` sends the rows as batches (a
   JSONL file per batch, 50 % of the price): the Gemini Developer API's Batch
   Mode, or with `vertexai` Vertex AI batch prediction jobs on files in
-  Cloud Storage under `batch_staging_uri` (docs/remote.md, "Batch mode").
+  Cloud Storage under `batch_staging_uri` (docs/remote.md, "Batch mode";
+  with `vertexai`, `batch_max_bytes` defaults to 1 GB).
 
   Args:
     model: The model, e.g. `gemini-2.5-flash`.
