@@ -175,6 +175,28 @@ def test_lines_an_ended_job_left_without_results_go_in_a_follow_up(
   assert metrics['batch_lines_failed'] == follow_up and not synchronous(server)
 
 
+def test_a_file_over_the_line_cap_fails_and_its_rows_are_sent_again(llm_server):
+  server = llm_server(batch_faults=BatchFaults(max_lines_per_file=4))
+  good, bad, _ = run(server, [f'q{i}' for i in range(5)], {'batch_rounds': 2})
+  assert len(good) == 5 and not bad
+  assert [j['state'] for j in jobs(server)] == ['JOB_STATE_FAILED'] * 2
+  assert len(synchronous(server)) == 5
+
+
+def test_a_job_or_output_the_service_no_longer_has(llm_server):
+  # A job deleted (404) is `gone`: its rows are submitted again; an output
+  # directory with nothing in it reads as no lines (all unrun).
+  from beam_llm.batch_api.vertex_batches import VertexBatchClient
+  from beam_llm.handlers.gemini import GeminiHandler
+  server = llm_server()
+  handler = GeminiHandler(**config_for(server), generation={}, batching={})
+  client = VertexBatchClient(handler, handler.load_model())
+  name = 'projects/proj/locations/us-central1/batchPredictionJobs/999'
+  assert client.retrieve(name) == {'id': name, 'status': 'gone'}
+  assert client.content(STAGING + '/no-such-job/output') == ''
+  assert client.find('no-such-tag', since=0) is None
+
+
 def test_a_rerun_waits_for_the_open_job_instead_of_submitting(
     llm_server, tmp_path, monkeypatch):
   # A run killed right after submitting (its job kept, still open) and a
