@@ -81,6 +81,8 @@ def test_result_lines_are_judged_as_synchronous_answers_are():
            status=''),
       line('f', status='something unreadable'),
       line('g', status='400 Bad Request'),
+      # Batch prediction's generic errors_N.jsonl form.
+      {'instance': line('h'), 'error': {'code': 14, 'message': 'unavailable'}},
       {'request': {'contents': []}, 'response': ok, 'status': ''},  # No id.
   ]) + '\nnot json\n'
   v = vertex_batches.read_results([text], handler.read_rest_answer)
@@ -93,7 +95,8 @@ def test_result_lines_are_judged_as_synchronous_answers_are():
   assert v['e'].retry and 'SAFETY' in v['e'].failure.msg
   assert v['f'].retry and v['f'].failure.status == 500
   assert not v['g'].retry and v['g'].failure.status == 400
-  assert set(v) == set('abcdefg')  # A line missing here counts as unrun.
+  assert v['h'].retry and v['h'].failure.status == 503
+  assert set(v) == set('abcdefgh')  # A line missing here counts as unrun.
 
 
 def test_the_same_rows_as_synchronous_mode_and_the_same_requests(llm_server):

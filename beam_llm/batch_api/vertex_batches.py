@@ -16,6 +16,8 @@ else the `dest` prefix) holds `predictions*.jsonl` files of `{"request",
 "response", "status"}` lines: an empty `status` with a `response` is an
 answer; any other `status` is judged as a synchronous error of that code
 (5xx-ish retried, 4xx-ish an error row); a line missing there was never run.
+Every `.jsonl` there is read, so `errors_N.jsonl` files of batch
+prediction's generic `{instance, error}` form count too.
 """
 import json
 import re
@@ -94,13 +96,19 @@ def read_results(texts, parse) -> Dict[str, Verdict]:
   (a GenerateContentResponse, Vertex AI's REST form) into an answer."""
   verdicts = {}
   for line in lines.json_lines(texts):
-    key = _custom_id(line.get('request'))
+    # Batch prediction's generic form for a failed instance (an errors_N
+    # file: `{instance, error}`) is read too, in case Gemini's uses it.
+    instance = line.get('instance')
+    request = line.get('request') or (
+        instance.get('request') if isinstance(instance, dict) else None)
+    key = _custom_id(request)
     if key is None:
       continue
-    if isinstance(line.get('response'), dict) and not line.get('status'):
+    status = line.get('status') or line.get('error')
+    if isinstance(line.get('response'), dict) and not status:
       verdicts[key] = lines.answered(line['response'], parse)
     else:
-      verdicts[key] = lines.failed(*_status(line.get('status')))
+      verdicts[key] = lines.failed(*_status(status))
   return verdicts
 
 
