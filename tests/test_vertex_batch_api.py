@@ -284,9 +284,10 @@ def test_batch_staging_uri_is_checked_at_build(config, message):
 
 
 def test_vertex_file_limits_are_its_own():
-  from beam_llm.handlers.gemini import GeminiHandler
-  vertex = GeminiHandler(model='g', vertexai=True, batch_api=True,
-                         batch_staging_uri='gs://b/p', generation={},
-                         batching={})
+  # Through GenerateText's option checks, whose signature shows the Gemini
+  # Developer API's defaults.
+  vertex = GenerateText(model_handler={'type': 'Gemini', 'config': {
+      'model': 'g', 'vertexai': True, 'project': 'p', 'batch_api': True,
+      'batch_staging_uri': 'gs://b/p'}})._handler
   assert vertex.batch.batch_max_bytes == 1_000_000_000
   assert vertex.batch.batch_max_requests == 50_000
