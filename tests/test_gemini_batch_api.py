@@ -4,7 +4,7 @@ fake of beam_llm/testing/fake_gemini_batch_api.py (resumable uploads,
 :batchGenerateContent, batch operations, result files). The same rows and
 error rows as synchronous mode; 5xx and unrun lines in follow-up batches,
 then synchronously; 4xx lines as error rows; an outage fails the run; a
-rerun resumes; `vertexai: true` refuses the option at build time."""
+rerun resumes (Vertex AI's batch jobs: tests/test_vertex_batch_api.py)."""
 import glob
 import json
 import os
@@ -12,7 +12,6 @@ import os
 import pytest
 
 from beam_llm import GenerateText
-from beam_llm._config import ConfigError
 from beam_llm.handlers.base import Generation
 from beam_llm.remote import RemoteUnavailable
 from beam_llm.testing.fake_batch_api import BatchFaults
@@ -312,15 +311,6 @@ def test_an_outage_fails_the_run_never_error_rows(llm_server):
   assert KEY not in str(raised.value)
   assert 'RemoteUnavailable' in repr(raised.value) or isinstance(
       raised.value, RemoteUnavailable)
-
-
-def test_batch_api_with_vertexai_fails_at_build():
-  with pytest.raises(ConfigError, match=(
-      r"option 'model_handler.config.batch_api' is not supported with "
-      r'vertexai: true')):
-    GenerateText(model_handler={'type': 'Gemini', 'config': {
-        'model': 'gemini-2.5-flash', 'vertexai': True, 'project': 'p',
-        'batch_api': True}})
 
 
 def test_gemini_file_limits_are_its_own():

@@ -11,8 +11,10 @@ Modules:
 
 - `lines`: packing lines into files, verdicts per `custom_id` (no I/O);
 - `client`: the provider interface, every call through the remote-call
-  policy (beam_llm.remote); `openai_batches` (OpenAI's Batch API) and
-  `gemini_batches` (the Gemini Developer API's Batch Mode) implement it;
+  policy (beam_llm.remote); `openai_batches` (OpenAI's Batch API),
+  `gemini_batches` (the Gemini Developer API's Batch Mode) and
+  `vertex_batches` (Vertex AI batch prediction jobs on Cloud Storage
+  files) implement it;
 - `store`: which batches hold which rows, persisted in `cache_dir` before
   any wait, so a rerun resumes them;
 - `transform`: the Beam side (files filled by GroupIntoBatches, a splittable

@@ -5,9 +5,9 @@ uploaded (`files.upload`), one batch per file and model
 (`batches.create(model, src=<file name>, config={display_name: tag})`),
 polled (`batches.get`); a succeeded batch names a result file
 (`dest.file_name`, `files.download`) of `{"key", "response"}` or
-`{"key", "error": <google.rpc.Status>}` lines. The Vertex AI client
-(`vertexai: true`) takes Cloud Storage or BigQuery sources instead: not
-offered (the backend refuses `batch_api` with it at build time).
+`{"key", "error": <google.rpc.Status>}` lines. Gemini on Vertex AI
+(`vertexai: true`) runs batch prediction jobs on Cloud Storage files
+instead: vertex_batches.py, which shares this client's calls.
 
 Like the synchronous backend, the sync client runs on a thread
 (remote.in_thread), each call under the remote-call policy.
@@ -23,33 +23,40 @@ from beam_llm.batch_api import lines
 from beam_llm.batch_api.client import BatchClient
 from beam_llm.batch_api.lines import Verdict
 
-# Gemini's job states -> client.py's statuses.
+# Gemini's job states (google-genai's JobState, Vertex AI's too) ->
+# client.py's statuses; the others (QUEUED, CANCELLING, PAUSED, UPDATING)
+# are open. A partly succeeded job has ended: its lines without a result
+# go in a follow-up like any unrun line.
 _STATES = {
     'JOB_STATE_PENDING': 'queued', 'JOB_STATE_RUNNING': 'in_progress',
     'JOB_STATE_SUCCEEDED': 'completed', 'JOB_STATE_FAILED': 'failed',
-    'JOB_STATE_CANCELLED': 'cancelled', 'JOB_STATE_EXPIRED': 'expired'}
+    'JOB_STATE_CANCELLED': 'cancelled', 'JOB_STATE_EXPIRED': 'expired',
+    'JOB_STATE_PARTIALLY_SUCCEEDED': 'completed'}
 # google.rpc.Code -> its HTTP status (google/rpc/code.proto), to judge an
 # error line as a synchronous error: 5xx-ish retried, 4xx-ish an error row.
 _RPC_HTTP = {1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429,
              9: 400, 10: 409, 11: 400, 12: 501, 13: 500, 14: 503, 15: 500,
              16: 401}
 _PAGES = 50  # Pages of 100 batches `find` looks through at most.
-_CONVERTER = []
+_CONVERTER = {}  # vertexai -> client
 _CONVERTER_LOCK = threading.Lock()
 
 
-def rest_request(request: dict) -> tuple:
-  """(`models/M`, the REST GenerateContentRequest) of a built request
-  (GeminiHandler.build_request): what `models.generate_content` sends,
-  converted by google-genai's own code."""
+def rest_request(request: dict, vertexai: bool = False) -> tuple:
+  """(the model's resource name, the REST GenerateContentRequest) of a
+  built request (GeminiHandler.build_request): what
+  `models.generate_content` sends, converted by google-genai's own code
+  (the Gemini Developer API's form: `models/M`; Vertex AI's:
+  `publishers/google/models/M`)."""
   from google.genai import _common
   from google.genai import models
   from google.genai import types
   params = types._GenerateContentParameters(  # pylint: disable=protected-access
       model=request['model'], contents=request['contents'],
       config=request['config'])
-  body = models._GenerateContentParameters_to_mldev(  # pylint: disable=protected-access
-      _converter(), params, None, params)
+  convert = (models._GenerateContentParameters_to_vertex if vertexai  # pylint: disable=protected-access
+             else models._GenerateContentParameters_to_mldev)  # pylint: disable=protected-access
+  body = convert(_converter(vertexai), params, None, params)
   url = body.pop('_url')
   for key in ('_query', 'config'):
     body.pop(key, None)
@@ -57,14 +64,20 @@ def rest_request(request: dict) -> tuple:
   return url['model'], body
 
 
-def _converter():
-  """A Gemini Developer API client used only for converting requests (it
-  makes no calls; conversion needs one to know the API)."""
+def _converter(vertexai: bool):
+  """A client used only for converting requests (it makes no calls;
+  conversion needs one to know the API)."""
   with _CONVERTER_LOCK:
-    if not _CONVERTER:
+    if vertexai not in _CONVERTER:
       from google.genai import _api_client
-      _CONVERTER.append(_api_client.BaseApiClient(api_key='unused'))
-    return _CONVERTER[0]
+      if vertexai:
+        from google.auth.credentials import AnonymousCredentials
+        _CONVERTER[vertexai] = _api_client.BaseApiClient(
+            vertexai=True, project='unused', location='us-central1',
+            credentials=AnonymousCredentials())
+      else:
+        _CONVERTER[vertexai] = _api_client.BaseApiClient(api_key='unused')
+    return _CONVERTER[vertexai]
 
 
 def encode(custom_id: str, model: str, body: dict) -> bytes:
@@ -132,26 +145,31 @@ class GeminiBatchClient(BatchClient):
         config={'mime_type': 'jsonl', 'display_name': tag})
     batch = self._sync('create', self._genai.batches.create, model=endpoint,
                        src=uploaded.name, config={'display_name': tag})
-    return _batch(batch)
+    return self._view(batch)
 
   def find(self, tag: str, since: float) -> Optional[dict]:
     """By display name; every page (the list's order is not documented)."""
     token = None
     for _ in range(_PAGES):
-      config = {'page_size': 100, **({'page_token': token} if token else {})}
+      config = {'page_size': 100, **self._list_filter(tag),
+                **({'page_token': token} if token else {})}
       pager = self._sync('list', self._genai.batches.list, config=config)
       for batch in pager.page:
         if batch.display_name == tag and _created(batch) >= since:
-          return _batch(batch)
+          return self._view(batch)
       token = pager.config.get('page_token')
       if not token or not pager.page:
         return None
     return None
 
+  def _list_filter(self, tag: str) -> dict:
+    return {}  # The Gemini Developer API's list takes no filter.
+
   def retrieve(self, batch_id: str) -> dict:
     batch = self._sync('retrieve', self._genai.batches.get, gone_ok=True,
                        name=batch_id)
-    return {'id': batch_id, 'status': 'gone'} if batch is None else _batch(batch)
+    return ({'id': batch_id, 'status': 'gone'} if batch is None
+            else self._view(batch))
 
   def content(self, file_id: str) -> str:
     data = self._sync('download', self._genai.files.download, gone_ok=True,
@@ -161,6 +179,10 @@ class GeminiBatchClient(BatchClient):
   def cancel(self, batch_id: str) -> None:
     self._sync('cancel', self._genai.batches.cancel, name=batch_id)
 
+  def _view(self, batch) -> dict:
+    dest = batch.dest
+    return batch_view(batch, [dest.file_name] if dest and dest.file_name else [])
+
 
 def _created(batch) -> float:
   when = batch.create_time
@@ -169,12 +191,10 @@ def _created(batch) -> float:
   return float('inf')  # Not said: it may be the one.
 
 
-def _batch(batch) -> dict:
+def batch_view(batch, result_files: List[str]) -> dict:
   """A google-genai BatchJob in client.py's vocabulary."""
   state = getattr(batch.state, 'value', batch.state)
-  dest = batch.dest
   error = getattr(batch, 'error', None)
   return {'id': batch.name, 'status': _STATES.get(state, str(state).lower()),
-          'result_files': [dest.file_name] if dest and dest.file_name else [],
-          'done': None,
+          'result_files': result_files, 'done': None,
           'errors': [str(error.message)] if error and error.message else []}

@@ -13,6 +13,7 @@ from beam_llm import _config
 from beam_llm import batch_api
 from beam_llm import remote
 from beam_llm.batch_api.gemini_batches import GeminiBatchClient
+from beam_llm.batch_api.vertex_batches import VertexBatchClient
 from beam_llm.remote import clients
 from beam_llm.handlers import remote_base
 from beam_llm.handlers.base import Generation
@@ -40,9 +41,11 @@ class GeminiHandler(remote_base.RemoteHandler):
   GenerateContentConfig fields (e.g. `seed`, `stop_sequences`,
   `thinking_config`). Chat prompts: `system` messages become the system
   instruction, `assistant` turns the model's. Token usage comes from the
-  answer's usage metadata. `batch_api: true` sends the rows through the
-  Gemini Developer API's Batch Mode (a JSONL file per batch, 50 % of the
-  price; not with `vertexai`, whose batches read Cloud Storage or BigQuery).
+  answer's usage metadata. `batch_api: true` sends the rows as batches (a
+  JSONL file per batch, 50 % of the price): the Gemini Developer API's Batch
+  Mode, or with `vertexai` Vertex AI batch prediction jobs on files in
+  Cloud Storage under `batch_staging_uri` (docs/remote.md, "Batch mode";
+  with `vertexai`, `batch_max_bytes` defaults to 1 GB).
 
   Args:
     model: The model, e.g. `gemini-2.5-flash`.
@@ -61,6 +64,12 @@ class GeminiHandler(remote_base.RemoteHandler):
       Google's.
     api_version: API version in request paths, e.g. `v1beta` or `v1`.
       Defaults to the client's.
+    batch_staging_uri: With `vertexai` and `batch_api`, and required
+      there: a Cloud Storage folder (`gs://bucket/prefix`) where each batch's
+      request file is written and Vertex AI writes its results (workers
+      need to create and read objects there; Vertex AI's service agent to
+      read and write them). Against an `http://` `base_url`, Cloud Storage
+      is that server too. Defaults to none.
   """
   backend = 'Gemini'
   supports_response_schema = True
@@ -75,17 +84,16 @@ class GeminiHandler(remote_base.RemoteHandler):
       location: str = 'us-central1',
       base_url: Optional[str] = None,
       api_version: Optional[str] = None,
+      batch_staging_uri: Optional[str] = None,
       generation: Optional[dict] = None,
       batching: Optional[dict] = None,
       **policy):
-    self.batch = batch_api.BatchOptions.take(policy, GeminiBatchClient)
+    # Vertex AI's batches are prediction jobs on Cloud Storage files.
+    self.batch_provider = VertexBatchClient if vertexai else GeminiBatchClient
+    self.batch = batch_api.BatchOptions.take(policy, self.batch_provider)
     super().__init__(generation or {}, batching or {}, policy)
-    if self.batch.batch_api and vertexai:
-      _config.fail(
-          _OWNER, 'model_handler.config.batch_api',
-          'is not supported with vertexai: true (Gemini batch jobs on Vertex '
-          'AI read their requests from Cloud Storage or BigQuery): leave '
-          'vertexai out to use the Gemini Developer API, or batch_api out')
+    _check_staging(batch_staging_uri, vertexai and self.batch.batch_api)
+    self.batch_staging_uri = batch_staging_uri
     self._model = model
     self._api_key_env = api_key_env
     self._vertexai = vertexai
@@ -145,6 +153,19 @@ class GeminiHandler(remote_base.RemoteHandler):
     self._config(types, self._base_config(), self.policy.timeout_secs)
     return client
 
+  def connect_storage(self):
+    """A Cloud Storage client for Vertex AI batch files: Application
+    Default Credentials; against an `http://` base_url (a local test
+    server), that server, without credentials, as `connect` does."""
+    from google.cloud import storage
+    if self._base_url and self._base_url.startswith('http://'):
+      from google.auth.credentials import AnonymousCredentials
+      return storage.Client(
+          project=self._project or 'local-test-server',
+          credentials=AnonymousCredentials(),
+          client_options={'api_endpoint': self._base_url})
+    return storage.Client(project=self._project)
+
   def _base_config(self) -> dict:
     g = self._generation
     config = {}
@@ -196,7 +217,7 @@ class GeminiHandler(remote_base.RemoteHandler):
     """(`models/M`, the REST request the synchronous call sends) of a built
     request, as a Batch API file line (beam_llm/batch_api)."""
     from beam_llm.batch_api import gemini_batches
-    return gemini_batches.rest_request(request)
+    return gemini_batches.rest_request(request, self._vertexai)
 
   def read_rest_answer(self, body: dict) -> Generation:
     """The Generation in a GenerateContentResponse's REST form (a Batch API
@@ -205,9 +226,10 @@ class GeminiHandler(remote_base.RemoteHandler):
     from google.genai import types
     if not isinstance(body, dict):
       raise remote.BadResponse('the answer is not an object')
+    convert = (models._GenerateContentResponse_from_vertex if self._vertexai  # pylint: disable=protected-access
+               else models._GenerateContentResponse_from_mldev)  # pylint: disable=protected-access
     return self.read_answer(types.GenerateContentResponse._from_response(  # pylint: disable=protected-access
-        response=models._GenerateContentResponse_from_mldev(body),  # pylint: disable=protected-access
-        kwargs={}))
+        response=convert(body), kwargs={}))
 
   def read_answer(self, answer) -> Generation:
     """The Generation in a `GenerateContentResponse`; BadResponse if there
@@ -241,6 +263,21 @@ class GeminiHandler(remote_base.RemoteHandler):
         retry_after = _retry_info_delay(exn.details)
       return remote.classify_status(exn.code, str(exn), retry_after)
     return remote.generic_failure(exn)
+
+
+def _check_staging(uri: Optional[str], needed: bool) -> None:
+  """batch_staging_uri: a gs:// folder, given exactly when Vertex AI
+  batches need one."""
+  key = 'model_handler.config.batch_staging_uri'
+  if needed and not uri:
+    _config.fail(_OWNER, key, 'is required with vertexai: true and '
+                 'batch_api: true: a Cloud Storage folder (gs://bucket/prefix) '
+                 'for the batch request files and their results')
+  if uri and not needed:
+    _config.fail(_OWNER, key, 'is used only with vertexai: true and '
+                 'batch_api: true')
+  if uri and not (uri.startswith('gs://') and len(uri) > len('gs://')):
+    _config.fail(_OWNER, key, f'must be a gs://bucket/prefix URI, got {uri!r}')
 
 
 def _retry_info_delay(details) -> Optional[float]:

@@ -51,12 +51,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
   def fake(self):  # The FakeLLMServer.
     return self.server.fake
 
+  def _batch_side(self):
+    """The fake Batch API or storage that serves this path, if any."""
+    path, fake = self.path.split('?')[0], self.fake
+    for api in (fake.gcs, fake.vertex_batch_api):
+      if api.owns(path):
+        return api
+    if fake.gemini_batch_api.owns(path, self.headers):
+      return fake.gemini_batch_api
+    return fake.batch_api if fake.batch_api.owns(path) else None
+
   def do_GET(self):
     path = self.path.split('?')[0]
-    if self.fake.gemini_batch_api.owns(path, self.headers):
-      return self.fake.gemini_batch_api.serve(self, 'GET', path)
-    if self.fake.batch_api.owns(path):
-      return self.fake.batch_api.serve(self, 'GET', path)
+    api = self._batch_side()
+    if api is not None:
+      return api.serve(self, 'GET', path)
     if path == '/health':  # vLLM's readiness check.
       return self._json(200 if self.fake.healthy else 503, {})
     if path == '/v1/models':
@@ -106,11 +115,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     arrived = time.monotonic()
     length = int(self.headers.get('Content-Length') or 0)
     raw = self.rfile.read(length)
-    if fake.gemini_batch_api.owns(self.path.split('?')[0], self.headers):
-      return fake.gemini_batch_api.serve(self, 'POST', self.path.split('?')[0],
-                                         raw)
-    if fake.batch_api.owns(self.path.split('?')[0]):
-      return fake.batch_api.serve(self, 'POST', self.path.split('?')[0], raw)
+    api = self._batch_side()
+    if api is not None:
+      return api.serve(self, 'POST', self.path.split('?')[0], raw)
     try:
       body = json.loads(raw or b'{}')
     except ValueError:

@@ -12,8 +12,10 @@ It speaks just enough of three protocols for the real client libraries:
   those endpoints answer predict only there, and the shared API only for
   the others.
 - Gemini: `POST /v1beta/models/M:generateContent`.
-- Batch APIs: OpenAI's (fake_batch_api.py) and Gemini's
-  (fake_gemini_batch_api.py), with the faults in `batch_faults`.
+- Batch APIs: OpenAI's (fake_batch_api.py), Gemini's
+  (fake_gemini_batch_api.py) and Vertex AI's batch prediction jobs
+  (fake_vertex_batch_api.py, on Cloud Storage: fake_gcs.py), with the
+  faults in `batch_faults`.
 
 Faults are drawn per request (every attempt, retries included) from seeded
 probabilities, or taken in order from `script` first. The server can also be
@@ -102,6 +104,11 @@ class FakeLLMServer:
     # Gemini's Batch Mode (files upload, :batchGenerateContent, batches).
     from beam_llm.testing.fake_gemini_batch_api import FakeGeminiBatchAPI
     self.gemini_batch_api = FakeGeminiBatchAPI(self, batch_faults)
+    # Vertex AI batch prediction jobs, on Cloud Storage objects kept here.
+    from beam_llm.testing.fake_gcs import FakeGCS
+    from beam_llm.testing.fake_vertex_batch_api import FakeVertexBatchAPI
+    self.gcs = FakeGCS()
+    self.vertex_batch_api = FakeVertexBatchAPI(self, self.gcs, batch_faults)
     self.latency_secs = latency_secs
     self.reply = reply
     self.endpoints = set(endpoints)
