@@ -120,6 +120,23 @@ def split_outputs(
   return {'good': good, error_output: counted}
 
 
+def errors_out(errors: Sequence, label: str, error_output: Optional[str]):
+  """Error rows of steps inside a transform (INNER_ERRORS outputs), for its
+  own error output: flattened and counted per reason; with no error output
+  configured, the first one fails the pipeline, loudly."""
+  if error_output is None:
+    for i, pcoll in enumerate(errors):
+      _ = pcoll | f'{label}/FailOnError{i}' >> beam.Map(_raise_error)
+    return None
+  counted = []
+  for i, pcoll in enumerate(errors):  # Each keeps its own element type.
+    counted.append(pcoll | f'{label}/CountErrors{i}' >> beam.Map(_count_error))
+    counted[-1].element_type = pcoll.element_type
+  if len(counted) == 1:
+    return counted[0]
+  return counted | f'{label}/Flatten' >> beam.Flatten()
+
+
 def _count_error(error: beam.Row) -> beam.Row:
   # One counter per reason (beam_llm.errors/<error_type>), per step: the run
   # summary and Dataflow's UI show error rows by reason.

@@ -205,3 +205,45 @@ def test_200_by_200_with_embedding_blocking_finds_every_true_pair_in_under_5_per
   assert calls == len(server.log) <= 0.05 * 200 * 200, calls
   print(f'SemanticJoin 200 x 200: {calls} model calls, naive 40000 '
         f'({100 * calls / 40000:.2f} %)')
+
+
+def _join_with_an_empty_text(llm_server, **options):
+  server = llm_server(reply=about_product)
+  embeddings = FakeEmbeddingServer().start()
+  key = str(uuid.uuid4())
+  p = beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner']))
+  left = p | 'L' >> beam.Create(
+      [beam.Row(**c) for c in CHATS] +
+      [beam.Row(chat_id=4, category='food', text='')])
+  right = p | 'R' >> beam.Create([beam.Row(**x) for x in PRODUCTS])
+  out = {'left': left, 'right': right} | SemanticJoin(
+      condition='The chat is about this product.',
+      embedding_model_handler={'type': 'OpenAICompatible', 'config': {
+          'model': 'e', 'base_url': embeddings.url + '/v1'}},
+      left_text='text', right_text='name', block_top_k=len(PRODUCTS),
+      model_handler=openai(server), **options)
+  out = out if isinstance(out, dict) else {'good': out}
+  for tag, pcoll in out.items():
+    _ = pcoll | f'Keep{tag}' >> beam.Map(lambda r, t=tag: _record(key + t, r))
+  try:
+    p.run().wait_until_finish()
+  finally:
+    embeddings.stop()
+  return {tag: _SINKS.pop(key + tag, []) for tag in out}
+
+
+def test_a_row_that_cannot_be_embedded_is_an_error_row_the_others_join(
+    llm_server):
+  out = _join_with_an_empty_text(llm_server, error_handling={'output': 'failed'})
+  assert sorted((r.left_chat_id, r.right_sku) for r in out['good']) == [
+      (1, 'P1'), (2, 'F1'), (3, 'A1')]
+  [error] = out['failed']
+  assert error.element.chat_id == 4 and error.error_type == 'bad_text'
+  assert error.msg.startswith('SemanticJoin (bad_text): the text is empty')
+
+
+def test_without_error_handling_a_row_that_cannot_be_embedded_fails_the_run(
+    llm_server):
+  with pytest.raises(Exception, match=r'SemanticJoin \(bad_text\): the text '
+                     r'is empty[\s\S]*set error_handling'):
+    _join_with_an_empty_text(llm_server)

@@ -23,12 +23,17 @@ def runs(tiny_causal_lm, embedding_model, tmp_path_factory, chats):
   tmp_path = tmp_path_factory.mktemp('semantic-pipelines')
   data = write_with_bad_lines(tmp_path / 'chats.jsonl', chats, BAD_CHAT_LINES)
   places = {p: str(tmp_path / p.split('/')[-1].split('.')[0]) for p in PIPELINES}
+  # The sample questions and one with no text (it cannot be embedded).
+  questions = tmp_path / 'questions.jsonl'
+  with open(os.path.join(ROOT, 'pipelines/data/questions.jsonl')) as f:
+    questions.write_text(f.read() + json.dumps(
+        {'id': 'q-empty', 'question': ''}) + '\n')
   variables = {
       'pipelines/top_complaints.yaml': {'input': data, 'k': 2,
                                         'max_input_tokens': 1024},
       'pipelines/chat_cases.yaml': {'input': data},
       'pipelines/faq_links.yaml': {'embedding_model': embedding_model,
-                                   'block_top_k': 2}}
+                                   'block_top_k': 2, 'input': str(questions)}}
   results = run_yaml_in_one_process([
       (p, [], {'model': tiny_causal_lm, 'output': places[p],
                'max_new_tokens': 48, **variables[p]})
@@ -89,5 +94,9 @@ def test_faq_links_ask_only_about_each_questions_nearest_facts(runs):
   assert max(per_question.values(), default=0) <= 2  # block_top_k
   assert all(l['fact_id'] in facts and isinstance(l['answer'], str)
              and len(l['answer']) <= 300 for l in links)
-  # Pairs the model could not decide, or answers cut off, are error rows.
+  # Pairs the model could not decide, or answers cut off, are error rows;
+  # so is the question with no text to embed, and it is asked about nothing.
   assert all(e['error_type'] for e in errors)
+  assert [e['error_type'] for e in errors if e.get('id') == 'q-empty'] == [
+      'bad_text']
+  assert 'q-empty' not in per_question

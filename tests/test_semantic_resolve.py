@@ -167,3 +167,28 @@ def test_windowed_input_is_refused_at_build(llm_server):
     run_transform(beam.WindowInto(beam.window.FixedWindows(60))
                   | Resolve(record_id='record_id', block_by='city',
                             model_handler=openai(server)), rows)
+
+
+def test_a_row_that_cannot_be_embedded_is_its_own_entity_and_an_error_row(
+    llm_server):
+  """Embedding blocking: a row with an empty text matches nothing (it is an
+  entity of its own) and, as an undecided pair does, becomes an error row,
+  instead of failing the run."""
+  server = llm_server(reply=same_company)
+  embeddings = FakeEmbeddingServer(dim=256, vector=trigram_vector).start()
+  rows = [{'record_id': 1, 'name': 'Blue Oak Books', 'city': 'Austin'},
+          {'record_id': 2, 'name': 'blue oak books inc.', 'city': 'Austin'},
+          {'record_id': 3, 'name': '', 'city': 'Austin'}]
+  try:
+    out, _ = run_transform(
+        Resolve(record_id='record_id', fields=['name', 'city'], text='name',
+                embedding_model_handler=embeddings_config(embeddings),
+                block_top_k=2, model_handler=openai(server),
+                error_handling={'output': 'failed'}), rows)
+  finally:
+    embeddings.stop()
+  assert sorted((r.record_id, r.entity_id) for r in out['good']) == [
+      (1, 1), (2, 1), (3, 3)]
+  [error] = out['failed']
+  assert error.element.record_id == 3 and error.error_type == 'bad_text'
+  assert error.msg.startswith('Resolve (bad_text): the text is empty')

@@ -85,22 +85,23 @@ class EmbedText(beam.PTransform):
     return _rows.split_outputs(
         results,
         'Collect',
-        _CollectDoFn(self._output),
+        _CollectDoFn(self._output, self._handler.owner),
         _rows.row_type_with(fields, [(self._output, List[float])]),
         self._error_output,
         element_type=pcoll.element_type)
 
 
 class _CollectDoFn(beam.DoFn):
-  def __init__(self, output: str):
+  def __init__(self, output: str, owner: str):
     self._output = output
+    self._owner = owner  # EmbedText, or the operator that built it.
 
   def process(self, keyed):
     row, result = keyed
     vector = result.inference
     if isinstance(vector, EmbeddingFailure):
       yield from _rows.tag_error(
-          _rows.error_row(row, f'{_OWNER} ({vector.error_type}): {vector.msg}',
+          _rows.error_row(row, f'{self._owner} ({vector.error_type}): {vector.msg}',
                           vector.error_type))
     else:
       yield _rows.with_fields(row, **{self._output: list(vector)})

@@ -44,11 +44,21 @@ def check_options(owner: str, block_by, embedding_model_handler, texts: Mapping,
 
 def embedder(owner: str, model_handler, text: str, error_handling=None):
   """EmbedText adding each row's vector in VECTOR (dropped from pairs);
-  its errors, at build and run time, name `owner`."""
+  its errors, at build and run time, name `owner`. A row it cannot embed
+  goes to `error_handling`'s output (INNER_ERRORS: the operator routes it
+  to its own error output), else fails the run."""
   from beam_llm.transforms.embed_text import EmbedText
   with _config.reported_as(owner):
     return EmbedText(model_handler=model_handler, text=text, output=VECTOR,
                      error_handling=error_handling)
+
+
+def embedded(rows, embed, label: str, failures: list):
+  """`rows | embed` (an embedder with INNER_ERRORS): the rows with their
+  vectors; the rows it could not embed are appended to `failures`."""
+  out = rows | label >> embed
+  failures.append(out[_rows.INNER_ERRORS])
+  return out['good']
 
 
 def pair(left, right, prefix: Mapping[str, str]) -> beam.Row:

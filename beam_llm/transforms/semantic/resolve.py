@@ -74,7 +74,9 @@ class Resolve(beam.PTransform):
     error_handling: `{output: <name>}` sends pairs the model could not
       judge to that output as error rows (`element` is the pair, fields
       prefixed `first_` and `second_`); such a pair counts as not the same
-      entity. Without it, such a pair fails the run.
+      entity. With embedding blocking, a row whose text cannot be embedded
+      (an empty text) is an error row too (`element` is the row) and an
+      entity of its own. Without it, either fails the run.
   """
   def __init__(
       self,
@@ -109,7 +111,8 @@ class Resolve(beam.PTransform):
     self._shown = fields
     self._block_by = block_by
     self._embed = (None if embedding_model_handler is None else
-                   _blocking.embedder(_OWNER, embedding_model_handler, text))
+                   _blocking.embedder(_OWNER, embedding_model_handler, text,
+                                      {'output': _rows.INNER_ERRORS}))
     self._top_k = block_top_k
     self._max_calls = max_model_calls
     self._output = output
@@ -141,7 +144,10 @@ class Resolve(beam.PTransform):
         rows.element_type)
     pair_type = row_type.RowTypeConstraint.from_fields(
         [(_PREFIX[s] + n, t) for s in _blocking.SIDES for n, t in fields])
-    pairs = self._candidates(rows, pair_type)
+    # Rows that cannot be embedded match nothing (their own entity) and are
+    # error rows too, as a pair the model cannot judge is.
+    not_embedded = []
+    pairs = self._candidates(rows, pair_type, not_embedded)
     if self._max_calls:
       pairs = _blocking.capped(pairs, _OWNER, self._max_calls, pair_type)
     pairs = _blocking.counted(pairs, _OWNER, pair_type)
@@ -175,16 +181,21 @@ class Resolve(beam.PTransform):
           .with_output_types(row_type.RowTypeConstraint.from_fields(
               [(output, id_type), ('records', List[id_type])] +
               [(n, Optional[types[n]]) for n in self._merge] + carried)))
+    unembedded = _rows.errors_out(not_embedded, 'NotEmbedded',
+                                  self._error_output) if not_embedded else None
     if not self._error_handling:
       return resolved
-    return {'good': resolved, self._error_output: judged[self._error_output]}
+    errors = judged[self._error_output]
+    if unembedded is not None:
+      errors = (errors, unembedded) | 'Errors' >> beam.Flatten()
+    return {'good': resolved, self._error_output: errors}
 
-  def _candidates(self, rows, pair_type):
+  def _candidates(self, rows, pair_type, not_embedded: list):
     if self._block_by:
       return _blocking.pairs_within_key(rows, self._block_by, self._id,
                                         _PREFIX, pair_type)
     if self._embed:
-      vectors = rows | 'Embed' >> self._embed
+      vectors = _blocking.embedded(rows, self._embed, 'Embed', not_embedded)
       f = self._id
       return _blocking.distinct_unordered(
           _blocking.nearest_pairs(

@@ -57,7 +57,10 @@ class SemanticJoin(beam.PTransform):
     right_prefix: Prefix of the right fields in the output. Defaults to
       `right_`.
     error_handling: `{output: <name>}` sends pairs the model could not
-      decide to that output as error rows (`element` is the pair).
+      decide to that output as error rows (`element` is the pair), and,
+      with embedding blocking, rows whose text cannot be embedded (an
+      empty text: `element` is the row; it joins nothing). Without it,
+      either fails the run.
   """
   opt_in = ('prompt_output',)  # _options.OPT_IN
 
@@ -93,9 +96,11 @@ class SemanticJoin(beam.PTransform):
     self._block_by = block_by
     self._embed = None
     if embedding_model_handler is not None:
-      self._embed = {side: _blocking.embedder(_OWNER, embedding_model_handler, field)
+      self._embed = {side: _blocking.embedder(
+          _OWNER, embedding_model_handler, field, {'output': _rows.INNER_ERRORS})
                      for side, field in (('left', left_text),
                                          ('right', right_text))}
+    self._error_output = _config.error_output_name(_OWNER, error_handling)
     self._top_k = block_top_k
     self._max_calls = max_model_calls
     self._prefix = {'left': left_prefix, 'right': right_prefix}
@@ -122,7 +127,8 @@ class SemanticJoin(beam.PTransform):
     pair_fields = [(self._prefix[s] + n, t) for s in ('left', 'right')
                    for n, t in fields[s]]
     pair_type = row_type.RowTypeConstraint.from_fields(pair_fields)
-    pairs = self._candidates(inputs, pair_type)
+    not_embedded = []  # Rows that cannot be candidates: error rows.
+    pairs = self._candidates(inputs, pair_type, not_embedded)
     if self._max_calls:
       pairs = _blocking.capped(pairs, _OWNER, self._max_calls, pair_type)
     pairs = _blocking.counted(pairs, _OWNER, pair_type)
@@ -131,14 +137,22 @@ class SemanticJoin(beam.PTransform):
     template = _blocking.pair_template(shown, self._prefix)
     judge = _PairJudge(condition=self._condition, template=template,
                        **self._filter_options)
-    return pairs | 'Judge' >> judge
+    judged = pairs | 'Judge' >> judge
+    if not not_embedded:
+      return judged
+    unembedded = _rows.errors_out(not_embedded, 'NotEmbedded', self._error_output)
+    if unembedded is None:
+      return judged
+    return {'good': judged['good'], self._error_output: (
+        judged[self._error_output], unembedded) | 'Errors' >> beam.Flatten()}
 
-  def _candidates(self, inputs, pair_type):
+  def _candidates(self, inputs, pair_type, not_embedded: list):
     if self._block_by:
       return _blocking.pairs_by_key(inputs, self._block_by, self._prefix,
                                     pair_type)
     if self._embed:
-      vectors = {side: inputs[side] | f'Embed{side}' >> self._embed[side]
+      vectors = {side: _blocking.embedded(inputs[side], self._embed[side],
+                                          f'Embed{side}', not_embedded)
                  for side in ('left', 'right')}
       return _blocking.nearest_pairs(vectors['left'], vectors['right'],
                                      self._top_k, self._prefix, pair_type)
