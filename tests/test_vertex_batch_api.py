@@ -291,3 +291,18 @@ def test_vertex_file_limits_are_its_own():
       'batch_staging_uri': 'gs://b/p'}})._handler
   assert vertex.batch.batch_max_bytes == 1_000_000_000
   assert vertex.batch.batch_max_requests == 50_000
+
+
+def test_results_without_the_labels_rows_are_matched_by_fail_loudly():
+  # If Vertex AI ever stopped echoing the request's labels, no row could be
+  # matched: rather than resubmit every row and pay the synchronous price
+  # in the end, the run stops and says why.
+  from beam_llm.batch_api import vertex_batches
+  ok = {'candidates': [{'content': {'role': 'model', 'parts': [{'text': 'hi'}]},
+                        'finishReason': 'STOP'}]}
+  text = '\n'.join(json.dumps({'request': {'contents': []}, 'response': ok,
+                               'status': ''}) for _ in range(3))
+  with pytest.raises(RuntimeError, match='3 result lines carry no '
+                     r'beam_llm_id_\* request labels'):
+    vertex_batches.read_results([text], lambda body: body)
+  assert vertex_batches.read_results([''], lambda body: body) == {}

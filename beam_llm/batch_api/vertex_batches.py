@@ -94,7 +94,7 @@ def _status(status) -> Tuple[int, str]:
 def read_results(texts, parse) -> Dict[str, Verdict]:
   """Verdicts of an output directory's lines; `parse` turns a `response`
   (a GenerateContentResponse, Vertex AI's REST form) into an answer."""
-  verdicts = {}
+  verdicts, unlabelled = {}, 0
   for line in lines.json_lines(texts):
     # Batch prediction's generic form for a failed instance (an errors_N
     # file: `{instance, error}`) is read too, in case Gemini's uses it.
@@ -103,12 +103,23 @@ def read_results(texts, parse) -> Dict[str, Verdict]:
         instance.get('request') if isinstance(instance, dict) else None)
     key = _custom_id(request)
     if key is None:
+      unlabelled += 1
       continue
     status = line.get('status') or line.get('error')
     if isinstance(line.get('response'), dict) and not status:
       verdicts[key] = lines.answered(line['response'], parse)
     else:
       verdicts[key] = lines.failed(*_status(status))
+  if unlabelled and not verdicts:
+    # Rows are matched by the labels each request carries (see the module);
+    # results without them would be resubmitted and finally paid for at
+    # the synchronous price. A format this code does not know: fail loudly.
+    raise RuntimeError(
+        f'Vertex AI batch prediction output: {unlabelled} result lines carry '
+        f'no {_LABEL}* request labels, so no row can be matched to its '
+        'result; the output format differs from what beam-llm reads '
+        '(please report it). Rerunning with the same cache_dir resumes the '
+        'job once fixed')
   return verdicts
 
 
