@@ -105,8 +105,8 @@ class AdaptiveLimit:
     # grow slowly (probe), so as not to send a 429 every few round trips.
     self._ceiling = None
     # The round trip being measured: the answers of the requests sent
-    # from token `_round_first` on, `limit` of them (`_round_last`, set
-    # once sent). Judged when the last of them is back (or stalled), so a
+    # from token `_round_first` on, half a limit of them (at least 4;
+    # `_round_last`, set once sent). Judged when the last of them is back (or stalled), so a
     # round is a cohort by sending time: the fastest answers of a burst
     # are not a round of their own, and answers to requests sent before
     # a change of the limit do not judge the new one.
