@@ -43,6 +43,24 @@ class BatchFaults:
   in_progress_secs: float = 0.2
   seed: int = 0
 
+  def phase(self, age: float, lines: int, first: bool) -> str:
+    """Where a batch of `lines` lines, created `age` seconds ago, stands
+    (each fake names it its provider's way): 'validating'; 'too_large'
+    (validation failed: over `max_lines_per_file`); 'running'; or how it
+    ended: 'expired' / 'cancelled' (the first batch, with those faults) or
+    'succeeded'."""
+    if age < self.validating_secs:
+      return 'validating'
+    if self.max_lines_per_file is not None and lines > self.max_lines_per_file:
+      return 'too_large'
+    if age < self.validating_secs + self.in_progress_secs:
+      return 'running'
+    if first and self.expire_first_half:
+      return 'expired'
+    if first and self.cancel_first_half:
+      return 'cancelled'
+    return 'succeeded'
+
 
 _DONE = ('completed', 'failed', 'expired', 'cancelled')
 
@@ -153,23 +171,21 @@ class FakeBatchAPI:
     """The batch as a client sees it now (statuses move with time)."""
     if batch['status'] in _DONE:
       return _public(batch)
-    f = self.faults
-    age = time.monotonic() - batch['_created']
-    if age >= f.validating_secs and batch['status'] == 'validating':
-      cap = f.max_lines_per_file
-      if cap is not None and len(batch['_lines']) > cap:
-        batch['errors'] = {'object': 'list', 'data': [{
-            'code': 'too_many_requests', 'line': None, 'param': None,
-            'message': f'The batch input file has more than {cap} requests.'}]}
-        batch['status'] = 'failed'
-        return _public(batch)
+    n = len(batch['_lines'])
+    phase = self.faults.phase(time.monotonic() - batch['_created'], n,
+                              batch['_first'])
+    if phase == 'too_large':
+      batch['errors'] = {'object': 'list', 'data': [{
+          'code': 'too_many_requests', 'line': None, 'param': None,
+          'message': f'The batch input file has more than '
+                     f'{self.faults.max_lines_per_file} requests.'}]}
+      batch['status'] = 'failed'
+    elif phase == 'running':
       batch['status'] = 'in_progress'
-    if age >= f.validating_secs + f.in_progress_secs:
-      if batch['_first'] and (f.expire_first_half or f.cancel_first_half):
-        self._finish(batch, 'expired' if f.expire_first_half else 'cancelled',
-                     done=len(batch['_lines']) // 2)
-      else:
-        self._finish(batch, 'completed', done=len(batch['_lines']))
+    elif phase in ('expired', 'cancelled'):
+      self._finish(batch, phase, done=n // 2)
+    elif phase == 'succeeded':
+      self._finish(batch, 'completed', done=n)
     return _public(batch)
 
   def _finish(self, batch: dict, status: str, done: int) -> None:

@@ -161,24 +161,23 @@ class FakeGeminiBatchAPI:
 
   def _advance(self, batch: dict) -> dict:
     """The batch as a client sees it now (states move with time)."""
-    f = self.faults
-    age = time.monotonic() - batch['created']
-    if batch['state'] == 'BATCH_STATE_PENDING' and age >= f.validating_secs:
-      cap = f.max_lines_per_file
-      if cap is not None and len(batch['lines']) > cap:
-        batch['error'] = {'code': 3, 'message':
-                          f'The input file has more than {cap} requests.'}
-        batch['state'] = 'BATCH_STATE_FAILED'
-      else:
-        batch['state'] = 'BATCH_STATE_RUNNING'
-    if (batch['state'] == 'BATCH_STATE_RUNNING'
-        and age >= f.validating_secs + f.in_progress_secs):
-      if batch['first'] and f.expire_first_half:
-        self._finish(batch, 'BATCH_STATE_EXPIRED', len(batch['lines']) // 2)
-      elif batch['first'] and f.cancel_first_half:
-        self._finish(batch, 'BATCH_STATE_CANCELLED', done=0)
-      else:
-        self._finish(batch, 'BATCH_STATE_SUCCEEDED', len(batch['lines']))
+    if batch['state'] in _ENDED:
+      return _operation(batch)
+    n = len(batch['lines'])
+    phase = self.faults.phase(time.monotonic() - batch['created'], n,
+                              batch['first'])
+    if phase == 'too_large':
+      batch['error'] = {'code': 3, 'message': f'The input file has more than '
+                        f'{self.faults.max_lines_per_file} requests.'}
+      batch['state'] = 'BATCH_STATE_FAILED'
+    elif phase == 'running':
+      batch['state'] = 'BATCH_STATE_RUNNING'
+    elif phase == 'expired':
+      self._finish(batch, 'BATCH_STATE_EXPIRED', n // 2)
+    elif phase == 'cancelled':
+      self._finish(batch, 'BATCH_STATE_CANCELLED', done=0)
+    elif phase == 'succeeded':
+      self._finish(batch, 'BATCH_STATE_SUCCEEDED', n)
     return _operation(batch)
 
   def _finish(self, batch: dict, state: str, done: int) -> None:

@@ -112,23 +112,22 @@ class FakeVertexBatchAPI:
 
   def _advance(self, job: dict) -> dict:
     """The job as a client sees it now (states move with time)."""
-    f = self.faults
-    age = time.monotonic() - job['created']
-    if job['state'] == 'JOB_STATE_PENDING' and age >= f.validating_secs:
-      cap = f.max_lines_per_file
-      if cap is not None and len(job['lines']) > cap:
-        job['error'] = {'code': 3, 'message': f'More than {cap} requests.'}
-        job['state'] = 'JOB_STATE_FAILED'
-      else:
-        job['state'] = 'JOB_STATE_RUNNING'
-    if (job['state'] == 'JOB_STATE_RUNNING'
-        and age >= f.validating_secs + f.in_progress_secs):
-      if job['first'] and f.expire_first_half:
-        self._finish(job, 'JOB_STATE_EXPIRED', len(job['lines']) // 2)
-      elif job['first'] and f.cancel_first_half:
-        self._finish(job, 'JOB_STATE_CANCELLED', done=0)
-      else:
-        self._finish(job, 'JOB_STATE_SUCCEEDED', len(job['lines']))
+    if job['state'] in _ENDED:
+      return _resource(job)
+    n = len(job['lines'])
+    phase = self.faults.phase(time.monotonic() - job['created'], n, job['first'])
+    if phase == 'too_large':
+      job['error'] = {'code': 3, 'message':
+                      f'More than {self.faults.max_lines_per_file} requests.'}
+      job['state'] = 'JOB_STATE_FAILED'
+    elif phase == 'running':
+      job['state'] = 'JOB_STATE_RUNNING'
+    elif phase == 'expired':
+      self._finish(job, 'JOB_STATE_EXPIRED', n // 2)
+    elif phase == 'cancelled':
+      self._finish(job, 'JOB_STATE_CANCELLED', done=0)
+    elif phase == 'succeeded':
+      self._finish(job, 'JOB_STATE_SUCCEEDED', n)
     return _resource(job)
 
   def _finish(self, job: dict, state: str, done: int) -> None:
