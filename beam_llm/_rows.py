@@ -109,28 +109,28 @@ def split_outputs(
   good.element_type = main_type
   errors = results[ERRORS_TAG]
   errors.element_type = error_row_type(element_type or pcoll.element_type)
-  if error_output is None:
-    # No error output configured: a bad row fails the pipeline, loudly.
-    _ = errors | f'{label}/FailOnError' >> beam.Map(_raise_error)
-    return good
   if error_output == INNER_ERRORS:
     return {'good': good, error_output: errors}
-  counted = errors | f'{label}/CountErrors' >> beam.Map(_count_error)
-  counted.element_type = errors.element_type
-  return {'good': good, error_output: counted}
+  counted = errors_out([errors], label, error_output)
+  return good if counted is None else {'good': good, error_output: counted}
 
 
 def errors_out(errors: Sequence, label: str, error_output: Optional[str]):
-  """Error rows of steps inside a transform (INNER_ERRORS outputs), for its
-  own error output: flattened and counted per reason; with no error output
-  configured, the first one fails the pipeline, loudly."""
+  """Error rows (of the step `label`, or of steps inside a transform:
+  INNER_ERRORS outputs) for the transform's error output: counted per
+  reason and flattened; with no error output configured, the first one
+  fails the pipeline, loudly."""
+  # Steps CountErrors, CountErrors1, ...: the first keeps the name
+  # split_outputs has always given it.
+  suffix = lambda i: str(i) if i else ''
   if error_output is None:
     for i, pcoll in enumerate(errors):
-      _ = pcoll | f'{label}/FailOnError{i}' >> beam.Map(_raise_error)
+      _ = pcoll | f'{label}/FailOnError{suffix(i)}' >> beam.Map(_raise_error)
     return None
   counted = []
   for i, pcoll in enumerate(errors):  # Each keeps its own element type.
-    counted.append(pcoll | f'{label}/CountErrors{i}' >> beam.Map(_count_error))
+    counted.append(
+        pcoll | f'{label}/CountErrors{suffix(i)}' >> beam.Map(_count_error))
     counted[-1].element_type = pcoll.element_type
   if len(counted) == 1:
     return counted[0]
