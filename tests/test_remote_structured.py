@@ -28,7 +28,7 @@ def handler(server, **config):
     ('openai', 'json_schema', 0),
     ('vllm', 'json_schema', 0),
     ('llama-cpp-python', 'json_object', 1),  # Its HTTP 500 validation error.
-    ('text-only', 'none', 3),
+    ('text-only', 'none', 4),
 ])
 def test_the_form_a_server_takes_is_found_once_and_kept(
     llm_server, server_kind, form, refusals):
@@ -69,13 +69,16 @@ def test_a_form_chosen_explicitly_and_refused_fails_its_rows_at_once(llm_server)
 
 def test_explicit_forms_are_sent_as_the_server_expects(llm_server):
   server = llm_server(structured='vllm')
-  for chosen in ('json_schema', 'json_object', 'guided_json', 'none'):
+  for chosen in ('json_schema', 'json_object', 'structured_outputs',
+                 'guided_json', 'none'):
     h = handler(server, structured_output=chosen)
     h.generate(h.load_model(), [f'as {chosen}'])
     body = server.log[-1].body
     assert server.log[-1].form == chosen
     if chosen == 'json_object':
       assert body['response_format'] == {'type': 'json_object', 'schema': SCHEMA}
+    if chosen == 'structured_outputs':
+      assert body['structured_outputs'] == {'json': SCHEMA}
     if chosen == 'guided_json':
       assert body['guided_json'] == SCHEMA
 

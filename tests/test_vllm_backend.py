@@ -115,6 +115,51 @@ def test_chat_sentiment_on_a_real_vllm_server(
   assert processes_mentioning(vllm_model) == []  # Torn down, engine too.
 
 
+SCHEMA = {'type': 'object', 'additionalProperties': False,
+          'required': ['label'],
+          'properties': {'label': {'enum': ['positive', 'negative']}}}
+
+
+@pytest.mark.timeout(1200)
+def test_vllm_takes_its_structured_outputs_field_and_drops_guided_json(
+    vllm_python, vllm_model):
+  """Against the real server: `structured_outputs` constrains a random
+  model's answers; `guided_json` (vLLM before 0.10.2) is dropped by 0.32
+  without an error, so its answers are whatever the model writes."""
+  import jsonschema
+  from beam_llm.handlers.openai_compatible import OpenAICompatibleHandler
+  from beam_llm.handlers.vllm import VLLMHandler
+
+  def typed(text):
+    try:
+      jsonschema.validate(json.loads(text), SCHEMA)
+      return True
+    except (ValueError, jsonschema.ValidationError):
+      return False
+
+  generation = {'max_new_tokens': 24, 'response_schema': SCHEMA}
+  prompts = [f'Is chat {i} happy?' for i in range(4)]
+  served = VLLMHandler(
+      model=vllm_model, python=vllm_python, dtype='bfloat16',
+      max_model_len=512, server_args={'enforce-eager': None},
+      structured_output='structured_outputs', generation=generation,
+      batching={}, cache=False)
+  loaded = served.shared_load()
+  try:
+    answers = served.generate(loaded, prompts)
+    assert all(typed(a.text) for a in answers), answers
+    # The same server, asked in the old form, does not constrain.
+    old = OpenAICompatibleHandler(
+        model=vllm_model, base_url=str(loaded.client.openai.base_url),
+        structured_output='guided_json', generation=generation, batching={},
+        cache=False)
+    unconstrained = old.generate(old.load_model(), prompts)
+    assert not any(typed(a.text) for a in unconstrained), unconstrained
+  finally:
+    served.shared_release()
+  assert processes_mentioning(vllm_model) == []
+
+
 @pytest.fixture
 def fake_vllm(tmp_path):
   """(python option, state dir) of a stand-in vLLM server."""

@@ -48,8 +48,10 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
     structured_output: How `response_schema` is sent: `json_schema`
       (`response_format` of type json_schema: OpenAI, vLLM, llama-server,
       Ollama), `json_object` (`response_format: {type: json_object, schema}`:
-      llama-cpp-python's server), `guided_json` (vLLM's body field), or
-      `none` (unconstrained; ParseJSON still validates). `auto` starts with
+      llama-cpp-python's server), `structured_outputs` (vLLM's body field,
+      `{json: schema}`, since vLLM 0.10.2), `guided_json` (the body field of
+      older vLLM releases: later ones ignore it, unconstrained), or `none`
+      (unconstrained; ParseJSON still validates). `auto` starts with
       json_schema and, when the server refuses a form as invalid, moves to
       the next and keeps it for the rest of the run. Defaults to auto.
   """
@@ -65,7 +67,8 @@ class OpenAICompatibleHandler(remote_base.RemoteHandler):
       api: Literal['chat', 'completions'] = 'chat',
       api_key_env: Optional[str] = None,
       structured_output: Literal[
-          'auto', 'json_schema', 'json_object', 'guided_json', 'none'] = 'auto',
+          'auto', 'json_schema', 'json_object', 'structured_outputs',
+          'guided_json', 'none'] = 'auto',
       generation: Optional[dict] = None,
       batching: Optional[dict] = None,
       **policy):

@@ -6,7 +6,12 @@ one an endpoint accepts, found once per worker process.
 - `json_object`: `response_format: {type: json_object, schema: {...}}` —
   llama-cpp-python's server (which answers `json_schema` with an HTTP 500
   validation error).
-- `guided_json`: a `guided_json` body field — vLLM's own form.
+- `structured_outputs`: a `structured_outputs: {json: schema}` body field —
+  vLLM's own form since 0.10.2.
+- `guided_json`: a `guided_json` body field — vLLM's form before 0.10.2.
+  Later releases drop the field without an error (0.32 only logs a warning
+  on the server), so it is tried last: a server that took it may not have
+  constrained anything.
 - `none`: no constraint; the schema is left to ParseJSON's validation.
 
 With `structured_output: auto` the first form is tried; when the server
@@ -25,7 +30,8 @@ from typing import Any, Mapping, Optional, Tuple
 
 _LOG = logging.getLogger('beam_llm.GenerateText')
 
-FORMS = ('json_schema', 'json_object', 'guided_json', 'none')
+FORMS = ('json_schema', 'json_object', 'structured_outputs', 'guided_json',
+         'none')
 
 
 # A refusal about the request's form, not its credentials or its route.
@@ -49,6 +55,8 @@ def apply(form: str, body: dict, schema: Mapping[str, Any]) -> dict:
         'json_schema': {'name': 'response', 'schema': schema}}
   elif form == 'json_object':
     body['response_format'] = {'type': 'json_object', 'schema': schema}
+  elif form == 'structured_outputs':
+    body['structured_outputs'] = {'json': schema}
   elif form == 'guided_json':
     body['guided_json'] = schema
   return body

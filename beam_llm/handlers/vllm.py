@@ -77,8 +77,9 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
       Defaults to chat.
     structured_output: How `response_schema` is sent (as for
       OpenAICompatible): `auto` (json_schema, and the next form if the
-      server refuses one), `json_schema`, `guided_json` (older vLLM
-      releases' body field: vLLM 0.32 ignores it without an error, so its
+      server refuses one), `json_schema`, `structured_outputs` (vLLM's own
+      body field since 0.10.2), `guided_json` (the body field of releases
+      before 0.10.2: later ones ignore it without an error, so their
       answers are unconstrained) or `none`. Defaults to auto.
   """
   backend = 'VLLM'
@@ -100,7 +101,8 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
       max_restarts: int = 3,
       api: Literal['chat', 'completions'] = 'chat',
       structured_output: Literal[
-          'auto', 'json_schema', 'guided_json', 'none'] = 'auto',
+          'auto', 'json_schema', 'structured_outputs', 'guided_json',
+          'none'] = 'auto',
       generation: Optional[dict] = None,
       batching: Optional[dict] = None,
       **policy):

@@ -30,7 +30,10 @@ def form_of(body: dict) -> str:
   fmt = body.get('response_format')
   if isinstance(fmt, dict):
     return fmt.get('type', 'none')
-  return 'guided_json' if 'guided_json' in body else 'none'
+  for field in ('structured_outputs', 'guided_json'):
+    if field in body:
+      return field
+  return 'none'
 
 
 # What llama-cpp-python's server (0.3.36, checked with
@@ -52,11 +55,12 @@ STRUCTURED = {
                "Unrecognized request argument supplied: guided_json"),
     # llama-cpp-python's server: json_object (with a `schema`), not
     # json_schema, refused with an HTTP 500 carrying pydantic's message. A
-    # `guided_json` field passes and is ignored: the answer is unconstrained.
-    'llama-cpp-python': ({'none', 'json_object', 'guided_json'}, 500,
-                         VALIDATION),
+    # vLLM body field passes and is ignored: the answer is unconstrained.
+    'llama-cpp-python': ({'none', 'json_object', 'structured_outputs',
+                          'guided_json'}, 500, VALIDATION),
     # vLLM: every form.
-    'vllm': ({'none', 'json_schema', 'json_object', 'guided_json'}, 400, ''),
+    'vllm': ({'none', 'json_schema', 'json_object', 'structured_outputs',
+              'guided_json'}, 400, ''),
     # A server without structured output that rejects what it does not know.
     'text-only': ({'none'}, 400,
                   "response_format is not supported by this server"),
