@@ -293,3 +293,31 @@ def test_vllm_that_cannot_be_found_fails_at_build_time(tmp_path):
   spec['config']['python'] = str(tmp_path / 'no-such-python')
   with pytest.raises(ConfigError, match='cannot be run'):
     GenerateText(model_handler=spec).check_at_build()
+
+
+def test_a_server_that_crashes_is_reported_by_its_first_exception(tmp_path):
+  """vLLM's log after a crash ends with dozens of lines of shutting down;
+  the message leads with the cause, from the latest start only."""
+  from beam_llm.handlers import vllm_server
+  marker = tmp_path / 'started-before'
+  crash = (
+      'import os, sys\n'
+      f'first = not os.path.exists({str(marker)!r})\n'
+      f'open({str(marker)!r}, "w").close()\n'
+      'print("(Worker pid=7) ERROR [executor.py:1] Traceback (most recent call last):")\n'
+      'print("(Worker pid=7) ERROR [executor.py:1] RuntimeError: Unsupported "\n'
+      '      + ("CPU attention configuration: head_dim=16" if first else "model"))\n'
+      'for i in range(60):\n'
+      '  print(f"(APIServer pid=6) WARNING [utils.py:1] [shutdown] killing {i}")\n'
+      'sys.exit(3)\n')
+  server = vllm_server.VLLMServer(vllm_server.ServerSpec(
+      command=[sys.executable, '-c', crash], env={}, env_defaults={},
+      startup_timeout_secs=30, max_restarts=1, description='tiny'))
+  for cause in ('CPU attention configuration: head_dim=16', 'model'):
+    with pytest.raises(vllm_server.ServerUnavailable) as failed:
+      server.ensure_running()
+    message = str(failed.value)
+    assert 'exited with code 3 while starting' in message
+    assert message.count('RuntimeError') == 1, message
+    assert f'[first exception] RuntimeError: Unsupported {cause}\n' in message
+    assert 'killing 59' in message and 'killing 0\n' not in message

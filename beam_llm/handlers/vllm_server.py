@@ -15,6 +15,7 @@ import atexit
 import dataclasses
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,9 @@ from typing import Dict, List, Optional
 
 _LOG = logging.getLogger('beam_llm.GenerateText')
 _LOG_TAIL_LINES = 40
+# An exception's own line in a Python traceback (vLLM's lines carry a
+# prefix such as `(Worker pid=1) ERROR ... [file.py:1]`).
+_EXCEPTION_LINE = re.compile(r'\b([A-Za-z_.]*(?:Error|Exception): .*)$')
 
 
 class ServerUnavailable(RuntimeError):
@@ -52,6 +56,7 @@ class VLLMServer:
     self._process: Optional[subprocess.Popen] = None
     self._port: Optional[int] = None
     self._log_path: Optional[str] = None
+    self._log_start = 0  # Where the latest start's lines begin in the log.
     self._starts = 0
     # A worker that exits without tearing down must not leave the server
     # (and its GPU memory) behind. By weak reference, so that letting go of
@@ -133,6 +138,7 @@ class VLLMServer:
     # The log goes to a file, not a pipe: nobody may be reading a pipe
     # when the server writes, and a full pipe would stall it.
     with open(self._log_path, 'ab') as log:
+      self._log_start = log.tell()
       self._process = start_tied_to_this_process(
           command, stdout=log, stderr=subprocess.STDOUT,
           stdin=subprocess.DEVNULL,
@@ -171,11 +177,20 @@ class VLLMServer:
       time.sleep(1)
 
   def _log_tail(self) -> str:
+    """The latest start's log: its first exception (the cause: what
+    follows is mostly vLLM shutting down) and its last lines."""
     try:
-      with open(self._log_path, errors='replace') as f:
-        return ''.join(f.readlines()[-_LOG_TAIL_LINES:])
+      with open(self._log_path, 'rb') as f:
+        f.seek(self._log_start)
+        lines = f.read().decode(errors='replace').splitlines(keepends=True)
     except OSError:
       return '(no log)'
+    tail = ''.join(lines[-_LOG_TAIL_LINES:])
+    for line in lines:
+      found = _EXCEPTION_LINE.search(line)
+      if found and line not in tail:
+        return f'[first exception] {found.group(1)}\n[...]\n{tail}'
+    return tail
 
 
 # Linux's PR_SET_PDEATHSIG sends the child a signal when its parent *thread*
