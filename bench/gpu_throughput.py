@@ -12,10 +12,16 @@ step: bandwidth / weight bytes x 256 tokens/s).
     python bench/gpu_throughput.py                       # on a GPU
     python bench/gpu_throughput.py --small --device cpu  # does it run?
     python bench/gpu_throughput.py --vllm_python V/bin/python  # + VLLM
+    bash bench/gpu_session.sh run   # on a lent GPU machine without Beam
+
+Variants run in the order `--only` names them (results print as each ends,
+so a run cut short keeps what it measured); the baselines (plain loop,
+continuous batching) can take fewer prompts (`--baseline_prompts`). At the
+end: issue 18's GPU targets against what was measured.
 
 Variants: plain `generate` loop (batch 64 and 256, arrival order), the
 same sorted by length, transformers' continuous batching
-(`generate_batch`), Create -> GenerateText with a fixed batch (64, 256),
+(`generate_batch`), Create -> GenerateText with fixed batches (`--batches`),
 with default options, and default options with a response_schema; the VLLM
 backend when `--vllm_python` names a Python with vLLM.
 """
@@ -130,25 +136,44 @@ def pipeline(path, texts, a, backend='HuggingFace', **options):
 
 
 def variants(a):
+  """name -> (run, whether it is a baseline: baselines run on
+  --baseline_prompts, the pipeline variants on --prompts)."""
   out = {
-      'plain generate loop, batch 64': lambda p, t: plain_loop(p, t, a, 64),
-      'same loop, sorted by length, batch 64': lambda p, t: plain_loop(
-          p, t, a, 64, sort=True),
+      'plain generate loop, batch 64': (lambda p, t: plain_loop(p, t, a, 64), True),
+      'same loop, sorted by length, batch 64': (lambda p, t: plain_loop(
+          p, t, a, 64, sort=True), True),
       'transformers continuous batching (generate_batch)':
-          lambda p, t: continuous_batching(p, t, a),
-      'GenerateText, batch 64': lambda p, t: pipeline(
-          p, t, a, min_batch_size=64, max_batch_size=64),
-      'plain generate loop, batch 256': lambda p, t: plain_loop(p, t, a, 256),
-      'GenerateText, batch 256': lambda p, t: pipeline(
-          p, t, a, min_batch_size=256, max_batch_size=256),
-      'GenerateText, default options': lambda p, t: pipeline(p, t, a),
-      'GenerateText, default options, response_schema': lambda p, t: pipeline(
-          p, t, a, response_schema_file=SCHEMA),
+          (lambda p, t: continuous_batching(p, t, a), True),
+      'plain generate loop, batch 256': (lambda p, t: plain_loop(p, t, a, 256), True),
+      'GenerateText, default options': (lambda p, t: pipeline(p, t, a), False),
+      'GenerateText, default options, response_schema': (lambda p, t: pipeline(
+          p, t, a, response_schema_file=SCHEMA), False),
   }
+  for size in a.batches:
+    out[f'GenerateText, batch {size}'] = (lambda p, t, size=size: pipeline(
+        p, t, a, min_batch_size=size, max_batch_size=size), False)
   if a.vllm_python:
-    out['GenerateText, VLLM backend'] = lambda p, t: pipeline(
-        p, t, a, backend='VLLM')
+    out['GenerateText, VLLM backend'] = (lambda p, t: pipeline(
+        p, t, a, backend='VLLM'), False)
   return out
+
+
+def verdicts(rates):
+  """Issue 18's GPU targets, from the rates measured (tokens/s by name)."""
+  default = rates.get('GenerateText, default options')
+  schema = rates.get('GenerateText, default options, response_schema')
+  fixed = {n: r for n, r in rates.items() if n.startswith('GenerateText, batch')}
+  lines = []
+  if default:
+    lines.append(f'default options: {default:,.0f} tokens/s (target >= 30,000)')
+  if default and fixed:
+    best = max(fixed, key=fixed.get)
+    lines.append(f'default / best hand-set ({best}): '
+                 f'{default / fixed[best]:.2f} (target >= 0.90)')
+  if default and schema:
+    lines.append(f'response_schema costs {1 - schema / default:.0%} '
+                 '(target <= 15 %)')
+  return lines
 
 
 def main():
@@ -164,40 +189,59 @@ def main():
   parser.add_argument('--new_tokens', type=int, default=128)
   parser.add_argument('--bandwidth_tbs', type=float, default=4.8,
                       help='memory bandwidth in TB/s (H200: 4.8)')
-  parser.add_argument('--only', nargs='*', help='variant name prefixes')
+  parser.add_argument('--baseline_prompts', type=int,
+                      help='prompts for the plain-loop and continuous-batching '
+                      'variants (their rate hardly depends on the count); '
+                      'defaults to --prompts')
+  parser.add_argument('--batches', type=int, nargs='*', default=[64, 256],
+                      help='fixed batch sizes to run GenerateText at')
+  parser.add_argument('--only', nargs='*', help='variant name prefixes, '
+                      'run in the order given')
   parser.add_argument('--vllm_python', help='a Python that can import vllm')
   a = parser.parse_args()
   if a.small:
     a.shape, a.prompts, a.min_tokens, a.max_tokens, a.new_tokens = (
         'small', 48, 20, 120, 8)
   a.torch_dtype = getattr(torch, a.dtype)
-  chosen = {k: v for k, v in variants(a).items()
-            if not a.only or any(k.startswith(o) for o in a.only)}
+  every = variants(a)
+  chosen = ([n for o in a.only for n in every if n.startswith(o)]
+            if a.only else list(every))
+  chosen = list(dict.fromkeys(chosen))  # Once each, first mention first.
   with tempfile.TemporaryDirectory() as path:
     params = build_model(path, a.shape)
     texts = prompts(path, a.prompts, a.min_tokens, a.max_tokens)
+    baseline_texts = texts[:a.baseline_prompts or a.prompts]
     weight_bytes = params * a.torch_dtype.itemsize
     roofline = a.bandwidth_tbs * 1e12 / weight_bytes * 256
     device = (torch.cuda.get_device_name() if a.device == 'cuda' else a.device)
     print(f'{device}, {a.shape} ({params / 1e6:.0f}M parameters, {a.dtype}), '
-          f'{a.prompts} prompts of {a.min_tokens}-{a.max_tokens} tokens, '
-          f'{a.new_tokens} new tokens, greedy', flush=True)
-    print('| variant | tokens | seconds | tokens/s | ÷ plain loop | ÷ roofline |')
-    print('|---|---|---|---|---|---|')
+          f'{a.prompts} prompts ({len(baseline_texts)} for the baselines) of '
+          f'{a.min_tokens}-{a.max_tokens} tokens, {a.new_tokens} new tokens, '
+          'greedy', flush=True)
+    print('| variant | prompts | tokens | seconds | tokens/s | ÷ plain loop, batch 64 | ÷ roofline |')
+    print('|---|---|---|---|---|---|---|')
     plain_loop(path, texts[:4], a, 4)  # Warm-up: CUDA context, file cache.
-    base = None
-    for name, fn in chosen.items():
+    if any(not every[n][1] for n in chosen):
+      # And Beam's one-time imports, which would fall on the first pipeline.
+      pipeline(path, texts[:2], a, min_batch_size=2, max_batch_size=2)
+    rates = {}
+    for name in chosen:
+      run, baseline = every[name]
+      some = baseline_texts if baseline else texts
       start = time.perf_counter()
       try:
-        tokens = fn(path, texts)
+        tokens = run(path, some)
       except Exception as exn:  # pylint: disable=broad-except
-        print(f'| {name} | failed: {type(exn).__name__}: {exn} | | | | |')
+        print(f'| {name} | {len(some)} | failed: {type(exn).__name__}: {exn} | | | | |')
         continue
       seconds = time.perf_counter() - start
-      rate = tokens / seconds
-      base = base or rate
-      print(f'| {name} | {tokens} | {seconds:.1f} | {rate:,.0f} | '
-            f'{rate / base:.2f} | {rate / roofline:.4f} |', flush=True)
+      rates[name] = rate = tokens / seconds
+      base = rates.get('plain generate loop, batch 64')
+      ratio = f'{rate / base:.2f}' if base else '—'
+      print(f'| {name} | {len(some)} | {tokens} | {seconds:.1f} | {rate:,.0f} | '
+            f'{ratio} | {rate / roofline:.4f} |', flush=True)
+    for line in verdicts(rates):
+      print(line)
 
 
 if __name__ == '__main__':
