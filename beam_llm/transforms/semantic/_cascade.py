@@ -14,8 +14,9 @@ small one is not sure enough (Classify's and SemanticFilter's `cascade`).
 
 The sample rows' answers are the main model's. The counts (rows answered by
 each model, the sample, its agreement) are metrics of the operator, which
-the run summary shows. Batch (bounded) input only: the threshold needs the
-whole sample first.
+the run summary shows. On batch input the sample is chosen from the whole
+input and every other row waits for the threshold; streams learn it per
+window from their first rows instead (_cascade_stream.py).
 """
 import dataclasses
 import hashlib
@@ -98,49 +99,29 @@ class Cascade(beam.PTransform):
     confidence_output); `decided(answer text) -> the decision, or None`
     compares answers."""
     super().__init__()
-    self._prompt = prompt
-    self._answer = answer
+    self.prompt = prompt
+    self.answer = answer
+    self.options = options
+    self.small = small
+    self.main = main
+    self.decided = decided
     self._owner = owner
-    self._options = options
-    self._small = small
-    self._main = main
-    self._decided = decided
 
   def expand(self, rows):
-    if not rows.is_bounded:
-      _config.fail(self._owner, 'cascade', 'needs bounded (batch) input: the '
-                   'threshold is learnt from a sample of the whole input')
-    o = self._options
     ns = f'beam_llm.{self._owner}'
-    small = rows | 'Small' >> self._small
+    small = rows | 'Small' >> self.small
     # A row the small model could not answer goes to the main model.
     unanswered = small[_rows.INNER_ERRORS] | 'SmallFailed' >> beam.Map(
         lambda e: e.element)
-    answered = small['good']
-    prompt, answer = self._prompt, self._answer
-    keys = answered | 'SampleKeys' >> beam.Map(
-        lambda r, seed=o.seed: sample_key(seed, _rows.as_dict(r)[prompt]))
-    cutoff = keys | 'SampleCutoff' >> beam.combiners.Top.Smallest(o.sample)
-    cutoff = cutoff | 'Last' >> beam.Map(lambda ks: ks[-1] if ks else '')
-    in_sample = lambda r, last, seed=o.seed: sample_key(
-        seed, _rows.as_dict(r)[prompt]) <= last
-    parts = answered | 'SplitSample' >> beam.Partition(
-        lambda r, n, last: 0 if in_sample(r, last) else 1,
-        2, last=beam.pvalue.AsSingleton(cutoff))
-    sample, rest = parts[0], parts[1]
-    sample_main = (sample | 'KeepSmallAnswer' >> beam.Map(
-        _keep_small_answer, answer) | 'MainOnSample' >> self._main)
-    agreement = sample_main['good'] | 'Agreement' >> beam.Map(
-        _agreement, self._decided, answer)
-    threshold = agreement | 'Threshold' >> beam.CombineGlobally(
-        _ThresholdFn(o.target_agreement, ns))
-    route = rest | 'Route' >> beam.Partition(
-        lambda r, n, t: 0 if _as_float(getattr(r, CONFIDENCE, None)) >= t else 1,
-        2, t=beam.pvalue.AsSingleton(threshold))
-    kept_small, to_main = route[0], route[1]
-    rest_main = ((to_main | 'Unrouted' >> beam.Map(_plain, answer),
+    if rows.is_bounded:
+      sample_main, kept_small, to_main = self._route_batch(small['good'], ns)
+    else:
+      from beam_llm.transforms.semantic import _cascade_stream
+      sample_main, kept_small, to_main = _cascade_stream.route_stream(
+          self, small['good'], ns)
+    rest_main = ((to_main | 'Unrouted' >> beam.Map(_plain, self.answer),
                   unanswered | 'UnansweredPlain' >> beam.Map(_plain))
-                 | 'ToMain' >> beam.Flatten() | 'MainOnRest' >> self._main)
+                 | 'ToMain' >> beam.Flatten() | 'MainOnRest' >> self.main)
     _ = kept_small | 'CountSmall' >> beam.Map(
         lambda r: Metrics.counter(ns, 'cascade_small_rows').inc())
     good = (kept_small | 'SmallPlain' >> beam.Map(_plain),
@@ -155,12 +136,39 @@ class Cascade(beam.PTransform):
               ) | 'Errors' >> beam.Flatten()
     return {'good': good, _rows.INNER_ERRORS: errors}
 
+  def _route_batch(self, answered, ns):
+    """(sample rows' main answers, rows kept with the cheap answer, rows for
+    the main model): the sample is the rows whose prompt hashes lowest, and
+    every other row waits for its threshold."""
+    o = self.options
+    prompt, answer = self.prompt, self.answer
+    keys = answered | 'SampleKeys' >> beam.Map(
+        lambda r, seed=o.seed: sample_key(seed, _rows.as_dict(r)[prompt]))
+    cutoff = keys | 'SampleCutoff' >> beam.combiners.Top.Smallest(o.sample)
+    cutoff = cutoff | 'Last' >> beam.Map(lambda ks: ks[-1] if ks else '')
+    in_sample = lambda r, last, seed=o.seed: sample_key(
+        seed, _rows.as_dict(r)[prompt]) <= last
+    parts = answered | 'SplitSample' >> beam.Partition(
+        lambda r, n, last: 0 if in_sample(r, last) else 1,
+        2, last=beam.pvalue.AsSingleton(cutoff))
+    sample, rest = parts[0], parts[1]
+    sample_main = (sample | 'KeepSmallAnswer' >> beam.Map(
+        keep_small_answer, answer) | 'MainOnSample' >> self.main)
+    agreements = sample_main['good'] | 'Agreement' >> beam.Map(
+        agreement, self.decided, answer)
+    threshold = agreements | 'Threshold' >> beam.CombineGlobally(
+        _ThresholdFn(o.target_agreement, ns))
+    route = rest | 'Route' >> beam.Partition(
+        lambda r, n, t: 0 if as_float(getattr(r, CONFIDENCE, None)) >= t else 1,
+        2, t=beam.pvalue.AsSingleton(threshold))
+    return sample_main, route[0], route[1]
 
-def _as_float(value) -> float:
+
+def as_float(value) -> float:
   return -1.0 if value is None else float(value)
 
 
-def _keep_small_answer(row, answer: str):
+def keep_small_answer(row, answer: str):
   values = _rows.as_dict(row)
   values[SMALL_ANSWER] = values.pop(answer)
   return beam.Row(**values)
@@ -174,10 +182,10 @@ def _plain(row, drop_answer: Optional[str] = None):
   return beam.Row(**values)
 
 
-def _agreement(row, decided, answer: str) -> Tuple[float, bool]:
+def agreement(row, decided, answer: str) -> Tuple[float, bool]:
   values = _rows.as_dict(row)
   small = decided(values[SMALL_ANSWER])
-  return (_as_float(values.get(CONFIDENCE)),
+  return (as_float(values.get(CONFIDENCE)),
           small is not None and small == decided(values[answer]))
 
 

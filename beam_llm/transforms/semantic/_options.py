@@ -79,8 +79,9 @@ OPT_IN = {
         'which sets the lowest confidence at which the two agree on at least '
         '`target_agreement` of them; the other rows keep the cheap answer at '
         'or above it and go to the main model below it '
-        '(docs/semantic_operators.md, "Cascades"). Batch input only. '
-        'Defaults to none.'),
+        '(docs/semantic_operators.md, "Cascades"). On streaming input, '
+        'the sample is each window\'s first `sample` rows, and rows go to '
+        'the main model until their answers are in. Defaults to none.'),
 }
 
 
