@@ -38,16 +38,6 @@ def run(base_url, prompts, config=None, **options):
           [r._asdict() for r in out['failed']], metrics)
 
 
-def sent_lines(server):
-  """Request lines of every batch file the server was given."""
-  api = server.batch_api
-  out = []
-  for batch in api.batch_list():
-    data = api.files[batch['input_file_id']]['data'].decode()
-    out += [json.loads(l) for l in data.splitlines()]
-  return out
-
-
 def test_files_respect_both_limits():
   encoded = [(f'c{i}', b'x' * 10) for i in range(7)] + [('huge', b'x' * 99)]
   files, too_big = lines.into_files(encoded, max_requests=3, max_bytes=25)
@@ -120,7 +110,7 @@ def test_structured_output_goes_in_the_lines_as_json_schema(llm_server):
   server = llm_server(reply=lambda prompt: '{"n": 1}')
   good, bad, _ = run(server.url + '/v1', ['a', 'b'], response_schema=SCHEMA)
   assert [r['response'] for r in good] == ['{"n": 1}'] * 2 and not bad
-  for line in sent_lines(server):
+  for line in server.batch_api.sent_lines():
     assert line['url'] == '/v1/chat/completions'
     assert line['body']['response_format'] == {
         'type': 'json_schema',

@@ -42,16 +42,6 @@ def run(server, prompts, config=None, **options):
           [r._asdict() for r in out['failed']], metrics)
 
 
-def sent_lines(server):
-  """Request lines of every batch file the server was given."""
-  api = server.gemini_batch_api
-  out = []
-  for batch in api.batch_list():
-    data = api.files[batch['inputFile']]['data'].decode()
-    out += [json.loads(l) for l in data.splitlines()]
-  return out
-
-
 def synchronous(server):
   return [r for r in server.log if r.path.endswith(':generateContent')]
 
@@ -107,7 +97,7 @@ def test_the_same_rows_as_synchronous_mode_and_the_same_requests(llm_server):
   # request is what the synchronous call sent for that prompt.
   [batch] = server.gemini_batch_api.batch_list()
   assert batch['total'] == 20 and batch['state'] == 'BATCH_STATE_SUCCEEDED'
-  lines = sent_lines(server)
+  lines = server.gemini_batch_api.sent_lines()
   for line in lines:
     prompt = line['request']['contents'][0]['parts'][0]['text']
     assert line['request'] == sent_sync[prompt]

@@ -46,14 +46,6 @@ def jobs(server):
   return server.vertex_batch_api.job_list()
 
 
-def sent_lines(server):
-  """Request lines of every job's input file, read from the fake bucket."""
-  out = []
-  for job in jobs(server):
-    out += [json.loads(l) for l in server.gcs.get(job['input']).decode().splitlines()]
-  return out
-
-
 def synchronous(server):
   return [r for r in server.log if r.path.endswith(':generateContent')]
 
@@ -121,7 +113,7 @@ def test_the_same_rows_as_synchronous_mode_and_the_same_requests(llm_server):
   assert job['total'] == 20 and job['state'] == 'JOB_STATE_SUCCEEDED'
   assert job['input'].startswith(STAGING + '/')
   assert job['input'].endswith('/requests.jsonl')
-  lines = sent_lines(server)
+  lines = server.vertex_batch_api.sent_lines()
   ids = set()
   for line in lines:
     request = dict(line['request'])
