@@ -169,7 +169,7 @@ class VertexBatchClient(GeminiBatchClient):
     names = self._storage('list', lambda timeout: [
         b.name for b in bucket.client.list_blobs(
             bucket, prefix=name + '/', retry=None, timeout=timeout)])
-    for each in [name] + names:
+    for each in names or [name]:
       self._storage('delete', lambda timeout, each=each: bucket.blob(
           each).delete(retry=None, timeout=timeout), gone_ok=True)
 
