@@ -64,7 +64,7 @@ class Provider:
 def synchronous(server) -> list:
   """The requests sent one by one (not through a Batch API)."""
   return [r for r in server.log
-          if r.path.endswith((':generateContent', '/chat/completions'))]
+          if r.path.endswith((':generateContent', '/completions'))]
 
 
 def _common(**more) -> dict:
