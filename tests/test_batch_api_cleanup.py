@@ -95,9 +95,13 @@ def test_a_delete_that_fails_only_warns(batch_provider, llm_server, tmp_path,
   assert not any(p.secret in w for w in warned)
 
 
-@pytest.mark.parametrize('killed_at', ['before_deleting', 'while_deleting'])
+@pytest.mark.parametrize('killed_at, prompts', [
+    ('before_deleting', PROMPTS), ('while_deleting', PROMPTS),
+    # Every row in the cache: the rerun never reads the batch, and deletes
+    # its files because its record says all its lines were kept.
+    ('before_deleting', PROMPTS[:-1])])
 def test_a_run_killed_around_the_deletes_loses_nothing(
-    batch_provider, llm_server, tmp_path, monkeypatch, killed_at):
+    batch_provider, llm_server, tmp_path, monkeypatch, killed_at, prompts):
   # Killed once the answers are in the response cache, before the result
   # files are deleted, or once one is: the rerun gets every row exactly
   # once (answers from the cache, the refusal from the file or the store),
@@ -119,16 +123,20 @@ def test_a_run_killed_around_the_deletes_loses_nothing(
     delete(self, file_id)
   monkeypatch.setattr(rounds.Batches, '_delete', killed)
   with pytest.raises(BaseException, match='killed'):
-    run(p, server, PROMPTS, config)
+    run(p, server, prompts, config)
   monkeypatch.setattr(rounds.Batches, '_delete', delete)
   new_process(monkeypatch)
   if killed_at == 'before_deleting':
     assert p.files(server)[1]
   lines = p.fake(server).lines
-  good, bad, _ = run(p, server, PROMPTS, config)
-  check_rows(good, bad)
-  assert p.fake(server).lines == lines == 9 and not synchronous(server)
-  assert p.files(server) == ([], [])
+  good, bad, metrics = run(p, server, prompts, config)
+  if prompts == PROMPTS:
+    check_rows(good, bad)
+  else:
+    assert sorted(r['prompt'] for r in good) == prompts and not bad
+    assert metrics['cache_hits'] == len(prompts)
+  assert p.fake(server).lines == lines == len(prompts)
+  assert not synchronous(server) and p.files(server) == ([], [])
 
 
 def test_a_run_killed_before_reading_an_ended_batch_cleans_up_on_rerun(

@@ -19,7 +19,10 @@ files are read again by a rerun (or after this process drops answers it
 holds) unless what they say is kept elsewhere, so they are deleted only
 once every line read from them is in cache_dir: answers written to the
 response cache, refused lines beside the batch records (store.py). A
-batch read again after that finds its lines there instead. Without
+batch read again after that finds its lines there instead. Its record
+says `results_kept` before the deletes and `files_deleted` after, so a
+run killed in between has them deleted by the next run's first look, even
+if that run finds every row in the cache and never reads the batch. Without
 cache_dir, or with the cache off, result files are kept. A delete that
 fails is a warning: the file stays, nothing else changes.
 """
@@ -59,6 +62,7 @@ class Batches:
     self._refused: Dict[str, GenerationFailure] = {}
     self._read = set()  # Batch ids whose results are in _answers.
     self._ended_here = set()  # Batch ids this process saw end.
+    self._swept = set()  # Batch ids whose leftover files this process deleted.
     self._lock = threading.Lock()
     # For the DoFn's metrics: batches, batch_lines, cache_hits, ...
     self.counts = collections.Counter()
@@ -77,6 +81,7 @@ class Batches:
       settled = {}
       if first:
         self.store.refresh()
+        self._sweep()
         settled.update(self._from_cache(requests))
       for record in self.store.records_with(
           [c for c in requests if c not in settled]):
@@ -252,8 +257,24 @@ class Batches:
     self._ended_here.discard(record['batch_id'])  # Its tokens are counted.
     if (files and self._durable() and not self.options.batch_keep_files
         and all(kept) and self.store.keep_refused(refused)):
-      for file_id in files:
-        self._delete(file_id)
+      self._delete_results({**record, 'results_kept': True})
+
+  def _delete_results(self, record: dict) -> None:
+    """Deletes the result files of a batch whose lines are all kept; the
+    record says so before and after (see the module)."""
+    self._swept.add(record['batch_id'])
+    self.store.save(record)
+    if all([self._delete(f) for f in record['result_files']]):
+      self.store.save({**record, 'files_deleted': True})
+
+  def _sweep(self) -> None:
+    """Result files a killed run kept every line of but did not delete."""
+    if self.options.batch_keep_files:
+      return
+    for record in self.store.records():
+      if (record.get('results_kept') and not record.get('files_deleted')
+          and record['batch_id'] not in self._swept):
+        self._delete_results(record)
 
   def _durable(self) -> bool:
     """Whether answers read from batches are kept in cache_dir."""
@@ -275,11 +296,11 @@ class Batches:
             str(refused['msg']), str(refused.get('error_type')))
     return set(answers) | {c for c, r in zip(others, refusals) if r is not None}
 
-  def _delete(self, file_id: str) -> None:
+  def _delete(self, file_id: str) -> bool:
     """Deletes a provider file unless batch_keep_files; a failure is a
-    warning naming the file (ids only, never a key)."""
+    warning naming the file (ids only, never a key). Whether it is gone."""
     if self.options.batch_keep_files:
-      return
+      return False
     try:
       self.client.delete(file_id)
     except RemoteUnavailable as exn:
@@ -288,8 +309,9 @@ class Batches:
                    self._handler.message_prefix(), file_id,
                    self._loaded.redactor.redact(str(exn)))
       self.counts['batch_files_not_deleted'] += 1
-    else:
-      self.counts['batch_files_deleted'] += 1
+      return False
+    self.counts['batch_files_deleted'] += 1
+    return True
 
 
 async def _read_all(cache, keys: List[str]) -> list:

@@ -100,6 +100,11 @@ class BatchStore:
       ids = {b for c in custom_ids for b in self._by_id.get(c, ())}
       return [self._records[b] for b in sorted(ids)]
 
+  def records(self) -> List[dict]:
+    """Every record known (kept by any run, once `refresh`ed)."""
+    with self._lock:
+      return list(self._records.values())
+
   def rounds(self, custom_id: str) -> List[dict]:
     """The batches this custom_id went in, in any run that kept them."""
     with self._lock:
