@@ -101,6 +101,15 @@ def llm_server():
     server.stop()
 
 
+@pytest.fixture(params=['openai', 'gemini', 'vertex'])
+def batch_provider(request, monkeypatch):
+  """Each Batch API provider in turn (tests/batch_providers.py), its keys
+  set in the environment."""
+  from tests import batch_providers
+  batch_providers.set_keys(monkeypatch)
+  return batch_providers.PROVIDERS[request.param]
+
+
 # -- RAG: a real embedding model and real vector stores, all offline --------
 
 @pytest.fixture(scope='session')

@@ -1,8 +1,12 @@
 """`batch_api: true`: GenerateText through the OpenAI Batch API, on the real
-`openai` client against the fake Batch API (beam_llm/testing/fake_batch_api.py).
-The same rows and error rows as synchronous mode; 5xx and unrun lines in
-follow-up batches, then synchronously; 4xx lines as error rows; an outage
-fails the run; other backends refuse the option at build time."""
+`openai` client against the fake Batch API (beam_llm/testing/fake_batch_api.py),
+and what no provider does differently: files within both limits, the same
+rows (usage, lineage) as synchronous mode, structured output in the lines,
+a batch the provider no longer has, sampling without a seed, looks that
+checkpoint instead of holding a bundle, options refused at build time. The
+scenarios every provider shares (follow-ups, error rows, resume, crashes,
+outages, file cleanup) are in tests/test_batch_api_scenarios.py and
+test_batch_api_cleanup.py, run on OpenAI, the Gemini API and Vertex AI."""
 import glob
 import json
 import os
@@ -36,16 +40,6 @@ def run(base_url, prompts, config=None, **options):
       [{'prompt': x} for x in prompts], metrics=True)
   return ([r._asdict() for r in out['good']],
           [r._asdict() for r in out['failed']], metrics)
-
-
-def sent_lines(server):
-  """Request lines of every batch file the server was given."""
-  api = server.batch_api
-  out = []
-  for batch in api.batch_list():
-    data = api.files[batch['input_file_id']]['data'].decode()
-    out += [json.loads(l) for l in data.splitlines()]
-  return out
 
 
 def test_files_respect_both_limits():
@@ -120,60 +114,16 @@ def test_structured_output_goes_in_the_lines_as_json_schema(llm_server):
   server = llm_server(reply=lambda prompt: '{"n": 1}')
   good, bad, _ = run(server.url + '/v1', ['a', 'b'], response_schema=SCHEMA)
   assert [r['response'] for r in good] == ['{"n": 1}'] * 2 and not bad
-  for line in sent_lines(server):
+  for line in server.batch_api.sent_lines():
     assert line['url'] == '/v1/chat/completions'
     assert line['body']['response_format'] == {
         'type': 'json_schema',
         'json_schema': {'name': 'response', 'schema': SCHEMA}}
 
 
-def test_a_line_refused_as_invalid_is_an_error_row_not_retried(llm_server):
-  server = llm_server(batch_faults=BatchFaults(invalid_for='refuse me'))
-  good, bad, _ = run(server.url + '/v1', ['fine 1', 'refuse me', 'fine 2'])
-  assert sorted(r['prompt'] for r in good) == ['fine 1', 'fine 2']
-  [error] = bad
-  assert error['element'].prompt == 'refuse me'
-  assert error['error_type'] == 'client_error'
-  assert 'HTTP 400' in error['msg'] and 'the prompt is refused' in error['msg']
-  assert server.batch_api.lines == 3 and not server.log  # Sent once.
-
-
-def test_failed_lines_go_in_follow_ups_then_synchronously(llm_server):
-  # Half the lines fail with a 500, in every batch: after batch_rounds
-  # batches the rest are sent as synchronous requests (which succeed).
-  server = llm_server(batch_faults=BatchFaults(line_server_error=0.5))
-  prompts = [f'p{i}' for i in range(40)]
-  good, bad, metrics = run(server.url + '/v1', prompts,
-                           {'batch_rounds': 2})
-  assert sorted(r['prompt'] for r in good) == sorted(prompts) and not bad
-  sizes = [b['request_counts']['total'] for b in server.batch_api.batch_list()]
-  assert len(sizes) == 2 and sizes[0] == 40 and 10 < sizes[1] < 30
-  synchronous = [r.prompt for r in server.log]
-  assert 0 < len(synchronous) < sizes[1]
-  assert metrics['batch_rows_sent_synchronously'] == len(synchronous)
-  assert metrics['batch_lines'] == sum(sizes)
-
-
-@pytest.mark.parametrize('faults, status', [
-    (BatchFaults(expire_first_half=True), 'expired'),
-    (BatchFaults(cancel_first_half=True), 'cancelled'),
-])
-def test_lines_an_expired_or_cancelled_batch_left_undone_go_in_a_follow_up(
-    llm_server, faults, status):
-  server = llm_server(batch_faults=faults)
-  prompts = [f'p{i}' for i in range(10)]
-  good, bad, metrics = run(server.url + '/v1', prompts)
-  assert sorted(r['prompt'] for r in good) == sorted(prompts) and not bad
-  batches = server.batch_api.batch_list()
-  assert [(b['status'], b['request_counts']['completed']) for b in batches
-          ] == [(status, 5), ('completed', 5)]
-  assert metrics['batch_lines_failed'] == 5 and not server.log
-
-
-def test_files_are_cut_at_batch_max_bytes_and_a_failed_file_is_retried(
-    llm_server):
-  # The server takes at most 4 lines per file: a file of 5 fails validation
-  # (status failed), its rows go in a follow-up, then synchronously.
+def test_files_are_cut_at_batch_max_bytes(llm_server):
+  # The server takes at most 4 lines per file: files cut at 4 lines' bytes
+  # pass (a file over the cap: tests/test_batch_api_scenarios.py).
   server = llm_server(batch_faults=BatchFaults(max_lines_per_file=4))
   prompts = [f'prompt number {i}' for i in range(8)]
   size = len(openai_batches.encode('x' * 64, '/v1/chat/completions', {
@@ -184,67 +134,6 @@ def test_files_are_cut_at_batch_max_bytes_and_a_failed_file_is_retried(
   assert len(good) == 8 and not bad
   assert [b['request_counts']['total'] for b in server.batch_api.batch_list()
           ] == [4, 4] and not server.log
-  good, bad, _ = run(server.url + '/v1', [f'q{i}' for i in range(5)],
-                     {'batch_rounds': 2})
-  assert len(good) == 5 and not bad
-  statuses = [b['status'] for b in server.batch_api.batch_list()][2:]
-  assert statuses == ['failed', 'failed'] and len(server.log) == 5
-
-
-def test_a_rerun_with_cache_dir_pays_for_nothing(llm_server, tmp_path):
-  server = llm_server()
-  prompts = [f'p{i}' for i in range(10)]
-  config = {'cache_dir': str(tmp_path), 'api_key_env': 'BATCH_TEST_KEY'}
-  os.environ['BATCH_TEST_KEY'] = 'sk-secret-batch-key'
-  try:
-    first, _, _ = run(server.url + '/v1', prompts, config)
-    again, _, metrics = run(server.url + '/v1', prompts, config)
-  finally:
-    del os.environ['BATCH_TEST_KEY']
-  assert sorted(r['response'] for r in again) == sorted(
-      r['response'] for r in first)
-  assert server.batch_api.lines == 10 and not server.log
-  assert metrics['cache_hits'] == 10
-  [record] = glob.glob(str(tmp_path / 'batch_api' / '*' / '*.json'))
-  with open(record) as f:
-    kept = json.load(f)
-  assert kept['status'] == 'completed' and len(kept['custom_ids']) == 10
-  for path in glob.glob(str(tmp_path / '**' / '*.json'), recursive=True):
-    with open(path) as f:
-      assert 'sk-secret' not in f.read()
-
-
-def test_a_crash_between_creating_a_batch_and_keeping_it_is_resumed(
-    llm_server, tmp_path, monkeypatch):
-  # The file is kept as pending (with a tag) before its upload; the batch
-  # carries the tag in its metadata. A run that dies right after
-  # batches.create leaves only the pending record: the rerun finds the
-  # batch by its tag among the provider's, instead of paying twice.
-  from beam_llm.batch_api import store
-  server = llm_server(batch_faults=BatchFaults(in_progress_secs=1.0))
-  for n in range(3):  # Other batches on the account, newer and older.
-    run(server.url + '/v1', [f'other {n}'])
-  prompts = [f'p{i}' for i in range(10)]
-  save = store.BatchStore.save
-
-  def crash_after_create(self, record):
-    if record['status'] != store.PENDING:
-      raise KeyboardInterrupt('killed')
-    save(self, record)
-  monkeypatch.setattr(store.BatchStore, 'save', crash_after_create)
-  with pytest.raises(BaseException, match='killed'):
-    run(server.url + '/v1', prompts, {'cache_dir': str(tmp_path)})
-  monkeypatch.setattr(store.BatchStore, 'save', save)
-  monkeypatch.setattr(store, '_STORES', {})  # A new worker process.
-  [kept] = glob.glob(str(tmp_path / 'batch_api' / '*' / '*.json'))
-  assert os.path.basename(kept).startswith('pending-')
-  run(server.url + '/v1', ['other 4'])  # The newest batch is another's.
-  assert server.batch_api.lines == 3 + 10 + 1
-  good, bad, _ = run(server.url + '/v1', prompts, {'cache_dir': str(tmp_path)})
-  assert sorted(r['prompt'] for r in good) == sorted(prompts) and not bad
-  assert server.batch_api.lines == 3 + 10 + 1 and not server.log
-  [kept] = glob.glob(str(tmp_path / 'batch_api' / '*' / '*.json'))
-  assert not os.path.basename(kept).startswith('pending-')
 
 
 def test_a_kept_batch_the_provider_no_longer_has_is_submitted_again(
@@ -277,14 +166,6 @@ def test_sampling_without_a_seed_gives_identical_prompts_lines_of_their_own(
   assert len(good) == 4 and server.batch_api.lines == 4
   good, _, _ = run(server.url + '/v1', ['same'] * 3 + ['other'])
   assert len(good) == 4 and server.batch_api.lines == 4 + 2  # Greedy: cached.
-
-
-def test_an_outage_fails_the_run_never_error_rows(llm_server):
-  server = llm_server()
-  url = server.url + '/v1'
-  server.stop()  # Nothing listens: uploads fail until retries run out.
-  with pytest.raises(Exception, match='Batch API upload failed'):
-    run(url, ['a', 'b'], {'max_retries': 1})
 
 
 @pytest.mark.parametrize('backend, config', [
@@ -344,23 +225,6 @@ def test_a_call_looks_once_and_checkpoints_while_its_batch_runs(llm_server):
   assert sorted(row.prompt for row, _ in out) == ['a', 'b', 'c']
   assert deferred is None
   dofn.teardown()
-
-
-def test_a_batch_is_found_by_its_tag_across_pages_of_the_list(llm_server):
-  from beam_llm.batch_api.openai_batches import OpenAIBatchClient
-  from beam_llm.handlers.openai_compatible import OpenAICompatibleHandler
-  server = llm_server()
-  handler = OpenAICompatibleHandler(
-      model='m', base_url=server.url + '/v1', batch_api=True, generation={},
-      batching={})
-  client = OpenAIBatchClient(handler, handler.load_model())
-  line = openai_batches.encode('c', '/v1/chat/completions', {'model': 'm', 'messages': []})
-  ids = [client.submit(line, '/v1/chat/completions', f'tag-{n}')['id']
-         for n in range(130)]
-  assert client.find('tag-0', since=0)['id'] == ids[0]  # On the 2nd page.
-  assert client.find('tag-129', since=0)['id'] == ids[-1]
-  assert client.find('no-such-tag', since=0) is None
-  assert client.find('tag-0', since=time.time() + 60) is None  # Too old.
 
 
 def test_batch_api_where_answers_feed_the_next_call_fails_at_build():

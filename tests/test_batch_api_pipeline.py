@@ -83,6 +83,8 @@ def test_300_chats_through_a_capped_failing_expiring_batch_api(
   assert statuses['expired'] == 1 and statuses['failed'] == 0
   assert all(b['request_counts']['total'] <= 100
              for b in server.batch_api.batch_list())
+  # Every answer is in cache_dir: no request or result file is left.
+  assert not server.batch_api.files
 
 
 def test_a_run_killed_once_its_batches_exist_is_resumed_not_resubmitted(
@@ -130,3 +132,4 @@ def test_a_run_killed_once_its_batches_exist_is_resumed_not_resubmitted(
   follow_ups = [b for b in server.batch_api.batch_list()][3:]
   assert sum(b['request_counts']['total'] for b in follow_ups) == lines - N_CHATS
   assert len(rows) >= 0.99 * N_CHATS
+  assert not server.batch_api.files  # The rerun deleted the killed run's too.

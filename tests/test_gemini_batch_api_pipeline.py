@@ -41,6 +41,7 @@ class Service:
   env: dict
   api: Callable  # server -> its fake batch API
   batches: Callable  # api -> its batches, oldest first
+  files: Callable  # server -> the batch files it holds
   expired: str
   succeeded: str
 
@@ -50,14 +51,17 @@ GEMINI_API = Service(
     lambda server: {'model': 'gemini-2.5-flash', 'base_url': server.url,
                     'api_version': 'v1beta'},
     {}, {'GEMINI_API_KEY': KEY}, lambda server: server.gemini_batch_api,
-    lambda api: api.batch_list(), 'BATCH_STATE_EXPIRED', 'BATCH_STATE_SUCCEEDED')
+    lambda api: api.batch_list(), lambda server: list(
+        server.gemini_batch_api.files), 'BATCH_STATE_EXPIRED',
+    'BATCH_STATE_SUCCEEDED')
 VERTEX_AI = Service(
     'Vertex AI',
     lambda server: {'model': 'gemini-2.5-flash', 'base_url': server.url,
                     'vertexai': True, 'project': 'proj',
                     'location': 'us-central1'},
     {'batch_staging_uri': STAGING}, {}, lambda server: server.vertex_batch_api,
-    lambda api: api.job_list(), 'JOB_STATE_EXPIRED', 'JOB_STATE_SUCCEEDED')
+    lambda api: api.job_list(), lambda server: list(server.gcs.objects),
+    'JOB_STATE_EXPIRED', 'JOB_STATE_SUCCEEDED')
 SERVICES = pytest.mark.parametrize('service', [GEMINI_API, VERTEX_AI],
                                    ids=['gemini-api', 'vertex-ai'])
 
@@ -108,6 +112,8 @@ def test_chats_through_failing_expiring_batches(llm_server, tmp_path, service):
   assert states[service.expired] == 1
   assert N_CHATS + 50 < api.lines <= 1.4 * N_CHATS
   assert sync_requests(server) <= 0.01 * N_CHATS
+  # Every answer and the refusal are in cache_dir: no batch file is left.
+  assert not service.files(server)
 
 
 @SERVICES
@@ -148,3 +154,4 @@ def test_a_killed_run_is_resumed_not_resubmitted(llm_server, tmp_path, service):
   assert sum(b['total'] for b in follow_ups) == api.lines - N_CHATS
   assert api.lines <= 1.05 * N_CHATS
   assert len(rows) >= 0.99 * N_CHATS and not errors
+  assert not service.files(server)  # The rerun deleted the killed run's too.

@@ -1,12 +1,15 @@
-"""`batch_api: true` on the Gemini backend with `vertexai: true`: GenerateText
-through Vertex AI batch prediction jobs, on the real `google-genai`
-(vertexai) and `google-cloud-storage` clients against the fakes of
+"""`batch_api: true` on the Gemini backend with `vertexai: true`: what is
+Vertex AI batch prediction's own, on the real `google-genai` (vertexai) and
+`google-cloud-storage` clients against the fakes of
 beam_llm/testing/fake_vertex_batch_api.py and fake_gcs.py (request files
-staged under batch_staging_uri, jobs, output directories). The same rows
-and error rows as synchronous mode; 5xx and unrun lines in follow-up jobs,
-then synchronously; 4xx lines as error rows; an outage fails the run; a
-rerun resumes; batch_staging_uri checked at build time."""
-import glob
+staged under batch_staging_uri, jobs, output directories): its result
+lines judged as synchronous answers, its lines carrying the synchronous
+request plus the labels naming the row, a job or output it no longer has,
+batch_staging_uri checked at build time, its file limits. The scenarios
+every provider shares (follow-ups, error rows, resume, crashes, outages,
+file cleanup) run on it in tests/test_batch_api_scenarios.py and
+test_batch_api_cleanup.py."""
+import functools
 import json
 
 import pytest
@@ -14,48 +17,18 @@ import pytest
 from beam_llm import GenerateText
 from beam_llm._config import ConfigError
 from beam_llm.handlers.base import Generation
-from beam_llm.remote import RemoteUnavailable
-from beam_llm.testing.fake_batch_api import BatchFaults
-from tests.beam_helpers import run_transform
+from tests import batch_providers
+from tests.batch_providers import STAGING
+from tests.batch_providers import synchronous
 
 SCHEMA = {'type': 'object', 'properties': {'n': {'type': 'integer'}},
           'required': ['n']}
-STAGING = 'gs://staging-bucket/beam-llm/batches'
-
-
-def config_for(server, **more) -> dict:
-  return {'model': 'gemini-test', 'vertexai': True, 'project': 'proj',
-          'location': 'us-central1', 'base_url': server.url,
-          'batch_api': True, 'batch_staging_uri': STAGING,
-          'batch_poll_secs': 0.05, 'initial_backoff_secs': 0.01, **more}
-
-
-def run(server, prompts, config=None, **options):
-  """GenerateText (Gemini on Vertex AI) over `prompts` on the FnApiRunner:
-  (rows, error rows, metrics by name)."""
-  out, _, metrics = run_transform(
-      GenerateText(model_handler={'type': 'Gemini',
-                                  'config': config_for(server, **(config or {}))},
-                   error_handling={'output': 'failed'}, **options),
-      [{'prompt': x} for x in prompts], metrics=True)
-  return ([r._asdict() for r in out['good']],
-          [r._asdict() for r in out['failed']], metrics)
+VERTEX = batch_providers.PROVIDERS['vertex']
+run = functools.partial(batch_providers.run, VERTEX)
 
 
 def jobs(server):
   return server.vertex_batch_api.job_list()
-
-
-def sent_lines(server):
-  """Request lines of every job's input file, read from the fake bucket."""
-  out = []
-  for job in jobs(server):
-    out += [json.loads(l) for l in server.gcs.get(job['input']).decode().splitlines()]
-  return out
-
-
-def synchronous(server):
-  return [r for r in server.log if r.path.endswith(':generateContent')]
 
 
 def test_result_lines_are_judged_as_synchronous_answers_are():
@@ -121,7 +94,7 @@ def test_the_same_rows_as_synchronous_mode_and_the_same_requests(llm_server):
   assert job['total'] == 20 and job['state'] == 'JOB_STATE_SUCCEEDED'
   assert job['input'].startswith(STAGING + '/')
   assert job['input'].endswith('/requests.jsonl')
-  lines = sent_lines(server)
+  lines = server.vertex_batch_api.sent_lines()
   ids = set()
   for line in lines:
     request = dict(line['request'])
@@ -135,138 +108,19 @@ def test_the_same_rows_as_synchronous_mode_and_the_same_requests(llm_server):
   assert metrics['input_tokens'] == 40
 
 
-def test_a_line_refused_as_invalid_is_an_error_row_not_retried(llm_server):
-  server = llm_server(batch_faults=BatchFaults(invalid_for='refuse me'))
-  good, bad, _ = run(server, ['fine 1', 'refuse me', 'fine 2'])
-  assert sorted(r['prompt'] for r in good) == ['fine 1', 'fine 2']
-  [error] = bad
-  assert error['element'].prompt == 'refuse me'
-  assert error['error_type'] == 'client_error'
-  assert 'HTTP 400' in error['msg'] and 'invalid argument' in error['msg']
-  assert server.vertex_batch_api.lines == 3 and not synchronous(server)
-
-
-def test_failed_lines_go_in_follow_ups_then_synchronously(llm_server):
-  # Half the lines fail with INTERNAL, in every job: after batch_rounds
-  # jobs the rest are sent synchronously (which succeed).
-  server = llm_server(batch_faults=BatchFaults(line_server_error=0.5))
-  prompts = [f'p{i}' for i in range(40)]
-  good, bad, metrics = run(server, prompts, {'batch_rounds': 2})
-  assert sorted(r['prompt'] for r in good) == sorted(prompts) and not bad
-  sizes = [j['total'] for j in jobs(server)]
-  assert len(sizes) == 2 and sizes[0] == 40 and 10 < sizes[1] < 30
-  resent = [r.prompt for r in synchronous(server)]
-  assert 0 < len(resent) < sizes[1] and len(set(resent)) == len(resent)
-  assert metrics['batch_rows_sent_synchronously'] == len(resent)
-  assert metrics['batch_lines'] == sum(sizes)
-
-
-@pytest.mark.parametrize('faults, state, follow_up', [
-    # Expired half done: the 5 lines without a result go in a follow-up.
-    (BatchFaults(expire_first_half=True), 'JOB_STATE_EXPIRED', 5),
-    # Cancelled, no output at all: all 10.
-    (BatchFaults(cancel_first_half=True), 'JOB_STATE_CANCELLED', 10),
-])
-def test_lines_an_ended_job_left_without_results_go_in_a_follow_up(
-    llm_server, faults, state, follow_up):
-  server = llm_server(batch_faults=faults)
-  prompts = [f'p{i}' for i in range(10)]
-  good, bad, metrics = run(server, prompts)
-  assert sorted(r['prompt'] for r in good) == sorted(prompts) and not bad
-  assert [(j['state'], j['total']) for j in jobs(server)] == [
-      (state, 10), ('JOB_STATE_SUCCEEDED', follow_up)]
-  assert metrics['batch_lines_failed'] == follow_up and not synchronous(server)
-
-
-def test_a_file_over_the_line_cap_fails_and_its_rows_are_sent_again(llm_server):
-  server = llm_server(batch_faults=BatchFaults(max_lines_per_file=4))
-  good, bad, _ = run(server, [f'q{i}' for i in range(5)], {'batch_rounds': 2})
-  assert len(good) == 5 and not bad
-  assert [j['state'] for j in jobs(server)] == ['JOB_STATE_FAILED'] * 2
-  assert len(synchronous(server)) == 5
-
-
 def test_a_job_or_output_the_service_no_longer_has(llm_server):
   # A job deleted (404) is `gone`: its rows are submitted again; an output
   # directory with nothing in it reads as no lines (all unrun).
   from beam_llm.batch_api.vertex_batches import VertexBatchClient
   from beam_llm.handlers.gemini import GeminiHandler
   server = llm_server()
-  handler = GeminiHandler(**config_for(server), generation={}, batching={})
+  handler = GeminiHandler(**VERTEX.config(server), generation={},
+                          batching={})
   client = VertexBatchClient(handler, handler.load_model())
   name = 'projects/proj/locations/us-central1/batchPredictionJobs/999'
   assert client.retrieve(name) == {'id': name, 'status': 'gone'}
   assert client.content(STAGING + '/no-such-job/output') == ''
   assert client.find('no-such-tag', since=0) is None
-
-
-def test_a_rerun_waits_for_the_open_job_instead_of_submitting(
-    llm_server, tmp_path, monkeypatch):
-  # A run killed right after submitting (its job kept, still open) and a
-  # rerun in a new process: the rerun waits for that job and reads it,
-  # submitting nothing; then a third run pays for nothing (cache_dir).
-  from beam_llm.batch_api import store
-  from beam_llm.batch_api.vertex_batches import VertexBatchClient
-  server = llm_server(batch_faults=BatchFaults(in_progress_secs=1.0))
-  prompts = [f'p{i}' for i in range(10)]
-  retrieve = VertexBatchClient.retrieve
-
-  def killed(self, batch_id):
-    raise KeyboardInterrupt('killed')
-  monkeypatch.setattr(VertexBatchClient, 'retrieve', killed)
-  with pytest.raises(BaseException, match='killed'):
-    run(server, prompts, {'cache_dir': str(tmp_path)})
-  monkeypatch.setattr(VertexBatchClient, 'retrieve', retrieve)
-  monkeypatch.setattr(store, '_STORES', {})  # A new worker process.
-  [kept] = glob.glob(str(tmp_path / 'batch_api' / '*' / '*.json'))
-  with open(kept) as f:
-    assert json.load(f)['status'] == 'queued'
-  assert server.vertex_batch_api.retrieves == 0
-  good, bad, _ = run(server, prompts, {'cache_dir': str(tmp_path)})
-  assert sorted(r['prompt'] for r in good) == sorted(prompts) and not bad
-  assert server.vertex_batch_api.lines == 10 and not synchronous(server)
-  assert server.vertex_batch_api.retrieves >= 1
-  again, _, metrics = run(server, prompts, {'cache_dir': str(tmp_path)})
-  assert sorted(r['response'] for r in again) == sorted(
-      r['response'] for r in good) and metrics['cache_hits'] == 10
-  assert server.vertex_batch_api.lines == 10 and server.gcs.uploads == 1
-
-
-def test_a_crash_between_creating_a_job_and_keeping_it_is_resumed(
-    llm_server, tmp_path, monkeypatch):
-  # The file is kept as pending (with a tag) before its upload; the job
-  # carries the tag as its display name: the rerun finds it by filter.
-  from beam_llm.batch_api import store
-  server = llm_server(batch_faults=BatchFaults(in_progress_secs=1.0))
-  for n in range(3):  # Other jobs in the project.
-    run(server, [f'other {n}'])
-  prompts = [f'p{i}' for i in range(10)]
-  save = store.BatchStore.save
-
-  def crash_after_create(self, record):
-    if record['status'] != store.PENDING:
-      raise KeyboardInterrupt('killed')
-    save(self, record)
-  monkeypatch.setattr(store.BatchStore, 'save', crash_after_create)
-  with pytest.raises(BaseException, match='killed'):
-    run(server, prompts, {'cache_dir': str(tmp_path)})
-  monkeypatch.setattr(store.BatchStore, 'save', save)
-  monkeypatch.setattr(store, '_STORES', {})  # A new worker process.
-  run(server, ['other 4'])  # The newest job is another's.
-  assert server.vertex_batch_api.lines == 3 + 10 + 1
-  good, bad, _ = run(server, prompts, {'cache_dir': str(tmp_path)})
-  assert sorted(r['prompt'] for r in good) == sorted(prompts) and not bad
-  assert server.vertex_batch_api.lines == 3 + 10 + 1 and not synchronous(server)
-
-
-def test_an_outage_fails_the_run_never_error_rows(llm_server):
-  server = llm_server()
-  server.stop()  # Nothing listens: the staging upload fails.
-  with pytest.raises(Exception, match='Batch API upload failed') as raised:
-    run(server, ['a', 'b'], {'max_retries': 1})
-  assert 'RemoteUnavailable' in repr(raised.value) or isinstance(
-      raised.value, RemoteUnavailable)
-  assert 'local-test-server' not in str(raised.value)  # The static token.
 
 
 @pytest.mark.parametrize('config, message', [

@@ -55,6 +55,14 @@ class BatchOptions:
   batch_deadline_secs: float = _option(
       172_800.0, 'No follow-up batch for a row this long after its first '
       'was submitted; its line is sent as a synchronous request instead.')
+  batch_keep_files: bool = _option(
+      False, "Keep the provider's batch files (they hold prompts and "
+      'answers). By default the request file is deleted once its batch has '
+      'ended, and the result files once every line read from them is kept '
+      'in cache_dir (answers in the response cache, refused lines beside '
+      'the batch records), so a rerun never needs them; without cache_dir '
+      '(or with the cache off) result files are kept. A delete that fails '
+      'is a warning naming the file. Defaults to false.')
 
   @classmethod
   def take(cls, options: dict, provider) -> 'BatchOptions':

@@ -13,7 +13,8 @@ provider: `id`; `status`, open (any other) or one of store.FINAL
 (`completed`, `failed`, `expired`, `cancelled`, `gone`: the provider no
 longer knows it); `result_files` (ids of the files that hold its result
 lines, once it has ended); `done` (lines answered, if the provider says);
-`errors` (messages about the batch as a whole).
+`errors` (messages about the batch as a whole); `input_file` (the id of
+its request file, if the provider says).
 """
 from typing import Dict, List, Optional
 
@@ -49,8 +50,21 @@ class BatchClient:
     files (`texts`); a line missing there was never run."""
     raise NotImplementedError
 
+  def upload(self, data: bytes, endpoint: str, tag: str) -> str:
+    """Uploads a request file; its id."""
+    raise NotImplementedError
+
+  def create(self, input_file: str, endpoint: str, tag: str) -> dict:
+    """Starts the batch of an uploaded request file, carrying `tag`."""
+    raise NotImplementedError
+
   def submit(self, data: bytes, endpoint: str, tag: str) -> dict:
     """Uploads a request file and starts its batch, carrying `tag`."""
+    return self.create(self.upload(data, endpoint, tag), endpoint, tag)
+
+  def delete(self, file_id: str) -> None:
+    """Deletes a request or result file; one already gone is fine.
+    Raises RemoteUnavailable as any call does (rounds.py only warns)."""
     raise NotImplementedError
 
   def find(self, tag: str, since: float) -> Optional[dict]:

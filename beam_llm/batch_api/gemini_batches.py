@@ -136,16 +136,22 @@ class GeminiBatchClient(BatchClient):
                               config={**config, 'http_options': {'timeout': ms}})
     return self._call(what, send, gone_ok)
 
-  def submit(self, data: bytes, endpoint: str, tag: str) -> dict:
+  def upload(self, data: bytes, endpoint: str, tag: str) -> str:
     # A big file takes longer than one answer: at least a second per MB. A
     # fresh stream for every attempt.
     uploaded = self._sync(
         'upload', self._genai.files.upload, min_secs=len(data) / 1e6,
         file=lambda: io.BytesIO(data),
         config={'mime_type': 'jsonl', 'display_name': tag})
+    return uploaded.name
+
+  def create(self, input_file: str, endpoint: str, tag: str) -> dict:
     batch = self._sync('create', self._genai.batches.create, model=endpoint,
-                       src=uploaded.name, config={'display_name': tag})
+                       src=input_file, config={'display_name': tag})
     return self._view(batch)
+
+  def delete(self, file_id: str) -> None:
+    self._sync('delete', self._genai.files.delete, gone_ok=True, name=file_id)
 
   def find(self, tag: str, since: float) -> Optional[dict]:
     """By display name; every page (the list's order is not documented)."""
@@ -180,8 +186,9 @@ class GeminiBatchClient(BatchClient):
     self._sync('cancel', self._genai.batches.cancel, name=batch_id)
 
   def _view(self, batch) -> dict:
-    dest = batch.dest
-    return batch_view(batch, [dest.file_name] if dest and dest.file_name else [])
+    dest, src = batch.dest, batch.src
+    return batch_view(batch, [dest.file_name] if dest and dest.file_name else [],
+                      src.file_name if src else None)
 
 
 def _created(batch) -> float:
@@ -191,10 +198,12 @@ def _created(batch) -> float:
   return float('inf')  # Not said: it may be the one.
 
 
-def batch_view(batch, result_files: List[str]) -> dict:
+def batch_view(batch, result_files: List[str],
+               input_file: Optional[str] = None) -> dict:
   """A google-genai BatchJob in client.py's vocabulary."""
   state = getattr(batch.state, 'value', batch.state)
   error = getattr(batch, 'error', None)
   return {'id': batch.name, 'status': _STATES.get(state, str(state).lower()),
           'result_files': result_files, 'done': None,
-          'errors': [str(error.message)] if error and error.message else []}
+          'errors': [str(error.message)] if error and error.message else [],
+          'input_file': input_file}

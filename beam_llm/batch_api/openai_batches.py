@@ -74,17 +74,24 @@ class OpenAIBatchClient(BatchClient):
     return read_results(
         texts, lambda body: self._handler.read_answer(_Body(body), chat))
 
-  def submit(self, data: bytes, endpoint: str, tag: str) -> dict:
+  def upload(self, data: bytes, endpoint: str, tag: str) -> str:
     # A file of up to 200 MB may take longer than one answer: at least a
     # second per MB (the row deadline still bounds the whole upload).
     uploaded = self._call('upload', lambda timeout: self._openai.files.create(
-        file=('beam-llm-batch.jsonl', data, 'application/jsonl'),
+        file=(f'beam-llm-batch-{tag}.jsonl', data, 'application/jsonl'),
         purpose='batch', timeout=max(timeout, len(data) / 1e6)))
+    return uploaded.id
+
+  def create(self, input_file: str, endpoint: str, tag: str) -> dict:
     batch = self._call('create', lambda timeout: self._openai.batches.create(
-        input_file_id=uploaded.id, endpoint=endpoint,
+        input_file_id=input_file, endpoint=endpoint,
         completion_window=COMPLETION_WINDOW, metadata={'beam_llm': tag},
         timeout=timeout))
     return _batch(batch)
+
+  def delete(self, file_id: str) -> None:
+    self._call('delete', lambda timeout: self._openai.files.delete(
+        file_id, timeout=timeout), gone_ok=True)
 
   def find(self, tag: str, since: float) -> Optional[dict]:
     """By metadata `{beam_llm: tag}`, newest first, back to `since`."""
@@ -124,4 +131,5 @@ def _batch(batch) -> dict:
           'result_files': [f for f in (batch.output_file_id, batch.error_file_id)
                            if f],
           'done': batch.request_counts.completed if batch.request_counts else None,
-          'errors': [str(e.message) for e in errors]}
+          'errors': [str(e.message) for e in errors],
+          'input_file': batch.input_file_id}

@@ -14,6 +14,12 @@ sent in, so a rerun that groups rows differently (or another worker)
 still finds the open batches that hold them and waits for those instead of
 submitting again; finished ones have their result files read again.
 Records hold ids and statuses only: never a prompt, an answer or a key.
+
+Answers read from a batch go into the response cache; refused lines (an
+error row each) are kept here too, one small file per custom_id
+(`refused/CUSTOM_ID.json`: the error type and the provider's redacted
+message), so that once both are kept the provider's result files can be
+deleted (rounds.py) and a rerun still finds every settled row.
 """
 import hashlib
 import json
@@ -94,6 +100,11 @@ class BatchStore:
       ids = {b for c in custom_ids for b in self._by_id.get(c, ())}
       return [self._records[b] for b in sorted(ids)]
 
+  def records(self) -> List[dict]:
+    """Every record known (kept by any run, once `refresh`ed)."""
+    with self._lock:
+      return list(self._records.values())
+
   def rounds(self, custom_id: str) -> List[dict]:
     """The batches this custom_id went in, in any run that kept them."""
     with self._lock:
@@ -121,16 +132,45 @@ class BatchStore:
     return FileSystems.join(self._dir, _FOLDER, self._folder,
                             urllib.parse.quote(batch_id, safe='') + '.json')
 
-  def save(self, record: dict) -> None:
-    """Remembers a record and keeps it in cache_dir (if set)."""
+  def save(self, record: dict) -> bool:
+    """Remembers a record and keeps it in cache_dir (if set); True once
+    it is there."""
     self._remember(record)
+    return bool(self._dir) and self._write(self._path(record['batch_id']),
+                                           record)
+
+  def keep_refused(self, refused: Dict[str, dict]) -> bool:
+    """Keeps refused lines (custom_id -> {error_type, msg}) in cache_dir;
+    True once all are there."""
+    return bool(self._dir) and all([
+        self._write(self._refused_path(c), failure)
+        for c, failure in refused.items()])
+
+  def refused(self, custom_id: str) -> Optional[dict]:
+    """A refused line kept by `keep_refused` (by any run), or None."""
     if not self._dir:
-      return
+      return None
+    from apache_beam.io.filesystems import FileSystems
     try:
-      cache.write_json(self._path(record['batch_id']), record)
+      with FileSystems.open(self._refused_path(custom_id)) as f:
+        kept = json.loads(f.read().decode('utf-8'))
+    except Exception:  # pylint: disable=broad-except
+      return None  # Never kept, or half-written by a crashed run.
+    return kept if isinstance(kept, dict) and 'msg' in kept else None
+
+  def _refused_path(self, custom_id: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+    return FileSystems.join(self._dir, _FOLDER, self._folder, 'refused',
+                            custom_id + '.json')
+
+  def _write(self, path: str, value: dict) -> bool:
+    try:
+      cache.write_json(path, value)
+      return True
     except Exception as exn:  # pylint: disable=broad-except
       # Rows still come out; only a rerun's resume is lost. Say so once.
       if not self._warned:
         self._warned = True
         _LOG.warning('GenerateText: cannot keep Batch API state in %s (%s); '
                      'a rerun will submit these rows again', self._dir, exn)
+      return False

@@ -144,28 +144,46 @@ class VertexBatchClient(GeminiBatchClient):
   def read_results(self, texts: List[str], endpoint: str) -> Dict[str, Verdict]:
     return read_results(texts, self._handler.read_rest_answer)
 
-  def submit(self, data: bytes, endpoint: str, tag: str) -> dict:
-    folder = f'{self._prefix}/{tag}' if self._prefix else tag
-    blob = self._bucket.blob(f'{folder}/requests.jsonl')
+  def _folder(self, tag: str) -> str:
+    return f'{self._prefix}/{tag}' if self._prefix else tag
+
+  def upload(self, data: bytes, endpoint: str, tag: str) -> str:
+    blob = self._bucket.blob(f'{self._folder(tag)}/requests.jsonl')
     # At least a second per MB, as for the other providers' uploads.
     self._storage('upload', lambda timeout: blob.upload_from_string(
         data, content_type='application/jsonl', retry=None,
         timeout=max(timeout, len(data) / 1e6)))
+    return f'gs://{self._bucket_name}/{blob.name}'
+
+  def create(self, input_file: str, endpoint: str, tag: str) -> dict:
     batch = self._sync(
-        'create', self._genai.batches.create, model=endpoint,
-        src=f'gs://{self._bucket_name}/{folder}/requests.jsonl',
-        config={'display_name': tag,
-                'dest': f'gs://{self._bucket_name}/{folder}/output'})
+        'create', self._genai.batches.create, model=endpoint, src=input_file,
+        config={'display_name': tag, 'dest':
+                f'gs://{self._bucket_name}/{self._folder(tag)}/output'})
     return self._view(batch)
+
+  def delete(self, file_id: str) -> None:
+    """A staged object, or an output directory (`content`'s file ids):
+    every object under it."""
+    bucket, name = self._bucket_for(file_id)
+    names = self._storage('list', lambda timeout: [
+        b.name for b in bucket.client.list_blobs(
+            bucket, prefix=name + '/', retry=None, timeout=timeout)])
+    for each in names or [name]:
+      self._storage('delete', lambda timeout, each=each: bucket.blob(
+          each).delete(retry=None, timeout=timeout), gone_ok=True)
+
+  def _bucket_for(self, uri: str):
+    name, path = staging_parts(uri)
+    return (self._bucket if name == self._bucket_name
+            else self._bucket.client.bucket(name)), path
 
   def _list_filter(self, tag: str) -> dict:
     return {'filter': f'display_name="{tag}"'}
 
   def content(self, file_id: str) -> str:
     """The text of every JSONL file in an output directory (`gs://...`)."""
-    name, prefix = staging_parts(file_id)
-    bucket = (self._bucket if name == self._bucket_name
-              else self._bucket.client.bucket(name))
+    bucket, prefix = self._bucket_for(file_id)
     names = self._storage('list', lambda timeout: [
         b.name for b in bucket.client.list_blobs(
             bucket, prefix=prefix + '/', retry=None, timeout=timeout)])
@@ -179,10 +197,11 @@ class VertexBatchClient(GeminiBatchClient):
     return '\n'.join(texts)
 
   def _view(self, batch) -> dict:
-    info, dest = batch.output_info, batch.dest
+    info, dest, src = batch.output_info, batch.dest, batch.src
     where = (info.gcs_output_directory if info and info.gcs_output_directory
              else dest.gcs_uri if dest else None)
-    return batch_view(batch, [where.rstrip('/')] if where else [])
+    return batch_view(batch, [where.rstrip('/')] if where else [],
+                      src.gcs_uri[0] if src and src.gcs_uri else None)
 
   def _storage(self, what: str, call, gone_ok: bool = False):
     """A blocking Cloud Storage call on a thread, under the policy (its

@@ -69,10 +69,10 @@ class ResponseCache:
     """The answer kept in cache_dir for `key`, or None."""
     return await in_thread(self._read, key) if self._dir else None
 
-  async def write(self, key: str, value: Any) -> None:
-    """Keeps an answer (JSON) in cache_dir, if there is one; never raises."""
-    if self._dir:
-      await in_thread(self._write, key, value)
+  async def write(self, key: str, value: Any) -> bool:
+    """Keeps an answer (JSON) in cache_dir, if there is one; never raises.
+    True once it is there (the Batch API deletes a result file only then)."""
+    return bool(self._dir) and await in_thread(self._write, key, value)
 
   async def get(
       self, key: str,
@@ -119,15 +119,17 @@ class ResponseCache:
     except Exception:  # pylint: disable=broad-except
       return None  # Missing, half-written by a crashed run, unreadable.
 
-  def _write(self, key: str, value: Any) -> None:
+  def _write(self, key: str, value: Any) -> bool:
     try:
       write_json(self._path(key), value)
+      return True
     except Exception as exn:  # pylint: disable=broad-except
       # A cache that cannot be written costs money, not rows: say so once.
       if not self._warned:
         self._warned = True
         _LOG.warning('cannot write the response cache at %s (%s); answers '
                      'will not be kept', self._dir, exn)
+      return False
 
 
 def write_json(path: str, value: Any) -> None:

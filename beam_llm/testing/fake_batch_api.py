@@ -3,7 +3,7 @@
 Enough of the protocol for the real `openai` client:
 
 - `POST /v1/files` (multipart, purpose=batch), `GET /v1/files/ID`,
-  `GET /v1/files/ID/content`;
+  `GET /v1/files/ID/content`, `DELETE /v1/files/ID`;
 - `POST /v1/batches`, `GET /v1/batches` (newest first, `limit`, `after`),
   `GET /v1/batches/ID`, `POST /v1/batches/ID/cancel`.
 
@@ -18,7 +18,8 @@ and the first batch expiring (or cancelled) with half its lines done (the
 rest are `batch_expired` / `batch_cancelled` lines in the error file).
 
 `FakeBatchAPI.lines` counts the lines of every batch created, so tests can
-check what was paid for.
+check what was paid for; `deleted` lists the files deleted, and
+`delete_error` (an HTTP status) makes every delete fail with it.
 """
 import dataclasses
 import email.parser
@@ -73,6 +74,8 @@ class FakeBatchAPI:
     self.batches: Dict[str, dict] = {}
     self.lines = 0  # Lines of every batch created (paid for, if answered).
     self.retrieves = 0
+    self.deleted: List[str] = []
+    self.delete_error = 0
     self._ids = itertools.count(1)
     self._random = random.Random(self.faults.seed)
     self._lock = threading.Lock()
@@ -93,6 +96,8 @@ class FakeBatchAPI:
       if parts == ['batches']:
         return handler._json(200, self._list(query))
       name = parts[1] if len(parts) > 1 else ''
+      if parts[0] == 'files' and method == 'DELETE' and len(parts) == 2:
+        return self._delete(handler, name)
       if parts[0] == 'files' and name in self.files:
         f = self.files[name]
         if parts[2:] == ['content']:
@@ -107,6 +112,15 @@ class FakeBatchAPI:
         self.retrieves += 1
         return handler._json(200, self._advance(batch))
     return handler._error(404, 'NOT_FOUND', f'no {method} route {path}')
+
+  def _delete(self, handler, file_id: str):
+    if self.delete_error:
+      return handler._error(self.delete_error, 'ERROR', 'cannot delete')
+    if self.files.pop(file_id, None) is None:
+      return handler._error(404, 'NOT_FOUND', f'No such File object: {file_id}')
+    self.deleted.append(file_id)
+    return handler._json(200, {'id': file_id, 'object': 'file',
+                               'deleted': True})
 
   def _new_id(self, prefix: str) -> str:
     return f'{prefix}-{next(self._ids)}'
@@ -228,6 +242,11 @@ class FakeBatchAPI:
   def batch_list(self) -> List[dict]:
     with self._lock:
       return [_public(b) for b in self.batches.values()]
+
+  def sent_lines(self) -> List[dict]:
+    """The request lines of every batch created (its file may be gone)."""
+    with self._lock:
+      return [l for b in self.batches.values() for l in b['_lines']]
 
 
 def _public(batch: dict) -> dict:

@@ -5,7 +5,9 @@ batch's results back (its `api_endpoint` pointed at the server):
 - `POST /upload/storage/v1/b/B/o?uploadType=multipart` (a small object:
   a multipart/related body, its JSON metadata then its bytes);
 - `GET /download/storage/v1/b/B/o/NAME?alt=media` (an object's bytes);
-- `GET /storage/v1/b/B/o?prefix=P` (objects by prefix, `pageToken`).
+- `GET /storage/v1/b/B/o?prefix=P` (objects by prefix, `pageToken`);
+- `DELETE /storage/v1/b/B/o/NAME` (`deleted` lists them as gs:// URIs;
+  `delete_error`, an HTTP status, fails every delete with it).
 
 Objects live in memory (`objects`, by (bucket, name)); fake Vertex AI
 batch jobs (fake_vertex_batch_api.py) read and write them here too.
@@ -23,6 +25,8 @@ class FakeGCS:
   def __init__(self):
     self.objects: Dict[Tuple[str, str], bytes] = {}
     self.uploads = 0
+    self.deleted: list = []
+    self.delete_error = 0
     self._lock = threading.Lock()
 
   @staticmethod
@@ -53,6 +57,8 @@ class FakeGCS:
     name = urllib.parse.unquote('/'.join(parts[6:])) if len(parts) > 6 else ''
     if path.startswith('/upload/') and method == 'POST':
       return self._upload(handler, bucket, raw)
+    if method == 'DELETE' and name:
+      return self._delete(handler, bucket, name)
     if method == 'GET' and name:
       with self._lock:
         data = self.objects.get((bucket, name))
@@ -64,6 +70,15 @@ class FakeGCS:
     if method == 'GET' and bucket:
       return handler._json(200, self._list(bucket, query))
     return handler._error(404, 'NOT_FOUND', f'no {method} route {path}')
+
+  def _delete(self, handler, bucket: str, name: str):
+    if self.delete_error:
+      return handler._error(self.delete_error, 'ERROR', 'cannot delete')
+    with self._lock:
+      if self.objects.pop((bucket, name), None) is None:
+        return handler._error(404, 'NOT_FOUND', f'No such object: {bucket}/{name}')
+      self.deleted.append(f'gs://{bucket}/{name}')
+    return handler._send(204, b'', 'application/json')
 
   def _upload(self, handler, bucket: str, raw: bytes):
     message = email.parser.BytesParser().parsebytes(

@@ -6,7 +6,9 @@ Enough of the protocol for the real `google-genai` client:
 - `POST /upload/v1beta/files` (resumable upload start: answers the upload
   URL in `x-goog-upload-url`), then `POST` chunks to that URL
   (`X-Goog-Upload-Command: upload[, finalize]`), the last answering the
-  file; `GET /v1beta/files/ID:download?alt=media`;
+  file; `GET /v1beta/files/ID:download?alt=media`; `DELETE
+  /v1beta/files/ID` (`deleted` lists them; `delete_error`, an HTTP status,
+  fails every delete with it);
 - `POST /v1beta/models/M:batchGenerateContent` (`{batch: {displayName,
   inputConfig: {fileName}}}`), `GET /v1beta/batches` (newest first,
   `pageSize`, `pageToken`), `GET /v1beta/batches/ID`,
@@ -54,6 +56,8 @@ class FakeGeminiBatchAPI:
     self.batches: Dict[str, dict] = {}  # 'batches/ID' -> batch
     self.lines = 0
     self.retrieves = 0
+    self.deleted: List[str] = []
+    self.delete_error = 0
     self._uploads: Dict[str, dict] = {}
     self._ids = itertools.count(1)
     self._random = random.Random(self.faults.seed)
@@ -64,7 +68,7 @@ class FakeGeminiBatchAPI:
     # /v1/files and /v1/batches are OpenAI's too: Gemini's carry its key.
     if path.startswith(('/upload/', _UPLOAD)):
       return True
-    return bool(re.match(r'/v1\w*/(files/[^/]+:download|batches(/|$)|'
+    return bool(re.match(r'/v1\w*/(files/[^/:]+(:download|$)|batches(/|$)|'
                          r'models/[^/]+:batchGenerateContent)', path)) and (
                              not path.startswith('/v1/')
                              or 'x-goog-api-key' in headers)
@@ -82,6 +86,8 @@ class FakeGeminiBatchAPI:
                             json.loads(raw or b'{}'))
       if re.fullmatch(r'/v1\w*/batches', path):
         return handler._json(200, self._list(query))
+      if m and m.group(1) == 'files' and method == 'DELETE':
+        return self._delete(handler, 'files/' + m.group(2))
       if m and m.group(1) == 'files' and m.group(3) == 'download':
         f = self.files.get('files/' + m.group(2))
         if f is not None:
@@ -96,6 +102,14 @@ class FakeGeminiBatchAPI:
           self.retrieves += 1
           return handler._json(200, self._advance(batch))
     return handler._error(404, 'NOT_FOUND', f'no {method} route {path}')
+
+  def _delete(self, handler, name: str):
+    if self.delete_error:
+      return handler._error(self.delete_error, 'ERROR', 'cannot delete')
+    if self.files.pop(name, None) is None:
+      return handler._error(404, 'NOT_FOUND', f'File {name} not found.')
+    self.deleted.append(name)
+    return handler._json(200, {})
 
   def _new_id(self) -> str:
     return f'{next(self._ids):06d}'
@@ -209,6 +223,11 @@ class FakeGeminiBatchAPI:
                'state': b['state'], 'total': len(b['lines']),
                'done': b['done'], 'inputFile': b['inputFile']}
               for b in self.batches.values()]
+
+  def sent_lines(self) -> List[dict]:
+    """The request lines of every batch created (its file may be gone)."""
+    with self._lock:
+      return [l for b in self.batches.values() for l in b['lines']]
 
 
 def _now() -> str:

@@ -110,6 +110,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
       resource['deployedModels'] = [deployed]
     self._json(200, resource)
 
+  def do_DELETE(self):
+    api = self._batch_side()
+    if api is not None:
+      return api.serve(self, 'DELETE', self.path.split('?')[0])
+    return self._error(404, 'NOT_FOUND', f'no DELETE route {self.path}')
+
   def do_POST(self):
     fake = self.fake
     arrived = time.monotonic()

@@ -162,6 +162,11 @@ class FakeVertexBatchAPI:
                'input': j['inputConfig']['gcsSource']['uris'][0]}
               for j in self.jobs.values()]
 
+  def sent_lines(self) -> List[dict]:
+    """The request lines of every job created (its file may be gone)."""
+    with self._lock:
+      return [l for j in self.jobs.values() for l in j['lines']]
+
 
 def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat().replace(
