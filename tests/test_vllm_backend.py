@@ -321,3 +321,24 @@ def test_a_server_that_crashes_is_reported_by_its_first_exception(tmp_path):
     assert message.count('RuntimeError') == 1, message
     assert f'[first exception] RuntimeError: Unsupported {cause}\n' in message
     assert 'killing 59' in message and 'killing 0\n' not in message
+
+
+def test_one_worker_process_may_fill_vllms_largest_batch():
+  """VLLM's cap on requests in flight defaults to vLLM's own largest batch
+  (max_num_seqs 1024 on an H100/H200), not OpenAICompatible's 256; the
+  adaptive limit still decides below it. Declared once, documented once."""
+  import inspect
+  from beam_llm import GenerateText
+  from beam_llm._config import ConfigError
+  from beam_llm.handlers.openai_compatible import OpenAICompatibleHandler
+  from beam_llm.handlers.vllm import VLLMHandler
+  assert VLLMHandler(model='m').policy.max_concurrency == 1024
+  assert VLLMHandler(model='m', max_concurrency=64).policy.max_concurrency == 64
+  assert OpenAICompatibleHandler(
+      model='m', base_url='http://x/v1').policy.max_concurrency == 256
+  assert list(inspect.signature(VLLMHandler.__init__).parameters).count(
+      'max_concurrency') == 1
+  assert VLLMHandler.__doc__.count('max_concurrency:') == 1
+  with pytest.raises(ConfigError, match='max_concurrency.*at least 1'):
+    GenerateText(model_handler={'type': 'VLLM', 'config': {
+        'model': 'm', 'max_concurrency': 0}})

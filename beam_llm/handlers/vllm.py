@@ -81,6 +81,11 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
       body field since 0.10.2), `guided_json` (the body field of releases
       before 0.10.2: later ones ignore it without an error, so their
       answers are unconstrained) or `none`. Defaults to auto.
+    max_concurrency: Most requests in flight at once per worker process;
+      the number actually in flight adapts below it at run time, as for
+      OpenAICompatible. Defaults to 1024: vLLM's own largest batch on big
+      GPUs (`max_num_seqs` 1024 on an H100 or H200), so that one worker
+      process can fill it.
   """
   backend = 'VLLM'
   release_at_teardown = True  # The server goes when the workers are done.
@@ -103,12 +108,14 @@ class VLLMHandler(openai_compatible.OpenAICompatibleHandler):
       structured_output: Literal[
           'auto', 'json_schema', 'structured_outputs', 'guided_json',
           'none'] = 'auto',
+      max_concurrency: int = 1024,
       generation: Optional[dict] = None,
       batching: Optional[dict] = None,
       **policy):
     # The address is known once the server runs (connect).
     super().__init__(model=model, base_url='http://127.0.0.1/v1', api=api,
                      structured_output=structured_output,
+                     max_concurrency=max_concurrency,
                      generation=generation, batching=batching, **policy)
     for key, value in (('max_model_len', max_model_len),
                        ('tensor_parallel_size', tensor_parallel_size),

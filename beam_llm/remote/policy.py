@@ -85,10 +85,13 @@ class RemotePolicy:
     return out
 
 
-def policy_doc() -> str:
-  """The `Args:` lines of the policy options, for a backend's docstring."""
+def policy_doc(skip=()) -> str:
+  """The `Args:` lines of the policy options, for a backend's docstring
+  (less those in `skip`: the backend declares and documents them itself)."""
   lines = []
   for f in dataclasses.fields(RemotePolicy):
+    if f.name in skip:
+      continue
     text = f.metadata['doc']
     if f.default is not None and 'Defaults to' not in text:
       default = str(f.default).lower() if isinstance(f.default, bool) else f.default
@@ -109,20 +112,25 @@ def with_policy(cls):
   """Class decorator for a remote backend whose `__init__` takes `**policy`.
 
   Puts the RemotePolicy options into its signature (so config checks and
-  the generated reference know them) and its docstring's `Args:`.
+  the generated reference know them) and its docstring's `Args:`. An option
+  the backend declares itself (with a default of its own, passed on to its
+  base) keeps its declaration and its own text.
   """
   init = cls.__init__
   sig = inspect.signature(init)
   params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+  own = {p.name for p in params}
   hints = dict(getattr(init, '__annotations__', {}))
   tail = [p for p in params if p.name in ('generation', 'batching')]
   params = [p for p in params if p not in tail]
   for f in dataclasses.fields(RemotePolicy):
+    if f.name in own:
+      continue
     params.append(inspect.Parameter(
         f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
         annotation=f.type))
     hints[f.name] = f.type
   init.__signature__ = sig.replace(parameters=params + tail)
   init.__annotations__ = hints
-  cls.__doc__ = cls.__doc__.rstrip() + '\n' + policy_doc() + '\n'
+  cls.__doc__ = cls.__doc__.rstrip() + '\n' + policy_doc(own) + '\n'
   return cls
