@@ -115,3 +115,25 @@ def run(provider: Provider, server, prompts, config=None, **options):
       [{'prompt': x} for x in prompts], metrics=True)
   return ([r._asdict() for r in out['good']],
           [r._asdict() for r in out['failed']], metrics)
+
+
+def run_killed_at_first_look(provider: Provider, server, prompts, config,
+                             monkeypatch) -> None:
+  """A run killed at its first look at an open batch (after the batch is
+  kept in cache_dir), then what a rerun in a new worker process starts
+  with: no batch store in memory."""
+  from beam_llm.batch_api import store
+  client = provider.client_class()
+  retrieve = client.retrieve
+
+  def killed(self, batch_id):
+    raise KeyboardInterrupt('killed')
+  monkeypatch.setattr(client, 'retrieve', killed)
+  try:
+    run(provider, server, prompts, config)
+  except BaseException as exn:  # pylint: disable=broad-except
+    assert 'killed' in str(exn), exn
+  else:
+    raise AssertionError('the run was not killed')
+  monkeypatch.setattr(client, 'retrieve', retrieve)
+  monkeypatch.setattr(store, '_STORES', {})

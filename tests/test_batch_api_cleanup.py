@@ -12,6 +12,7 @@ from beam_llm.batch_api import rounds
 from beam_llm.batch_api import store
 from beam_llm.testing.fake_batch_api import BatchFaults
 from tests.batch_providers import run
+from tests.batch_providers import run_killed_at_first_look
 from tests.batch_providers import synchronous
 
 PROMPTS = [f'p{i}' for i in range(8)] + ['refuse me']
@@ -146,16 +147,7 @@ def test_a_run_killed_before_reading_an_ended_batch_cleans_up_on_rerun(
   p = batch_provider
   server = llm_server(batch_faults=BatchFaults(in_progress_secs=0.5))
   config = {'cache_dir': str(tmp_path)}
-  client = p.client_class()
-  retrieve = client.retrieve
-
-  def killed(self, batch_id):
-    raise KeyboardInterrupt('killed')
-  monkeypatch.setattr(client, 'retrieve', killed)
-  with pytest.raises(BaseException, match='killed'):
-    run(p, server, PROMPTS[:4], config)
-  monkeypatch.setattr(client, 'retrieve', retrieve)
-  new_process(monkeypatch)
+  run_killed_at_first_look(p, server, PROMPTS[:4], config, monkeypatch)
   assert len(p.files(server)[0]) == 1
   good, bad, _ = run(p, server, PROMPTS[:4], config)
   assert sorted(r['prompt'] for r in good) == PROMPTS[:4] and not bad

@@ -19,6 +19,7 @@ from beam_llm.batch_api import store
 from beam_llm.remote import RemoteUnavailable
 from beam_llm.testing.fake_batch_api import BatchFaults
 from tests.batch_providers import run
+from tests.batch_providers import run_killed_at_first_look
 from tests.batch_providers import synchronous
 
 
@@ -127,16 +128,7 @@ def test_a_rerun_waits_for_the_open_batch_instead_of_submitting(
   server = llm_server(batch_faults=BatchFaults(in_progress_secs=1.0))
   prompts = [f'p{i}' for i in range(10)]
   config = {'cache_dir': str(tmp_path)}
-  client = p.client_class()
-  retrieve = client.retrieve
-
-  def killed(self, batch_id):
-    raise KeyboardInterrupt('killed')
-  monkeypatch.setattr(client, 'retrieve', killed)
-  with pytest.raises(BaseException, match='killed'):
-    run(p, server, prompts, config)
-  monkeypatch.setattr(client, 'retrieve', retrieve)
-  monkeypatch.setattr(store, '_STORES', {})  # A new worker process.
+  run_killed_at_first_look(p, server, prompts, config, monkeypatch)
   [kept] = kept_records(tmp_path)
   with open(kept) as f:
     assert json.load(f)['status'] == (
