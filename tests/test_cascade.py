@@ -12,7 +12,7 @@ import re
 import pytest
 
 import beam_llm
-from beam_llm.transforms.semantic import _cascade
+from beam_llm.transforms.semantic import _cascade_rows
 from tests.beam_helpers import run_transform
 
 
@@ -54,11 +54,11 @@ def _classify(small, main, sample=20, target=0.95, seed=0):
 
 def test_a_threshold_is_the_lowest_confidence_that_meets_the_target():
   sample = [(0.9, True)] * 18 + [(0.5, True), (0.5, False), (0.2, False)]
-  assert _cascade.learn_threshold(sample, 0.95) == 0.5  # 19 of 20: 0.95.
-  assert _cascade.learn_threshold(sample, 0.99) == 0.9
-  assert _cascade.learn_threshold(sample, 0.9) == 0.2  # 19 of 21.
-  assert _cascade.learn_threshold([(0.3, False)], 0.5) == float('inf')
-  assert _cascade.learn_threshold([], 0.5) == float('inf')
+  assert _cascade_rows.learn_threshold(sample, 0.95) == 0.5  # 19 of 20: 0.95.
+  assert _cascade_rows.learn_threshold(sample, 0.99) == 0.9
+  assert _cascade_rows.learn_threshold(sample, 0.9) == 0.2  # 19 of 21.
+  assert _cascade_rows.learn_threshold([(0.3, False)], 0.5) == float('inf')
+  assert _cascade_rows.learn_threshold([], 0.5) == float('inf')
 
 
 def test_the_main_model_answers_the_sample_and_the_rows_under_the_threshold(

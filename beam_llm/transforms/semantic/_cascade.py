@@ -21,17 +21,20 @@ window from their first rows instead (_cascade_stream.py).
 import dataclasses
 import hashlib
 import json
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from beam_llm import _config
 from beam_llm import _rows
-
-CONFIDENCE = 'beam_llm_confidence'
-SMALL_ANSWER = 'beam_llm_small_answer'
-_NEVER = float('inf')  # No threshold meets the target: the main model answers all.
+from beam_llm.transforms.semantic import _cascade_stream
+from beam_llm.transforms.semantic._cascade_rows import CONFIDENCE
+from beam_llm.transforms.semantic._cascade_rows import agreement
+from beam_llm.transforms.semantic._cascade_rows import as_float
+from beam_llm.transforms.semantic._cascade_rows import keep_small_answer
+from beam_llm.transforms.semantic._cascade_rows import learn_threshold
+from beam_llm.transforms.semantic._cascade_rows import plain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,21 +58,6 @@ class CascadeOptions:
     if options.sample < 1:
       _config.fail(owner, 'cascade.sample', 'must be at least 1')
     return options
-
-
-def learn_threshold(sample: List[Tuple[float, bool]], target: float) -> float:
-  """The lowest confidence c such that, of the sample rows with confidence
-  >= c, at least `target` agree; +inf if none does."""
-  best = _NEVER
-  agree = total = 0
-  ordered = sorted(sample, key=lambda s: -s[0])
-  for i, (confidence, agreed) in enumerate(ordered):
-    agree += agreed
-    total += 1
-    last_of_its_value = i + 1 == len(ordered) or ordered[i + 1][0] != confidence
-    if last_of_its_value and agree >= target * total:
-      best = confidence
-  return best
 
 
 def sample_key(seed: int, prompt: Any) -> str:
@@ -116,17 +104,16 @@ class Cascade(beam.PTransform):
     if rows.is_bounded:
       sample_main, kept_small, to_main = self._route_batch(small['good'], ns)
     else:
-      from beam_llm.transforms.semantic import _cascade_stream
       sample_main, kept_small, to_main = _cascade_stream.route_stream(
           self, small['good'], ns)
-    rest_main = ((to_main | 'Unrouted' >> beam.Map(_plain, self.answer),
-                  unanswered | 'UnansweredPlain' >> beam.Map(_plain))
+    rest_main = ((to_main | 'Unrouted' >> beam.Map(plain, self.answer),
+                  unanswered | 'UnansweredPlain' >> beam.Map(plain))
                  | 'ToMain' >> beam.Flatten() | 'MainOnRest' >> self.main)
     _ = kept_small | 'CountSmall' >> beam.Map(
         lambda r: Metrics.counter(ns, 'cascade_small_rows').inc())
-    good = (kept_small | 'SmallPlain' >> beam.Map(_plain),
-            sample_main['good'] | 'SamplePlain' >> beam.Map(_plain),
-            rest_main['good'] | 'MainPlain' >> beam.Map(_plain)
+    good = (kept_small | 'SmallPlain' >> beam.Map(plain),
+            sample_main['good'] | 'SamplePlain' >> beam.Map(plain),
+            rest_main['good'] | 'MainPlain' >> beam.Map(plain)
             ) | 'Answers' >> beam.Flatten()
     for label, pcoll in (('CountMainSample', sample_main['good']),
                          ('CountMainRest', rest_main['good'])):
@@ -162,31 +149,6 @@ class Cascade(beam.PTransform):
         lambda r, n, t: 0 if as_float(getattr(r, CONFIDENCE, None)) >= t else 1,
         2, t=beam.pvalue.AsSingleton(threshold))
     return sample_main, route[0], route[1]
-
-
-def as_float(value) -> float:
-  return -1.0 if value is None else float(value)
-
-
-def keep_small_answer(row, answer: str):
-  values = _rows.as_dict(row)
-  values[SMALL_ANSWER] = values.pop(answer)
-  return beam.Row(**values)
-
-
-def _plain(row, drop_answer: Optional[str] = None):
-  """The row as GenerateText's output has it: the cascade's fields gone
-  (and the small model's answer, for a row going to the main model)."""
-  values = {k: v for k, v in _rows.as_dict(row).items()
-            if k not in (CONFIDENCE, SMALL_ANSWER, drop_answer)}
-  return beam.Row(**values)
-
-
-def agreement(row, decided, answer: str) -> Tuple[float, bool]:
-  values = _rows.as_dict(row)
-  small = decided(values[SMALL_ANSWER])
-  return (as_float(values.get(CONFIDENCE)),
-          small is not None and small == decided(values[answer]))
 
 
 class Decisions:

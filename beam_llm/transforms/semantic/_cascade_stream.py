@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import userstate
 
 from beam_llm import _rows
-from beam_llm.transforms.semantic import _cascade
+from beam_llm.transforms.semantic import _cascade_rows
 
 _KEY = ''  # One key: the sample and the threshold are the window's own.
 _AGREEMENT, _FAILED, _ROW = 'agreement', 'failed', 'row'
@@ -63,7 +63,7 @@ class _Route(beam.DoFn):
     _, (kind, value) = keyed
     if kind == _ROW:
       learnt = threshold.read()
-      confidence = _cascade.as_float(getattr(value, _cascade.CONFIDENCE, None))
+      confidence = _cascade_rows.as_float(getattr(value, _cascade_rows.CONFIDENCE, None))
       if learnt is not None and confidence >= learnt:
         yield value
       else:
@@ -75,7 +75,7 @@ class _Route(beam.DoFn):
       failed.write((failed.read() or 0) + 1)
     seen = list(pairs.read())
     if len(seen) + (failed.read() or 0) == self._size:  # The sample is all back.
-      threshold.write(_cascade.learn_threshold(seen, self._target))
+      threshold.write(_cascade_rows.learn_threshold(seen, self._target))
       Metrics.counter(self._namespace, 'cascade_sample_rows').inc(len(seen))
       Metrics.counter(self._namespace, 'cascade_sample_agreed').inc(
           sum(agreed for _, agreed in seen))
@@ -91,11 +91,11 @@ def route_stream(cascade, answered, namespace: str):
                 'rest', main='sample'))
   sample_main = (picked.sample
                  | 'KeepSmallAnswer' >> beam.Map(
-                     _cascade.keep_small_answer, cascade.answer)
+                     _cascade_rows.keep_small_answer, cascade.answer)
                  | 'MainOnSample' >> cascade.main)
   verdicts = (
       sample_main['good'] | 'Agreement' >> beam.Map(
-          lambda r: (_AGREEMENT, _cascade.agreement(
+          lambda r: (_AGREEMENT, _cascade_rows.agreement(
               r, cascade.decided, cascade.answer))),
       sample_main[_rows.INNER_ERRORS] | 'SampleFailed' >> beam.Map(
           lambda e: (_FAILED, None)),
