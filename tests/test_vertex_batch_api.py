@@ -108,6 +108,21 @@ def test_the_same_rows_as_synchronous_mode_and_the_same_requests(llm_server):
   assert metrics['input_tokens'] == 40
 
 
+def test_a_request_file_over_8_mb_is_staged_by_resumable_upload(llm_server):
+  # google-cloud-storage uploads an object over 8 MB as a resumable upload
+  # (a session, then its bytes with a Content-Range), not one multipart
+  # request: ~9.6 MB of prompts in one file take that path.
+  server = llm_server()
+  prompts = [f'ticket {i}: ' + 'the parcel never came. ' * 14_000
+             for i in range(30)]
+  good, bad, _ = run(server, prompts)
+  assert sorted(r['prompt'] for r in good) == sorted(prompts) and not bad
+  assert server.gcs.resumable_uploads == 1 and server.gcs.uploads == 1
+  [job] = jobs(server)
+  assert job['total'] == 30 and job['state'] == 'JOB_STATE_SUCCEEDED'
+  assert len(synchronous(server)) == 0, 'nothing sent synchronously'
+
+
 def test_a_job_or_output_the_service_no_longer_has(llm_server):
   # A job deleted (404) is `gone`: its rows are submitted again; an output
   # directory with nothing in it reads as no lines (all unrun).

@@ -4,6 +4,9 @@ batch's results back (its `api_endpoint` pointed at the server):
 
 - `POST /upload/storage/v1/b/B/o?uploadType=multipart` (a small object:
   a multipart/related body, its JSON metadata then its bytes);
+- `POST ...?uploadType=resumable` then `PUT`s of its bytes in order, each
+  with a `Content-Range` (what the client sends past 8 MB: a session, then
+  its chunks; `resumable_uploads` counts them);
 - `GET /download/storage/v1/b/B/o/NAME?alt=media` (an object's bytes);
 - `GET /storage/v1/b/B/o?prefix=P` (objects by prefix, `pageToken`);
 - `DELETE /storage/v1/b/B/o/NAME` (`deleted` lists them as gs:// URIs;
@@ -12,7 +15,9 @@ batch's results back (its `api_endpoint` pointed at the server):
 Objects live in memory (`objects`, by (bucket, name)); fake Vertex AI
 batch jobs (fake_vertex_batch_api.py) read and write them here too.
 """
+import base64
 import email.parser
+import hashlib
 import json
 import threading
 import urllib.parse
@@ -25,6 +30,8 @@ class FakeGCS:
   def __init__(self):
     self.objects: Dict[Tuple[str, str], bytes] = {}
     self.uploads = 0
+    self.resumable_uploads = 0
+    self._sessions: Dict[str, tuple] = {}  # upload_id -> (bucket, name, bytes)
     self.deleted: list = []
     self.delete_error = 0
     self._lock = threading.Lock()
@@ -56,7 +63,11 @@ class FakeGCS:
     bucket = urllib.parse.unquote(parts[4]) if len(parts) > 4 else ''
     name = urllib.parse.unquote('/'.join(parts[6:])) if len(parts) > 6 else ''
     if path.startswith('/upload/') and method == 'POST':
+      if (query.get('uploadType') or [''])[0] == 'resumable':
+        return self._start_session(handler, bucket, raw)
       return self._upload(handler, bucket, raw)
+    if path.startswith('/upload/') and method == 'PUT':
+      return self._upload_chunk(handler, (query.get('upload_id') or [''])[0], raw)
     if method == 'DELETE' and name:
       return self._delete(handler, bucket, name)
     if method == 'GET' and name:
@@ -92,6 +103,39 @@ class FakeGCS:
       self.uploads += 1
     return handler._json(200, _resource(bucket, name, data))
 
+  def _start_session(self, handler, bucket: str, raw: bytes):
+    name = json.loads(raw)['name']
+    with self._lock:
+      upload_id = f'session-{len(self._sessions) + 1}'
+      self._sessions[upload_id] = (bucket, name, b'')
+    location = (f'http://{handler.headers["Host"]}/upload/storage/v1/b/'
+                f'{urllib.parse.quote(bucket)}/o?uploadType=resumable&'
+                f'upload_id={upload_id}')
+    return handler._json(200, {}, {'Location': location})
+
+  def _upload_chunk(self, handler, upload_id: str, raw: bytes):
+    # `Content-Range: bytes FIRST-LAST/TOTAL` (TOTAL `*` until the last).
+    span, _, total = handler.headers['Content-Range'].split()[1].partition('/')
+    with self._lock:
+      if upload_id not in self._sessions:
+        return handler._error(404, 'NOT_FOUND', f'no upload {upload_id}')
+      bucket, name, data = self._sessions[upload_id]
+      if span != '*':
+        first = int(span.split('-')[0])
+        if first != len(data):  # Chunks come in order, none twice.
+          return handler._error(400, 'INVALID', f'chunk at {first}, '
+                                f'expected {len(data)}')
+        data += raw
+      if total == '*' or len(data) < int(total):
+        self._sessions[upload_id] = (bucket, name, data)
+        return handler._send(308, b'', 'text/plain',
+                             {'Range': f'bytes=0-{len(data) - 1}'})
+      del self._sessions[upload_id]
+      self.objects[bucket, name] = data
+      self.uploads += 1
+      self.resumable_uploads += 1
+    return handler._json(200, _resource(bucket, name, data))
+
   def _list(self, bucket: str, query: dict) -> dict:
     prefix = (query.get('prefix') or [''])[0]
     start = int((query.get('pageToken') or ['0'])[0])
@@ -112,7 +156,12 @@ def split_uri(uri: str) -> Tuple[str, str]:
 
 
 def _resource(bucket: str, name: str, data: bytes) -> dict:
+  # The checksums the client validates a resumable upload against.
+  import google_crc32c
   return {'kind': 'storage#object', 'bucket': bucket, 'name': name,
           'id': f'{bucket}/{name}/1', 'size': str(len(data)),
           'generation': '1', 'metageneration': '1',
-          'contentType': 'application/octet-stream'}
+          'contentType': 'application/octet-stream',
+          'crc32c': base64.b64encode(
+              google_crc32c.value(data).to_bytes(4, 'big')).decode(),
+          'md5Hash': base64.b64encode(hashlib.md5(data).digest()).decode()}

@@ -116,6 +116,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
       return api.serve(self, 'DELETE', self.path.split('?')[0])
     return self._error(404, 'NOT_FOUND', f'no DELETE route {self.path}')
 
+  def do_PUT(self):  # Cloud Storage's resumable uploads only.
+    raw = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+    api = self._batch_side()
+    if api is not None:
+      return api.serve(self, 'PUT', self.path.split('?')[0], raw)
+    return self._error(404, 'NOT_FOUND', f'no PUT route {self.path}')
+
   def do_POST(self):
     fake = self.fake
     arrived = time.monotonic()
