@@ -221,17 +221,27 @@ def test_a_server_that_dies_mid_run_is_restarted_and_no_row_is_lost(
   assert not any(alive(pid) for pair in starts for pid in pair)
 
 
-def test_the_worker_processes_of_a_machine_share_one_server(fake_vllm, tmp_path):
+def test_the_worker_processes_of_a_machine_share_one_server(
+    fake_vllm, chats, tmp_path):
   python, state = fake_vllm
+  # 48 chats, each prompt its own, so that both processes get rows.
+  many = [dict(c, chat_id=i, history=f'{c["history"]}\n(ticket {i})')
+          for i, c in enumerate(chats * 4)]
+  chats_file = tmp_path / 'chats.jsonl'
+  chats_file.write_text(''.join(json.dumps(c) + '\n' for c in many))
   result = run_yaml(
       PIPELINE, '--direct_num_workers=2', '--direct_running_mode=multi_processing',
-      jinja_variables={'output': str(tmp_path / 'out'),
+      jinja_variables={'output': str(tmp_path / 'out'), 'input': str(chats_file),
                        'vllm': {'model': 'fake-model', 'python': python}},
       env={'FAKE_VLLM_STATE_DIR': state})
   assert result.returncode == 0, result.stderr[-5000:]
   assert len(started_pids(state)) == 1
   # The second process reached the first one's server through its proxy.
   assert 'Connecting to remote proxy' in result.stderr
+  # Every chat once, from either process.
+  rows = read_json_lines(str(tmp_path / 'out'))
+  assert sorted(r['chat_id'] for r in rows) == list(range(len(many)))
+  assert read_json_lines(str(tmp_path / 'out') + '-errors') == []
   assert not any(alive(pid) for pair in started_pids(state) for pid in pair)
 
 
