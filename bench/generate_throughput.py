@@ -16,14 +16,11 @@ import statistics
 import tempfile
 import time
 
-import apache_beam as beam
 import jinja2
 import torch
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_llm import GenerateText
 from beam_llm.testing.tiny_models import build_causal_lm
+from beam_generate import generated_tokens  # bench/, the script's folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,20 +51,12 @@ def plain_loop(model_dir, texts, batch_size, max_new_tokens):
 
 def pipeline(model_dir, texts, batch_size, max_new_tokens):
   start = time.perf_counter()
-  p = beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner']))
-  _ = (p
-       | beam.Create([beam.Row(i=i, prompt=t) for i, t in enumerate(texts)])
-       | GenerateText(
-           model_handler={'type': 'HuggingFace', 'config': {'model': model_dir,
-                                                              'device': 'cpu'}},
-           max_new_tokens=max_new_tokens, min_batch_size=batch_size,
-           max_batch_size=batch_size))
-  result = p.run()
-  result.wait_until_finish()
-  elapsed = time.perf_counter() - start
-  counters = result.metrics().query(
-      MetricsFilter().with_namespace('beam_llm.GenerateText').with_name('output_tokens'))
-  return sum(c.committed for c in counters['counters']), elapsed
+  tokens = generated_tokens(
+      texts, {'type': 'HuggingFace', 'config': {'model': model_dir,
+                                                'device': 'cpu'}},
+      max_new_tokens=max_new_tokens, min_batch_size=batch_size,
+      max_batch_size=batch_size)
+  return tokens, time.perf_counter() - start
 
 
 def main():

@@ -34,6 +34,8 @@ import time
 
 import torch
 
+from beam_generate import generated_tokens  # bench/, the script's folder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = os.path.join(ROOT, 'schemas', 'sentiment_summary.json')
 SHAPES = {  # name: (hidden, layers, heads, kv heads, mlp, vocab)
@@ -114,25 +116,12 @@ def continuous_batching(path, texts, a):
 
 
 def pipeline(path, texts, a, backend='HuggingFace', **options):
-  import apache_beam as beam
-  from apache_beam.metrics.metric import MetricsFilter
-  from apache_beam.options.pipeline_options import PipelineOptions
-
-  from beam_llm import GenerateText
   if backend == 'HuggingFace':
     config = {'model': path, 'device': a.device, 'dtype': a.dtype}
   else:
     config = {'model': path, 'python': a.vllm_python, 'dtype': a.dtype}
-  p = beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner']))
-  _ = (p
-       | beam.Create([beam.Row(i=i, prompt=t) for i, t in enumerate(texts)])
-       | GenerateText(model_handler={'type': backend, 'config': config},
-                      max_new_tokens=a.new_tokens, **options))
-  result = p.run()
-  result.wait_until_finish()
-  counters = result.metrics().query(MetricsFilter().with_namespace(
-      'beam_llm.GenerateText').with_name('output_tokens'))
-  return sum(c.committed for c in counters['counters'])
+  return generated_tokens(texts, {'type': backend, 'config': config},
+                          max_new_tokens=a.new_tokens, **options)
 
 
 def variants(a):

@@ -22,13 +22,10 @@ import statistics
 import tempfile
 import time
 
-import apache_beam as beam
 import torch
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_llm import GenerateText
 from beam_llm.testing.tiny_models import build_causal_lm
+from beam_generate import generated_tokens  # bench/, the script's folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,19 +63,10 @@ def plain_loop(model_dir, texts, new_tokens, dtype, batch=16, sort=False):
 
 def pipeline(model_dir, texts, new_tokens, max_batch_tokens=None, **config):
   start = time.perf_counter()
-  p = beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner']))
-  _ = (p
-       | beam.Create([beam.Row(i=i, prompt=t) for i, t in enumerate(texts)])
-       | GenerateText(
-           model_handler={'type': 'HuggingFace',
-                          'config': {'model': model_dir, **config}},
-           max_new_tokens=new_tokens, max_batch_tokens=max_batch_tokens))
-  result = p.run()
-  result.wait_until_finish()
-  elapsed = time.perf_counter() - start
-  counters = result.metrics().query(MetricsFilter().with_namespace(
-      'beam_llm.GenerateText').with_name('output_tokens'))
-  return sum(c.committed for c in counters['counters']), elapsed
+  tokens = generated_tokens(
+      texts, {'type': 'HuggingFace', 'config': {'model': model_dir, **config}},
+      max_new_tokens=new_tokens, max_batch_tokens=max_batch_tokens)
+  return tokens, time.perf_counter() - start
 
 
 VARIANTS = {

@@ -27,14 +27,12 @@ Variants run in turn, `--rounds` times; the table gives medians.
 """
 import argparse
 import asyncio
-import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from token_batching import mixed_prompts  # pylint: disable=wrong-import-position
+from beam_generate import generated_tokens  # bench/, the script's folder
+from token_batching import mixed_prompts  # bench/, the script's folder
 
 
 def all_at_once(url, model, texts, new_tokens):
@@ -55,22 +53,9 @@ def all_at_once(url, model, texts, new_tokens):
 
 
 def pipeline(url, model, texts, new_tokens, **config):
-  import apache_beam as beam
-  from apache_beam.metrics.metric import MetricsFilter
-  from apache_beam.options.pipeline_options import PipelineOptions
-
-  from beam_llm import GenerateText
-  p = beam.Pipeline(options=PipelineOptions(['--runner=FnApiRunner']))
-  _ = (p
-       | beam.Create([beam.Row(prompt=t) for t in texts])
-       | GenerateText(model_handler={'type': 'OpenAICompatible', 'config': {
-           'model': model, 'base_url': url, 'cache': False, **config}},
-                      max_new_tokens=new_tokens))
-  result = p.run()
-  result.wait_until_finish()
-  counters = result.metrics().query(MetricsFilter().with_namespace(
-      'beam_llm.GenerateText').with_name('output_tokens'))
-  return sum(c.committed for c in counters['counters'])
+  return generated_tokens(texts, {'type': 'OpenAICompatible', 'config': {
+      'model': model, 'base_url': url, 'cache': False, **config}},
+                          max_new_tokens=new_tokens)
 
 
 class ServerLoad:
