@@ -117,6 +117,30 @@ def run(provider: Provider, server, prompts, config=None, **options):
           [r._asdict() for r in out['failed']], metrics)
 
 
+def same_rows_as_synchronous(provider: Provider, server, sync_config: dict,
+                             **options) -> dict:
+  """20 prompts, a repeat and an empty one, run synchronously and then
+  through the Batch API: the same rows and error row, one batch of 20
+  lines, nothing sent synchronously the second time. Returns what the
+  synchronous run sent (body by prompt)."""
+  prompts = [f'prompt {i}' for i in range(20)] + ['prompt 3', '']
+  sync, sync_bad, _ = run(provider, server, prompts, sync_config, **options)
+  assert provider.fake(server).lines == 0
+  sent_sync = {r.prompt: r.body for r in synchronous(server)}
+  assert len(sent_sync) == 20
+  good, bad, metrics = run(provider, server, prompts, **options)
+  assert len(synchronous(server)) == 20, 'nothing sent synchronously'
+  key = lambda r: r['prompt']
+  assert sorted(good, key=key) == sorted(sync, key=key) and len(good) == 21
+  assert good[0]['input_tokens'] == 2 and good[0]['output_tokens'] == 3
+  assert [(e['error_type'], e['msg']) for e in bad] == [
+      (e['error_type'], e['msg']) for e in sync_bad] and len(bad) == 1
+  assert metrics['batch_lines'] == 20 and metrics['batches'] == 1
+  assert metrics['rows'] == 22 and metrics['failed_rows'] == 1
+  assert metrics['input_tokens'] == 40
+  return sent_sync
+
+
 def run_killed_at_first_look(provider: Provider, server, prompts, config,
                              monkeypatch) -> None:
   """A run killed at its first look at an open batch (after the batch is
