@@ -170,18 +170,14 @@ def _record(path, tag, row):
                         'label': getattr(row, 'label', None)}) + '\n')
 
 
-@pytest.mark.parametrize('windowed', [False, True])
-def test_on_a_stream_the_first_rows_are_the_sample_and_no_row_waits(
-    llm_server, tmp_path, windowed):
-  """Streaming input (a TestStream in bursts, Beam's DirectRunner with
-  --streaming): a window's first `sample` rows teach its threshold; rows
-  routed before it is known go to the main model; every row once. Windowed,
-  the third burst opens a new window, which learns afresh."""
+def _classify_stream(small, main, tmp_path, windowed=False):
+  """60 rows in three bursts of 20 (the third in a later window) through a
+  Classify cascade with a sample of 10, on Beam's DirectRunner with
+  --streaming: the rows out as {tag: good|error, id, label}."""
   import apache_beam as beam
   from apache_beam.options.pipeline_options import PipelineOptions
   from apache_beam.testing import test_stream
   from apache_beam.transforms import window
-  small, main = llm_server(reply=small_reply), llm_server(reply=main_reply)
   rows = _rows(60)
   stream = test_stream.TestStream()
   for burst in range(3):
@@ -202,17 +198,47 @@ def test_on_a_stream_the_first_rows_are_the_sample_and_no_row_waits(
       lambda e: _record(log, 'error', e.element))
   p.run().wait_until_finish()
   with open(log) as f:
-    got = [json.loads(line) for line in f]
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize('windowed', [False, True])
+def test_on_a_stream_the_first_rows_are_the_sample_and_no_row_waits(
+    llm_server, tmp_path, windowed):
+  """Streaming input (a TestStream in bursts): a window's first `sample`
+  rows teach its threshold; rows routed before it is known go to the main
+  model; every row once. Windowed, the third burst opens a new window,
+  which learns afresh."""
+  small, main = llm_server(reply=small_reply), llm_server(reply=main_reply)
+  got = _classify_stream(small, main, tmp_path, windowed)
   assert sorted(r['id'] for r in got) == list(range(60))  # Each row once.
   assert {r['tag'] for r in got} == {'good'}
   assert all(r['label'] == ('refund' if r['id'] % 2 else 'other') for r in got)
   assert len(small.log) == 60
   at_main = [_row_id(r.prompt) for r in main.log]
   assert len(at_main) == len(set(at_main))
-  tricky = {r['id'] for r in rows if 'tricky' in r['text']}
+  tricky = {r['id'] for r in _rows(60) if 'tricky' in r['text']}
   # A window's first burst goes to the main model: 10 rows as the sample,
   # 10 while their answers were out. Its later bursts (the DirectRunner
   # finishes one TestStream event's work before the next) only their unsure
   # rows. (Beam's streaming DirectRunner reports only part of the metrics.)
   learning = set(range(20)) | (set(range(40, 60)) if windowed else set())
   assert set(at_main) == learning | tricky
+
+
+def test_on_a_stream_a_sample_row_the_main_model_refuses_is_an_error_row(
+    llm_server, tmp_path):
+  """Row 0 (tricky, in the sample) is refused by the main model: it is an
+  error row, and the 9 answered sample rows still set the threshold, so
+  the later bursts send only their unsure rows to the main model."""
+  from beam_llm.testing.fake_llm_server import Faults
+  small = llm_server(reply=small_reply)
+  main = llm_server(reply=main_reply, faults=Faults(
+      script=['400'], script_for='tricky'))
+  got = _classify_stream(small, main, tmp_path)
+  assert sorted(r['id'] for r in got) == list(range(60))  # Each row once.
+  assert [r['id'] for r in got if r['tag'] == 'error'] == [0]
+  assert all(r['label'] == ('refund' if r['id'] % 2 else 'other')
+             for r in got if r['tag'] == 'good')
+  at_main = {_row_id(r.prompt) for r in main.log}
+  tricky = {r['id'] for r in _rows(60) if 'tricky' in r['text']}
+  assert at_main == set(range(20)) | tricky
